@@ -137,10 +137,13 @@ class MSH(Codec):
 
     @staticmethod
     def versions() -> dict[str, str]:
-        try:
-            import compressai
-            import torch
+        # Package metadata, not an import: importing CompressAI costs seconds (it loads torch).
+        from importlib.metadata import PackageNotFoundError, version
 
-            return {"compressai": compressai.__version__, "torch": torch.__version__}
-        except ImportError:
-            return {"compressai": "not installed"}
+        out = {}
+        for pkg in ("compressai", "torch"):
+            try:
+                out[pkg] = version(pkg)
+            except PackageNotFoundError:
+                out[pkg] = "not installed"
+        return out

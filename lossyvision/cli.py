@@ -1,0 +1,298 @@
+"""Command line: thin click wrappers over the library (parse, call one function, print).
+
+``lossyvision <command>`` and the standalone console scripts (``prepare-shards``,
+``rate-report``, ...) are the same click commands. User errors end in one line on stderr and exit
+code 2 (bad options) or 1 (a failure while running), never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from typing import Any, Callable
+
+import click
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+def setup_logging(verbose: int) -> None:
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+
+
+def verbose_option(f: Callable) -> Callable:
+    """-v / -vv on every command (standalone scripts have no group to carry it)."""
+
+    def cb(ctx: click.Context, param: click.Parameter, value: int) -> int:
+        if value:
+            setup_logging(value)
+        return value
+
+    return click.option("-v", "--verbose", count=True, expose_value=False, callback=cb, help="Log more (-v info, -vv debug).")(f)
+
+
+def user_errors(f: Callable) -> Callable:
+    """Turn the library's user-facing exceptions into one-line click errors."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from .codecs import CodecError
+        from .pipelines.crops import CropError
+        from .pipelines.imageio import SourceError
+        from .pipelines.prepare import PrepareError
+
+        try:
+            return f(*args, **kwargs)
+        except (PrepareError, CodecError, CropError, SourceError) as e:
+            raise click.UsageError(str(e)) from None
+        except FileNotFoundError as e:
+            raise click.ClickException(str(e)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted; rerun the same command to resume (finished shards are kept)", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def drop_none(**kwargs: Any) -> dict:
+    """Options left unset on the command line fall through to the library defaults."""
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(package_name="lossyvision")
+@click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
+def main(verbose: int) -> None:
+    """lossyvision: train and evaluate vision models on lossy-compressed images."""
+    setup_logging(verbose)
+
+
+# -- codecs -------------------------------------------------------------------------------
+
+
+@main.command("codecs", context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+@verbose_option
+def codecs_cmd(as_json: bool) -> None:
+    """List the codecs: name, what q means, its range, and the libraries behind it."""
+    from .codecs import get_codec_class, names
+
+    rows = []
+    for n in names():
+        cls = get_codec_class(n)
+        try:
+            versions = cls.versions()
+        except Exception as e:  # an optional back-end that is missing still gets its row
+            versions = {"error": str(e)}
+        rng = "-" if cls.q_range is None else f"{cls.q_range[0]:g}..{cls.q_range[1]:g}"
+        example = n if cls.q_range is None else f"{n}-{cls.spec_prefix}{cls.q_default}"
+        rows.append({"name": n, "q": cls.q_name if cls.q_range else "-", "range": rng, "example_spec": example,
+                     "description": cls.description, "versions": versions})
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    from .reports.tables import markdown
+
+    for r in rows:
+        r["versions"] = ", ".join(f"{k} {v}" for k, v in r["versions"].items())
+    click.echo(markdown(rows, ["name", "q", "range", "example_spec", "description", "versions"]))
+
+
+@main.command("encode", context_settings=CONTEXT)
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("--codec", "codec_name", required=True, help="Codec name (see 'lossyvision codecs').")
+@click.option("--q", "q", type=float, default=None, help="Native codec parameter (JPEG quality, J2K ratio, QP, ...).")
+@click.option("--bpp", type=float, default=None, help="Target rate in bits per pixel instead of --q.")
+@click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="Codec option, e.g. mct=false, preset=slow.")
+@click.option("--crop", default=None, help="Crop policy before encoding (default: none; e.g. imagenet).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the bitstream here.")
+@click.option("--decoded", type=click.Path(dir_okay=False), default=None, help="Write the decoded image here (PNG).")
+@click.option("--json", "as_json", is_flag=True, help="Print the stats as JSON.")
+@verbose_option
+@user_errors
+def encode_cmd(image: str, codec_name: str, q: float | None, bpp: float | None, opts: tuple[str, ...], crop: str | None,
+               output: str | None, decoded: str | None, as_json: bool) -> None:
+    """Encode one IMAGE and print bytes, bpp, PSNR, SSIM, MS-SSIM and encode/decode time."""
+    from .codecs import create, png_encode
+    from .pipelines.crops import parse_crop
+    from .pipelines.imageio import read_rgb
+    from .quality import ms_ssim, psnr, ssim
+
+    if q is not None and bpp is not None:
+        raise click.UsageError("give --q or --bpp, not both")
+    if not os.path.isfile(image):
+        raise click.UsageError(f"image {image} does not exist")
+    codec = create(codec_name, None if q is None else (int(q) if q == int(q) else q), bpp=bpp, **parse_opts(opts))
+    rgb = read_rgb(image)
+    if crop:
+        rgb, _ = parse_crop(crop)(rgb)
+    r = codec.roundtrip(rgb)
+    stats = {"spec": codec.spec, "q": r.q, "h": rgb.shape[0], "w": rgb.shape[1], "bytes": r.bytes, "bpp": r.bpp(),
+             "psnr": psnr(rgb, r.decoded), "ssim": ssim(rgb, r.decoded), "ms_ssim": ms_ssim(rgb, r.decoded),
+             "enc_ms": r.enc_ms, "dec_ms": r.dec_ms}
+    if output:
+        with open(output, "wb") as f:
+            f.write(r.data)
+    if decoded:
+        with open(decoded, "wb") as f:
+            f.write(png_encode(r.decoded, level=6))
+    if as_json:
+        click.echo(json.dumps({k: (None if isinstance(v, float) and v == float("inf") else v) for k, v in stats.items()}))
+    else:
+        for k, v in stats.items():
+            click.echo(f"{k:>8}: {v:.4f}" if isinstance(v, float) else f"{k:>8}: {v}")
+
+
+def parse_opts(opts: tuple[str, ...]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for o in opts:
+        if "=" not in o:
+            raise click.UsageError(f"codec option '{o}' must look like KEY=VALUE")
+        k, v = o.split("=", 1)
+        out[k.strip()] = v.strip()
+    return out
+
+
+# -- prepare-shards -----------------------------------------------------------------------
+
+
+def parse_codec_settings(codecs: tuple[str, ...], qs: tuple[str, ...], bpps: tuple[str, ...], opts: tuple[str, ...]):
+    """Pair each --codec with its --q list or --bpp list (by position), e.g.
+    ``--codec jpeg --q 75,10,5 --codec j2k --q 200``; ``--codec-opt j2k.mct=false`` scopes options."""
+    from .pipelines.prepare import CodecSetting
+
+    if not codecs:
+        if qs or bpps:
+            raise click.UsageError("--q/--bpp given without --codec")
+        return []
+    if qs and bpps:
+        raise click.UsageError("mix of --q and --bpp: run prepare-shards once with --q and once with --bpp (same --out)")
+    values = qs or bpps
+    if len(values) != len(codecs):
+        raise click.UsageError(
+            f"{len(codecs)} --codec but {len(values)} --{'q' if qs else 'bpp'}; give one list per codec, "
+            "e.g. --codec jpeg --q 75,10,5 --codec j2k --q 200"
+        )
+    per_codec: dict[str, dict] = {}
+    for o in opts:
+        if "=" not in o or "." not in o.split("=", 1)[0]:
+            raise click.UsageError(f"--codec-opt '{o}' must look like CODEC.KEY=VALUE, e.g. j2k.mct=false")
+        k, v = o.split("=", 1)
+        c, key = k.split(".", 1)
+        per_codec.setdefault(c, {})[key] = v
+    unknown = set(per_codec) - set(codecs)
+    if unknown:
+        raise click.UsageError(f"--codec-opt for {', '.join(sorted(unknown))}, which is not among the --codec values")
+    settings = []
+    for name, vals in zip(codecs, values):
+        for tok in vals.split(","):
+            tok = tok.strip()
+            try:
+                v = float(tok)
+            except ValueError:
+                raise click.UsageError(f"--{'q' if qs else 'bpp'} value '{tok}' for codec {name} is not a number") from None
+            v = int(v) if v == int(v) and qs else v
+            settings.append(CodecSetting(name, q=v if qs else None, bpp=None if qs else v, options=dict(per_codec.get(name, {}))))
+    return settings
+
+
+@main.command("prepare-shards", context_settings=CONTEXT)
+@click.option("--dataset", required=True, help="imagenet | cityscapes | folder | samples | fashion-mnist")
+@click.option("--src", type=click.Path(file_okay=False), default=None, help="Dataset root (not needed for samples).")
+@click.option("--split", default=None, help="Split folder, e.g. train or val (default: val; 'all' for folder/samples).")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Shard root: writes OUT/<dataset>/<split>/<variant>/.")
+@click.option("--codec", "codecs", multiple=True, help="Codec name; repeat for several codecs.")
+@click.option("--q", "qs", multiple=True, help="Comma-separated native parameters for the matching --codec.")
+@click.option("--bpp", "bpps", multiple=True, help="Comma-separated target rates (bits/pixel) for the matching --codec.")
+@click.option("--codec-opt", "codec_opts", multiple=True, metavar="CODEC.KEY=VALUE", help="Codec option, e.g. j2k.mct=false.")
+@click.option("--crop", default=None, help="imagenet | full | crop:WxH[+X+Y] | scale:WxH | scale:F (default per dataset).")
+@click.option("--shard-size", type=int, default=None, help="Samples per shard (default 1000).")
+@click.option("--workers", type=int, default=None, help="Parallel tasks (default: all CPUs).")
+@click.option("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
+@click.option("--executor", type=click.Choice(["auto", "ray", "local"]), default=None, help="auto: Ray when it pays (several shards and workers).")
+@click.option("--no-orig", is_flag=True, help="Do not write the lossless orig variant.")
+@click.option("--store-decoded", is_flag=True, default=None, help="Also store decoded images as lossless PNG.")
+@click.option("--no-ms-ssim", is_flag=True, help="Skip MS-SSIM (saves ~3 ms per image and setting).")
+@click.option("--limit", type=int, default=None, help="Only the first N images (sorted by key).")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+@verbose_option
+@user_errors
+def prepare_shards(dataset: str, src: str | None, split: str | None, out: str, codecs: tuple, qs: tuple, bpps: tuple,
+                   codec_opts: tuple, crop: str | None, shard_size: int | None, workers: int | None, address: str | None,
+                   executor: str | None, no_orig: bool, store_decoded: bool | None, no_ms_ssim: bool, limit: int | None,
+                   quiet: bool) -> None:
+    """Crop, encode with every codec setting, measure, and write aligned WebDataset shards + manifests.
+
+    \b
+    Example:
+      prepare-shards --dataset imagenet --src /data/ILSVRC2012 --split val \\
+          --codec jpeg --q 75,10,5 --codec j2k --q 75,200,400 --codec bpg --q 41,46,51 --out /data/shards
+    """
+    from .pipelines.prepare import PrepareConfig, prepare_shards as run
+
+    settings = parse_codec_settings(codecs, qs, bpps, codec_opts)
+    if split is None:
+        split = "all" if dataset in ("folder", "samples") else "val"
+    cfg = PrepareConfig(dataset=dataset, out=out, src=src, split=split, codecs=settings,
+                        write_orig=not no_orig, ms_ssim=not no_ms_ssim, progress=not quiet,
+                        **drop_none(crop=crop, shard_size=shard_size, workers=workers, address=address,
+                                    executor=executor, store_decoded=store_decoded, limit=limit))
+    manifests = run(cfg)
+    n_fail = max((m.get("num_failures", 0) for m in manifests.values()), default=0)
+    first = next(iter(manifests.values()))
+    click.echo(f"wrote {len(manifests)} variant(s) x {first['num_shards']} shard(s), {first['num_samples']} images each, "
+               f"to {os.path.join(out, dataset, split)}" + (f"; {n_fail} unreadable source(s) listed in the manifests" if n_fail else ""))
+
+
+# -- rate-report --------------------------------------------------------------------------
+
+
+@main.command("rate-report", context_settings=CONTEXT)
+@click.argument("root", type=click.Path(file_okay=False))
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder for CSV/JSON/PNG (default ROOT/report).")
+@click.option("--results", multiple=True, type=click.Path(dir_okay=False), help="Accuracy JSON from eval-classifier, joined by variant.")
+@click.option("--no-plot", is_flag=True, help="Skip the PNG plots.")
+@verbose_option
+@user_errors
+def rate_report(root: str, out: str | None, results: tuple[str, ...], no_plot: bool) -> None:
+    """Per-variant rate table (paper 1 Table I columns + MS-SSIM, timings, failures) and RD plot."""
+    from .reports.rate_report import rate_report as run
+
+    if not os.path.isdir(root):
+        raise click.UsageError(f"{root} is not a folder; pass the --out of prepare-shards")
+    rep = run(root, out=out, results=list(results) or None, plot=not no_plot)
+    click.echo(rep.markdown)
+    click.echo("")
+    for kind, path in rep.files.items():
+        click.echo(f"{kind}: {path}")
+
+
+def _register_optional() -> None:
+    """Commands of the training stages live in their own modules; register the ones present."""
+    import importlib
+
+    for mod, names in (("lossyvision.cli_classifier", ("train_classifier", "train_expert", "eval_classifier", "eval_matrix")),
+                       ("lossyvision.cli_segmentation", ("train_restoration", "restore_shards", "train_segmentation", "eval_segmentation"))):
+        try:
+            m = importlib.import_module(mod)
+        except ImportError as e:
+            if e.name != mod:
+                raise
+            continue
+        for n in names:
+            cmd = getattr(m, n, None)
+            if isinstance(cmd, click.Command):
+                main.add_command(cmd, n.replace("_", "-"))
+
+
+_register_optional()
+
+prepare_shards_main = prepare_shards
+rate_report_main = rate_report
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Evaluation: rate statistics, classification accuracy, segmentation mIoU."""

@@ -1,0 +1,1 @@
+"""Sources, crop policies, shard writing + manifests, the Ray prepare job, training-time streaming."""

@@ -1,0 +1,109 @@
+"""Crop policies, applied before compression (paper 1: compressing pixels the model never sees
+would be wrong). Label maps follow with nearest-neighbour resampling.
+
+String forms (``--crop``):
+- ``imagenet`` = ``resize256-center224``: shorter side to 256 (bicubic, Pillow's antialiased
+  resize as torchvision's ``Resize(256)`` on PIL images), then a centred 224x224 crop;
+- ``full``: the frame as it is;
+- ``crop:WxH`` or ``crop:WxH+X+Y``: a fixed crop (centred when X, Y are omitted);
+- ``scale:WxH`` or ``scale:F``: a downscale (bicubic for images, nearest for labels).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+
+class CropError(ValueError):
+    pass
+
+
+def _resize(a: np.ndarray, size: tuple[int, int], label: bool) -> np.ndarray:
+    from PIL import Image
+
+    w, h = size
+    im = Image.fromarray(a)
+    return np.asarray(im.resize((w, h), Image.NEAREST if label else Image.BICUBIC))
+
+
+@dataclass(frozen=True)
+class CropPolicy:
+    name: str = "full"
+    resize: int = 0  # shorter side, 0 = none
+    crop_w: int = 0
+    crop_h: int = 0
+    x: int = -1  # -1 = centred
+    y: int = -1
+    scale_w: int = 0
+    scale_h: int = 0
+    scale: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def __call__(self, rgb: np.ndarray, label: object = None) -> tuple[np.ndarray, object]:
+        """Apply to an image and, if it is a label map (2-D array), to its label."""
+        is_map = isinstance(label, np.ndarray) and label.ndim == 2
+        if is_map and label.shape != rgb.shape[:2]:
+            raise CropError(f"label map {label.shape} and image {rgb.shape[:2]} differ in size")
+        h, w = rgb.shape[:2]
+        if self.resize:
+            s = self.resize
+            # torchvision Resize(int): shorter side -> s, longer side int(s * long / short)
+            nw, nh = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)
+            rgb = _resize(rgb, (nw, nh), False)
+            if is_map:
+                label = _resize(label, (nw, nh), True)
+            h, w = nh, nw
+        if self.scale_w or self.scale:
+            nw, nh = (self.scale_w, self.scale_h) if self.scale_w else (max(1, round(w * self.scale)), max(1, round(h * self.scale)))
+            rgb = _resize(rgb, (nw, nh), False)
+            if is_map:
+                label = _resize(label, (nw, nh), True)
+            h, w = nh, nw
+        if self.crop_w:
+            cw, ch = self.crop_w, self.crop_h
+            if cw > w or ch > h:
+                raise CropError(f"crop {cw}x{ch} is larger than the image {w}x{h}")
+            # torchvision center_crop: top = int(round((h - ch) / 2))
+            x = int(round((w - cw) / 2.0)) if self.x < 0 else self.x
+            y = int(round((h - ch) / 2.0)) if self.y < 0 else self.y
+            if x + cw > w or y + ch > h:
+                raise CropError(f"crop {cw}x{ch}+{x}+{y} leaves the image {w}x{h}")
+            rgb = rgb[y : y + ch, x : x + cw]
+            if is_map:
+                label = label[y : y + ch, x : x + cw]
+        return np.ascontiguousarray(rgb), (np.ascontiguousarray(label) if is_map else label)
+
+
+IMAGENET = CropPolicy(name="resize256-center224", resize=256, crop_w=224, crop_h=224)
+FULL = CropPolicy(name="full")
+
+
+def parse_crop(text: str) -> CropPolicy:
+    """'imagenet' | 'resize256-center224' | 'full' | 'crop:WxH[+X+Y]' | 'scale:WxH' | 'scale:F'."""
+    t = text.strip().lower()
+    if t in ("imagenet", "resize256-center224"):
+        return IMAGENET
+    if t == "full":
+        return FULL
+    m = re.fullmatch(r"resize(\d+)-center(\d+)", t)
+    if m:
+        return CropPolicy(name=t, resize=int(m.group(1)), crop_w=int(m.group(2)), crop_h=int(m.group(2)))
+    m = re.fullmatch(r"crop:(\d+)x(\d+)(?:\+(\d+)\+(\d+))?", t)
+    if m:
+        x = int(m.group(3)) if m.group(3) else -1
+        y = int(m.group(4)) if m.group(4) else -1
+        return CropPolicy(name=t, crop_w=int(m.group(1)), crop_h=int(m.group(2)), x=x, y=y)
+    m = re.fullmatch(r"scale:(\d+)x(\d+)", t)
+    if m:
+        return CropPolicy(name=t, scale_w=int(m.group(1)), scale_h=int(m.group(2)))
+    m = re.fullmatch(r"scale:(0?\.\d+|1(?:\.0*)?)", t)
+    if m:
+        return CropPolicy(name=t, scale=float(m.group(1)))
+    raise CropError(
+        f"unknown crop policy '{text}'; use imagenet, full, crop:WxH[+X+Y], scale:WxH or scale:F (0 < F <= 1)"
+    )

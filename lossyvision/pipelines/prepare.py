@@ -1,0 +1,363 @@
+"""The prepare job: read, crop, encode with every requested setting, measure, write aligned shards.
+
+One task per output shard index: it reads and crops each source image once, encodes it with
+every codec setting, measures bytes/PSNR/SSIM/MS-SSIM, and writes shard *i* of every variant
+(``orig`` and one per setting). Tasks run in-process or as Ray tasks (``num_cpus=1``, bounded in
+flight, handled in completion order); the driver only updates the manifests. See docs/shards.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from .. import __version__
+from ..codecs import Codec, CodecError, create, png_encode
+from .crops import FULL, IMAGENET, CropError, CropPolicy, parse_crop
+from .shards import FORMAT, MANIFEST, clean_temp_files, load_manifest, sample_json, sha256_file, shard_name, write_json_atomic, write_tar_atomic
+from .sources import Item, Source, SourceError, create_source
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CROPS = {"imagenet": IMAGENET, "samples": IMAGENET}
+ORIG = "orig"
+
+
+class PrepareError(ValueError):
+    """Bad options or an output that cannot be resumed; the message says what to change."""
+
+
+@dataclass
+class CodecSetting:
+    """One requested variant: a codec at a native parameter ``q`` or at a target ``bpp``."""
+
+    name: str
+    q: Any = None
+    bpp: float | None = None
+    options: dict = field(default_factory=dict)
+
+    def build(self) -> Codec:
+        return create(self.name, self.q, bpp=self.bpp, **self.options)
+
+
+@dataclass
+class PrepareConfig:
+    dataset: str
+    out: str
+    src: str | None = None
+    split: str = "val"
+    codecs: list[CodecSetting] = field(default_factory=list)
+    crop: str | None = None  # None: the dataset's default (imagenet/samples: resize256-center224; others: full)
+    shard_size: int = 1000
+    workers: int | None = None  # None: all CPUs of the machine or cluster
+    address: str | None = None  # Ray cluster address; None: RAY_ADDRESS or a local Ray
+    executor: str = "auto"  # auto | ray | local
+    write_orig: bool = True
+    store_decoded: bool = False
+    ms_ssim: bool = True
+    limit: int | None = None  # first N images (sorted by key), for quick runs
+    progress: bool = True
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class ShardTask:
+    index: int
+    items: list[Item]
+    source: Source
+    crop: CropPolicy
+    settings: list[CodecSetting]
+    variants: dict[str, str]  # variant name -> output folder
+    write_orig: bool
+    store_decoded: bool
+    ms_ssim: bool
+
+
+_STATS = ("bytes", "bpp", "psnr", "ssim", "ms_ssim", "enc_ms", "dec_ms")
+
+
+def _label_fields(task: str, label: Any) -> dict[str, bytes]:
+    if task == "classification":
+        return {"cls": str(int(label)).encode()}
+    if task == "segmentation":
+        return {"seg.png": png_encode(np.ascontiguousarray(label, dtype=np.uint8)[..., None], level=1)}
+    return {}
+
+
+def encode_shard(t: ShardTask) -> dict:
+    """Produce shard ``t.index`` of every variant; returns the manifest entries (runs in a worker)."""
+    from .. import quality
+
+    codecs = [(s.build(), s) for s in t.settings]
+    samples: dict[str, list[dict]] = {v: [] for v in t.variants}
+    sums: dict[str, dict[str, float]] = {v: {} for v in t.variants}
+    counts: dict[str, dict[str, int]] = {v: {} for v in t.variants}
+    failures: list[dict] = []
+
+    def add(variant: str, key: str, val: float | None) -> None:
+        if val is None or not np.isfinite(val):
+            return
+        sums[variant][key] = sums[variant].get(key, 0.0) + float(val)
+        counts[variant][key] = counts[variant].get(key, 0) + 1
+
+    for item in t.items:
+        try:
+            rgb, label = t.source.load(item)
+            rgb, label = t.crop(rgb, label)
+            if min(rgb.shape[:2]) < 1:
+                raise CropError("empty image after cropping")
+            lab = _label_fields(t.source.task, label)
+            ref = quality.Reference(rgb) if min(rgb.shape[:2]) >= 11 else None
+            made: dict[str, tuple[dict, dict]] = {}
+            for codec, setting in codecs:
+                r = codec.roundtrip(rgb)
+                st = {
+                    "spec": codec.spec,
+                    "q": r.q,
+                    "bytes": r.bytes,
+                    "bpp": r.bpp(),
+                    "h": int(rgb.shape[0]),
+                    "w": int(rgb.shape[1]),
+                    "psnr": quality.psnr(rgb, r.decoded),
+                    "ssim": ref.ssim(r.decoded) if ref is not None else None,
+                    "ms_ssim": quality.ms_ssim(rgb, r.decoded) if t.ms_ssim else None,
+                }
+                if getattr(codec, "last_over_target", False):
+                    st["over_target"] = True
+                s = {"__key__": item.key, codec.ext: r.data, "json": sample_json(st), **lab}
+                if t.store_decoded:
+                    s["decoded.png"] = png_encode(r.decoded, level=1)
+                made[codec.spec] = (s, {**st, "enc_ms": r.enc_ms, "dec_ms": r.dec_ms})
+        except (SourceError, CropError, CodecError) as e:
+            failures.append({"source": item.ref, "key": item.key, "reason": str(e)})
+            continue
+        if t.write_orig:
+            png = png_encode(rgb, level=1)
+            meta = {"h": int(rgb.shape[0]), "w": int(rgb.shape[1]), "source": item.ref, "bytes": len(png)}
+            samples[ORIG].append({"__key__": item.key, "png": png, "json": sample_json(meta), **lab})
+            add(ORIG, "bytes", len(png))
+            add(ORIG, "bpp", len(png) * 8.0 / (rgb.shape[0] * rgb.shape[1]))
+        for spec, (s, st) in made.items():
+            samples[spec].append(s)
+            for k in _STATS:
+                add(spec, k, st.get(k))
+
+    entries = {}
+    for variant, vdir in t.variants.items():
+        ss = samples[variant]
+        sha, size = write_tar_atomic(os.path.join(vdir, shard_name(t.index)), ss)
+        entries[variant] = {
+            "name": shard_name(t.index),
+            "index": t.index,
+            "count": len(ss),
+            "sha256": sha,
+            "size": size,
+            "first_key": ss[0]["__key__"] if ss else None,
+            "last_key": ss[-1]["__key__"] if ss else None,
+            "sums": sums[variant],
+            "counts": counts[variant],
+            "failures": failures,
+        }
+    return {"index": t.index, "images": len(t.items), "entries": entries}
+
+
+# -- driver -------------------------------------------------------------------------------
+
+
+def _versions() -> dict[str, str]:
+    import platform
+
+    import imagecodecs
+    import PIL
+
+    v = {"lossyvision": __version__, "python": platform.python_version(), "numpy": np.__version__, "pillow": PIL.__version__, "imagecodecs": imagecodecs.__version__}
+    try:
+        import cv2
+
+        v["opencv"] = cv2.__version__
+    except ImportError:
+        pass
+    return v
+
+
+def _fingerprint(keys: list[str], crop: CropPolicy, shard_size: int, codec_info: dict | None, source: Source) -> str:
+    h = hashlib.sha256()
+    h.update(json.dumps({"crop": crop.to_dict(), "shard_size": shard_size, "codec": codec_info, "source": [source.name, getattr(source, "split", "")]}, sort_keys=True).encode())
+    for k in keys:
+        h.update(k.encode() + b"\0")
+    return h.hexdigest()
+
+
+def _entry_done(vdir: str, entry: dict | None) -> bool:
+    if not entry:
+        return False
+    p = os.path.join(vdir, entry["name"])
+    return os.path.isfile(p) and os.path.getsize(p) == entry["size"] and sha256_file(p) == entry["sha256"]
+
+
+def _summarise(m: dict) -> None:
+    """Fill totals, means and failures of a manifest from its shard entries."""
+    entries = [e for e in m["shards"] if e]
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    fails = []
+    for e in entries:
+        for k, v in e.get("sums", {}).items():
+            sums[k] = sums.get(k, 0.0) + v
+        for k, v in e.get("counts", {}).items():
+            counts[k] = counts.get(k, 0) + v
+        fails.extend(e.get("failures", []))
+    m["num_samples"] = sum(e["count"] for e in entries)
+    m["totals"] = {"bytes": int(sums.get("bytes", 0))}
+    m["means"] = {k: (sums[k] / counts[k] if counts.get(k) else None) for k in _STATS if k in sums or k in ("bytes", "bpp")}
+    m["failures"] = sorted(fails, key=lambda f: f["key"])
+    m["num_failures"] = len(fails)
+    m["complete"] = len(entries) == m["num_shards"] and all(entries)
+
+
+def _resolve_crop(cfg: PrepareConfig) -> CropPolicy:
+    if cfg.crop:
+        return parse_crop(cfg.crop)
+    return DEFAULT_CROPS.get(cfg.dataset, FULL)
+
+
+def validate(cfg: PrepareConfig) -> tuple[Source, CropPolicy, list[Codec]]:
+    """Check options before any work starts; raise PrepareError with what to change."""
+    if cfg.shard_size < 1:
+        raise PrepareError(f"--shard-size must be at least 1, got {cfg.shard_size}")
+    if cfg.workers is not None and cfg.workers < 1:
+        raise PrepareError(f"--workers must be at least 1, got {cfg.workers}")
+    if cfg.executor not in ("auto", "ray", "local"):
+        raise PrepareError(f"executor must be auto, ray or local, got {cfg.executor!r}")
+    if not cfg.codecs and not cfg.write_orig:
+        raise PrepareError("nothing to write: give at least one --codec, or keep the orig variant")
+    try:
+        crop = _resolve_crop(cfg)
+        codecs = [s.build() for s in cfg.codecs]
+    except (CropError, CodecError) as e:
+        raise PrepareError(str(e)) from None
+    specs = [c.spec for c in codecs]
+    dup = sorted({s for s in specs if specs.count(s) > 1})
+    if dup:
+        raise PrepareError(f"codec setting(s) requested twice: {', '.join(dup)}")
+    if cfg.src is not None:
+        if not os.path.exists(cfg.src):
+            raise PrepareError(f"--src {cfg.src} does not exist")
+        src, out = os.path.realpath(cfg.src), os.path.realpath(cfg.out)
+        if out == src or out.startswith(src + os.sep):
+            raise PrepareError(f"--out {cfg.out} is inside --src {cfg.src}; write shards outside the source tree")
+    try:
+        source = create_source(cfg.dataset, cfg.src, cfg.split)
+    except SourceError as e:
+        raise PrepareError(str(e)) from None
+    return source, crop, codecs
+
+
+def prepare_shards(cfg: PrepareConfig) -> dict[str, dict]:
+    """Run the job; returns the final manifest of every variant. Resumes an interrupted run."""
+    t_start = time.perf_counter()
+    source, crop, codecs = validate(cfg)
+    items = source.items()
+    if cfg.limit:
+        items = items[: cfg.limit]
+    if not items:
+        raise PrepareError(f"no images found for dataset '{cfg.dataset}' split '{cfg.split}' under {cfg.src}")
+    keys = [it.key for it in items]
+    base = os.path.join(cfg.out, cfg.dataset, cfg.split)
+    variants: dict[str, str] = {}
+    infos: dict[str, dict | None] = {}
+    if cfg.write_orig:
+        variants[ORIG] = os.path.join(base, ORIG)
+        infos[ORIG] = None
+    for c in codecs:
+        variants[c.spec] = os.path.join(base, c.spec)
+        infos[c.spec] = c.info()
+    chunks = [items[i : i + cfg.shard_size] for i in range(0, len(items), cfg.shard_size)]
+    n = len(chunks)
+    versions = _versions()
+
+    manifests: dict[str, dict] = {}
+    for v, vdir in variants.items():
+        os.makedirs(vdir, exist_ok=True)
+        clean_temp_files(vdir)
+        fp = _fingerprint(keys, crop, cfg.shard_size, infos[v], source)
+        old = load_manifest(vdir)
+        if old is not None and old.get("fingerprint") != fp:
+            raise PrepareError(
+                f"{vdir} holds shards made from other sources or options (the source list, crop, shard size or codec "
+                "changed); write to a new --out, or delete that folder to rebuild it"
+            )
+        m = old or {
+            "format": FORMAT,
+            "dataset": cfg.dataset,
+            "split": cfg.split,
+            "variant": v,
+            "task": source.task,
+            "classes": None,
+            "codec": infos[v],
+            "crop": crop.to_dict(),
+            "source": source.describe(),
+            "shard_size": cfg.shard_size,
+            "num_shards": n,
+            "fingerprint": fp,
+            "shards": [None] * n,
+        }
+        m["config"] = {k: val for k, val in cfg.to_dict().items() if k not in ("progress",)}
+        m["versions"] = {**versions, **((infos[v] or {}).get("versions") or {})}
+        manifests[v] = m
+
+    pending = [i for i in range(n) if not all(_entry_done(variants[v], manifests[v]["shards"][i]) for v in variants)]
+    done_images = sum(len(chunks[i]) for i in range(n) if i not in set(pending))
+    log.info("%d images in %d shards x %d variants; %d shards to do", len(items), n, len(variants), len(pending))
+
+    def on_result(res: dict) -> None:
+        for v, entry in res["entries"].items():
+            manifests[v]["shards"][res["index"]] = entry
+            if source.classes is not None:
+                manifests[v]["classes"] = list(source.classes)
+            _summarise(manifests[v])
+            write_json_atomic(os.path.join(variants[v], MANIFEST), manifests[v])
+
+    tasks = (ShardTask(i, chunks[i], source, crop, cfg.codecs, variants, cfg.write_orig, cfg.store_decoded, cfg.ms_ssim) for i in pending)
+    if pending:
+        _run(cfg, tasks, len(pending), on_result, total_images=len(items), done_images=done_images)
+    for v in variants:
+        if source.classes is not None:
+            manifests[v]["classes"] = list(source.classes)
+        _summarise(manifests[v])
+        manifests[v]["wall_s"] = round(time.perf_counter() - t_start, 3)
+        write_json_atomic(os.path.join(variants[v], MANIFEST), manifests[v])
+    return manifests
+
+
+def _run(cfg: PrepareConfig, tasks, n_tasks: int, on_result: Callable[[dict], None], total_images: int, done_images: int) -> None:
+    from tqdm import tqdm
+
+    workers = cfg.workers or os.cpu_count() or 1
+    use_ray = cfg.executor == "ray" or (
+        cfg.executor == "auto" and (cfg.address or os.environ.get("RAY_ADDRESS") or (workers > 1 and n_tasks > 1))
+    )
+    bar = tqdm(total=total_images, initial=done_images, unit="img", desc="prepare-shards", disable=not cfg.progress, dynamic_ncols=True)
+    try:
+        if not use_ray:
+            for t in tasks:
+                res = encode_shard(t)
+                on_result(res)
+                bar.update(res["images"])
+            return
+        from .raypool import run_ray
+
+        for res in run_ray(encode_shard, tasks, workers=cfg.workers, address=cfg.address):
+            on_result(res)
+            bar.update(res["images"])
+    finally:
+        bar.close()

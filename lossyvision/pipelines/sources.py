@@ -1,0 +1,327 @@
+"""Sources: list a dataset's images as sorted :class:`Item` s and load one as ``(rgb, label)``.
+
+Sources are plain picklable classes (Ray workers receive them), registered by name:
+``imagenet``, ``cityscapes``, ``folder``, ``samples`` and ``fashion-mnist``.
+"""
+
+from __future__ import annotations
+
+import csv
+import fnmatch
+import os
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .imageio import SourceError, read_rgb
+
+__all__ = ["Item", "Source", "SourceError", "register_source", "create_source", "source_names", "make_key"]
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif")
+
+
+@dataclass(frozen=True)
+class Item:
+    key: str  # stable, tar-safe key, e.g. "train/n01440764/n01440764_10026"
+    ref: str  # what load() needs: a path relative to the source root, or an index
+    label: Any = None  # int class index, relative path of a label map, or None
+
+
+def make_key(relpath: str) -> str:
+    """Tar-safe WebDataset key from a relative path: no extension, no dots, no '..', no leading '/'."""
+    p = relpath.replace("\\", "/")
+    stem, ext = os.path.splitext(p)
+    if ext.lower() in IMAGE_EXTS:
+        p = stem
+    parts = [re.sub(r"[^A-Za-z0-9_\-]", "_", part) for part in p.split("/") if part not in ("", ".", "..")]
+    if not parts:
+        raise SourceError(f"cannot make a key from path {relpath!r}")
+    return "/".join(parts)
+
+
+class Source:
+    name: str = ""
+    task: str = "none"  # "classification" | "segmentation" | "none"
+    classes: list[str] | None = None
+    root: str = ""
+
+    def items(self) -> list[Item]:
+        raise NotImplementedError
+
+    def load(self, item: Item) -> tuple[np.ndarray, Any]:
+        """(uint8 HxWx3 RGB, label: int | uint8 HxW train-id map | None); raises SourceError."""
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"name": self.name, "root": self.root, "task": self.task}
+
+
+_SOURCES: dict[str, type[Source]] = {}
+
+
+def register_source(cls: type[Source]) -> type[Source]:
+    if cls.name in _SOURCES:
+        raise ValueError(f"source '{cls.name}' is already registered")
+    _SOURCES[cls.name] = cls
+    return cls
+
+
+def source_names(pattern: str = "*") -> list[str]:
+    _load_optional()
+    return sorted(n for n in _SOURCES if fnmatch.fnmatch(n, pattern))
+
+
+def create_source(name: str, root: str | None, split: str, **kwargs: Any) -> Source:
+    """Instantiate a registered source; unknown names and missing folders raise SourceError."""
+    _load_optional()
+    if name not in _SOURCES:
+        raise SourceError(f"unknown dataset '{name}'; choose one of {', '.join(source_names())}")
+    return _SOURCES[name](root, split, **kwargs)
+
+
+def _load_optional() -> None:
+    try:  # fashion-mnist lives in its own module
+        from . import fashion_mnist  # noqa: F401
+    except ImportError:
+        pass
+
+
+def _unique_keys(items: list[Item]) -> list[Item]:
+    items = sorted(items, key=lambda it: it.key)
+    for a, b in zip(items, items[1:]):
+        if a.key == b.key:
+            raise SourceError(f"two source files map to the same key '{a.key}': {a.ref} and {b.ref}; rename one")
+    return items
+
+
+def _walk_images(top: str, rel_to: str) -> list[str]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(top):
+        dirnames.sort()
+        for f in sorted(filenames):
+            if f.lower().endswith(IMAGE_EXTS):
+                out.append(os.path.relpath(os.path.join(dirpath, f), rel_to))
+    return out
+
+
+def _need_dir(path: str, what: str) -> None:
+    if not os.path.isdir(path):
+        raise SourceError(f"{what} not found: {path}")
+
+
+class _FileSource(Source):
+    def load(self, item: Item) -> tuple[np.ndarray, Any]:
+        return read_rgb(os.path.join(self.root, item.ref)), item.label
+
+
+@register_source
+class ImageNetSource(_FileSource):
+    """ILSVRC2012: ``train/<wnid>/*.JPEG``; ``val/`` in wnid folders or flat with a ground truth.
+
+    Flat ``val/`` labels come from ``LOC_val_solution.csv`` (Kaggle layout), or from
+    ``ILSVRC2012_validation_ground_truth.txt`` plus the devkit's ``meta.mat`` (ILSVRC2012_ID ->
+    wnid), searched in the root, ``val/``, and ``ILSVRC2012_devkit_t12/data/``. Class index =
+    position of the wnid in sorted order (torchvision's convention).
+    """
+
+    name = "imagenet"
+    task = "classification"
+
+    def __init__(self, root: str | None, split: str, **_: Any):
+        if not root:
+            raise SourceError("the imagenet dataset needs --src pointing at the ILSVRC2012 root (with train/ and/or val/)")
+        self.root = os.path.abspath(root)
+        self.split = split
+        _need_dir(os.path.join(self.root, split), f"ImageNet split folder '{split}'")
+        self._items: list[Item] | None = None
+
+    def _class_dirs(self, split: str) -> list[str]:
+        d = os.path.join(self.root, split)
+        if not os.path.isdir(d):
+            return []
+        return sorted(e for e in os.listdir(d) if os.path.isdir(os.path.join(d, e)))
+
+    def _find(self, name: str) -> str | None:
+        for d in (self.root, os.path.join(self.root, self.split), os.path.join(self.root, "ILSVRC2012_devkit_t12", "data"), os.path.dirname(self.root)):
+            p = os.path.join(d, name)
+            if os.path.isfile(p):
+                return p
+        return None
+
+    def items(self) -> list[Item]:
+        if self._items is not None:
+            return self._items
+        dirs = self._class_dirs(self.split)
+        if dirs:
+            wnids = sorted(set(self._class_dirs("train")) | set(dirs)) if self.split != "train" else dirs
+            index = {w: i for i, w in enumerate(wnids)}
+            items = []
+            for w in dirs:
+                for rel in _walk_images(os.path.join(self.root, self.split, w), self.root):
+                    items.append(Item(make_key(rel), rel, index[w]))
+            self.classes = wnids
+        else:
+            items = self._flat_items()
+        self._items = _unique_keys(items)
+        return self._items
+
+    def _flat_items(self) -> list[Item]:
+        files = _walk_images(os.path.join(self.root, self.split), self.root)
+        labels: dict[str, str] = {}
+        loc = self._find("LOC_val_solution.csv")
+        gt = self._find("ILSVRC2012_validation_ground_truth.txt")
+        if loc:
+            with open(loc, newline="") as f:
+                for row in csv.DictReader(f):
+                    labels[row["ImageId"]] = row["PredictionString"].split()[0]
+        elif gt:
+            meta = self._find("meta.mat")
+            if not meta:
+                raise SourceError(f"found {gt} but not the devkit's meta.mat (ILSVRC2012_devkit_t12/data/meta.mat) that maps its ids to wnids")
+            id2wnid = _devkit_ids(meta)
+            with open(gt) as f:
+                ids = [int(line) for line in f if line.strip()]
+            # line i belongs to the i-th validation image in file-name order
+            names = sorted(os.path.splitext(os.path.basename(p))[0] for p in files)
+            labels = {n: id2wnid[i] for n, i in zip(names, ids)}
+        else:
+            raise SourceError(
+                f"ImageNet '{self.split}' is flat (no wnid folders) and no ground truth was found; put LOC_val_solution.csv "
+                "or ILSVRC2012_validation_ground_truth.txt + the devkit's meta.mat in the dataset root"
+            )
+        wnids = self._class_dirs("train") or sorted(set(labels.values()))
+        if not self._class_dirs("train"):
+            syn = self._find("LOC_synset_mapping.txt")
+            if syn:
+                with open(syn) as f:
+                    wnids = sorted(line.split()[0] for line in f if line.strip())
+        index = {w: i for i, w in enumerate(wnids)}
+        self.classes = wnids
+        items = []
+        for rel in files:
+            stem = os.path.splitext(os.path.basename(rel))[0]
+            w = labels.get(stem)
+            items.append(Item(make_key(rel), rel, index[w] if w in index else None))
+        return items
+
+    def load(self, item: Item) -> tuple[np.ndarray, Any]:
+        if item.label is None:
+            raise SourceError("no ground-truth label for this image")
+        return super().load(item)
+
+
+def _devkit_ids(meta_path: str) -> dict[int, str]:
+    from scipy.io import loadmat
+
+    synsets = loadmat(meta_path, squeeze_me=True)["synsets"]
+    return {int(s[0]): str(s[1]) for s in synsets if int(s[4]) == 0}
+
+
+def cityscapes_lut() -> np.ndarray:
+    """256-entry lookup table: Cityscapes label id -> train id (255 = ignore), from cityscapesscripts."""
+    from cityscapesscripts.helpers.labels import labels
+
+    lut = np.full(256, 255, dtype=np.uint8)
+    for lab in labels:
+        if 0 <= lab.id < 256 and 0 <= lab.trainId < 255:
+            lut[lab.id] = lab.trainId
+    return lut
+
+
+CITYSCAPES_CLASSES = [
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+]  # fmt: skip
+
+
+@register_source
+class CityscapesSource(_FileSource):
+    """``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` + ``gtFine/<split>/<city>/*_gtFine_labelIds.png``."""
+
+    name = "cityscapes"
+    task = "segmentation"
+    classes = CITYSCAPES_CLASSES
+
+    def __init__(self, root: str | None, split: str, **_: Any):
+        if not root:
+            raise SourceError("the cityscapes dataset needs --src pointing at the root with leftImg8bit/ and gtFine/")
+        self.root = os.path.abspath(root)
+        self.split = split
+        _need_dir(os.path.join(self.root, "leftImg8bit", split), f"Cityscapes folder leftImg8bit/{split}")
+        self._lut: np.ndarray | None = None
+
+    def items(self) -> list[Item]:
+        items = []
+        for rel in _walk_images(os.path.join(self.root, "leftImg8bit", self.split), self.root):
+            if not rel.endswith("_leftImg8bit.png"):
+                continue
+            parts = rel.split(os.sep)
+            base = os.path.basename(rel)[: -len("_leftImg8bit.png")]
+            lab = os.path.join("gtFine", self.split, parts[-2], base + "_gtFine_labelIds.png")
+            items.append(Item(make_key(f"{parts[-2]}/{base}"), rel, lab))
+        return _unique_keys(items)
+
+    def load(self, item: Item) -> tuple[np.ndarray, Any]:
+        rgb = read_rgb(os.path.join(self.root, item.ref))
+        path = os.path.join(self.root, item.label)
+        if not os.path.isfile(path):
+            raise SourceError(f"label map missing: {item.label}")
+        import imagecodecs
+
+        try:
+            ids = imagecodecs.png_decode(open(path, "rb").read())
+        except Exception as e:
+            raise SourceError(f"corrupt label map {item.label}: {e}") from None
+        if ids.ndim != 2 or ids.dtype != np.uint8:
+            raise SourceError(f"label map {item.label} is not a single-channel 8-bit PNG")
+        if ids.shape != rgb.shape[:2]:
+            raise SourceError(f"label map {ids.shape} and image {rgb.shape[:2]} differ in size")
+        if self._lut is None:
+            self._lut = cityscapes_lut()
+        return rgb, self._lut[ids]
+
+
+@register_source
+class FolderSource(_FileSource):
+    """Any folder of images (recursively), no labels: for rate studies on a photo collection."""
+
+    name = "folder"
+
+    def __init__(self, root: str | None, split: str = "all", **_: Any):
+        if not root:
+            raise SourceError("the folder dataset needs --src DIR")
+        self.root = os.path.abspath(root)
+        self.split = split
+        _need_dir(self.root, "source folder")
+
+    def items(self) -> list[Item]:
+        return _unique_keys([Item(make_key(rel), rel, None) for rel in _walk_images(self.root, self.root)])
+
+
+# Real photographs that scikit-image ships in its wheel (no download needed), for the demo.
+SAMPLE_PHOTOS = (
+    "astronaut.png", "chelsea.png", "coffee.png", "rocket.jpg", "motorcycle_left.png", "motorcycle_right.png",
+    "hubble_deep_field.jpg", "ihc.png", "retina.jpg", "camera.png", "coins.png", "moon.png", "page.png",
+    "text.png", "grass.png", "gravel.png", "brick.png", "cell.png",
+)  # fmt: skip
+
+
+@register_source
+class SamplesSource(_FileSource):
+    """The real photos bundled with scikit-image (RGB and greyscale), for demos and tests."""
+
+    name = "samples"
+
+    def __init__(self, root: str | None = None, split: str = "all", **_: Any):
+        import skimage.data
+
+        self.root = os.path.abspath(root or skimage.data.data_dir)
+        self.split = split
+
+    def items(self) -> list[Item]:
+        have = [f for f in SAMPLE_PHOTOS if os.path.isfile(os.path.join(self.root, f))]
+        if not have:
+            raise SourceError(f"no sample photos found in {self.root}; is scikit-image installed?")
+        return _unique_keys([Item(make_key(f), f, None) for f in have])

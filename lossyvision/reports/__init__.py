@@ -1,0 +1,1 @@
+"""Tables (Markdown/CSV/JSON) and plots (matplotlib) from manifests and results."""
