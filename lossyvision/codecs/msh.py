@@ -1,13 +1,15 @@
 """Mean-Scale Hyperprior (Minnen et al. 2018; CompressAI ``mbt2018_mean``), quality 1-8.
 
 The bitstream is CompressAI's real entropy-coded strings (``compress``/``decompress``) behind a
-12-byte header, so ``decode`` needs nothing but the bytes and the model:
+15-byte header, so ``decode`` needs nothing but the bytes and the model:
 
-    b"MSH1" | quality (u8) | reserved (u8) | height (u16) | width (u16) | len(y string) (u32) ... 
-    followed by the y string, then the z string.
+    b"MS" | quality (u8) | height (u16) | width (u16) | len(y string) (u32) | crc32(payload) (u32)
+    followed by the y string, then the z string (the payload).
 
+The CRC is there because CompressAI's rANS decoder reads past the end of a truncated or corrupt
+string and can crash the interpreter (seen here); a bad stream is refused before it gets there.
 Inputs are zero-padded (centred, as CompressAI's eval does) to a multiple of 64 and cropped
-after decoding. The header's 14 bytes are counted in the rate.
+after decoding. The header's 15 bytes are counted in the rate.
 
 Weights: CompressAI's zoo (``pretrained=True``) when online, or ``weights=PATH`` (a state dict
 of ``mbt2018_mean`` at that quality, as the zoo or CompressAI's training saves it). Offline with
@@ -22,14 +24,15 @@ from __future__ import annotations
 
 import struct
 import threading
+import zlib
 
 import numpy as np
 
 from .base import Codec, CodecError
 from .registry import register_codec
 
-_MAGIC = b"MSH1"
-_HEADER = struct.Struct(">4sBBHHI")
+_MAGIC = b"MS"
+_HEADER = struct.Struct(">2sBHHII")
 _MODELS: dict = {}
 _LOCK = threading.Lock()
 
@@ -113,17 +116,20 @@ class MSH(Codec):
         with torch.no_grad():
             out = model.compress(x)
         y_str, z_str = out["strings"][0][0], out["strings"][1][0]
-        return _HEADER.pack(_MAGIC, int(self.q), 0, h, w, len(y_str)) + y_str + z_str
+        payload = y_str + z_str
+        return _HEADER.pack(_MAGIC, int(self.q), h, w, len(y_str), zlib.crc32(payload)) + payload
 
     def _decode(self, data: bytes) -> np.ndarray:
         import torch
         import torch.nn.functional as F
 
-        if len(data) < _HEADER.size or data[:4] != _MAGIC:
+        if len(data) < _HEADER.size or data[:2] != _MAGIC:
             raise CodecError(f"{self.spec}: not an MSH bitstream (bad header)")
-        _, q, _, h, w, ny = _HEADER.unpack_from(data)
-        if not 1 <= q <= 8 or _HEADER.size + ny > len(data):
+        _, q, h, w, ny, crc = _HEADER.unpack_from(data)
+        if not 1 <= q <= 8 or _HEADER.size + ny > len(data) or h == 0 or w == 0:
             raise CodecError(f"{self.spec}: corrupt MSH header")
+        if zlib.crc32(data[_HEADER.size :]) != crc:
+            raise CodecError(f"{self.spec}: MSH bitstream is truncated or corrupt (CRC mismatch)")
         y_str = data[_HEADER.size : _HEADER.size + ny]
         z_str = data[_HEADER.size + ny :]
         dev = _device(self.device)
