@@ -89,7 +89,7 @@ def _label_fields(task: str, label: Any) -> dict[str, bytes]:
     if task == "classification":
         return {"cls": str(int(label)).encode()}
     if task == "segmentation":
-        return {"seg.png": png_encode(np.ascontiguousarray(label, dtype=np.uint8)[..., None], level=1)}
+        return {"seg.png": png_encode(np.ascontiguousarray(label, dtype=np.uint8), level=1)}
     return {}
 
 

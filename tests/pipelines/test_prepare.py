@@ -1,0 +1,241 @@
+"""prepare-shards end to end: real codecs, real tars read back by plain webdataset."""
+
+import hashlib
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from lossyvision.cli import main
+from lossyvision.pipelines.prepare import CodecSetting, PrepareConfig, PrepareError, prepare_shards
+
+SETTINGS = [CodecSetting("jpeg", 10), CodecSetting("j2k", 200), CodecSetting("bpg", 51)]
+
+
+def tars(vdir):
+    return sorted(f for f in os.listdir(vdir) if f.endswith(".tar"))
+
+
+def digest(root):
+    """sha256 of every shard under root."""
+    out = {}
+    for d, _, fs in os.walk(root):
+        for f in fs:
+            if f.endswith(".tar"):
+                out[os.path.relpath(os.path.join(d, f), root)] = hashlib.sha256(open(os.path.join(d, f), "rb").read()).hexdigest()
+    return out
+
+
+def read_wds(vdir):
+    import webdataset as wds
+
+    urls = [os.path.join(vdir, t) for t in tars(vdir)]
+    return list(wds.WebDataset(urls, shardshuffle=False, empty_check=False))
+
+
+@pytest.fixture
+def imagenet_out(imagenet_root, tmp_path):
+    out = str(tmp_path / "shards")
+    cfg = PrepareConfig(dataset="imagenet", src=imagenet_root, split="val", out=out, codecs=SETTINGS, shard_size=4, executor="local", progress=False)
+    return out, prepare_shards(cfg), cfg
+
+
+def test_shards_read_back_with_plain_webdataset(imagenet_out):
+    from lossyvision import codecs
+
+    out, manifests, _ = imagenet_out
+    base = os.path.join(out, "imagenet", "val")
+    assert sorted(os.listdir(base)) == ["bpg-qp51", "j2k-r200", "jpeg-q10", "orig"]
+    orig = read_wds(os.path.join(base, "orig"))
+    # 9 good images + CMYK, grey, PNG-with-alpha, 16-bit: 13; truncated and zero-byte are skipped
+    assert len(orig) == 13
+    for variant, ext in (("jpeg-q10", "jpg"), ("j2k-r200", "j2k"), ("bpg-qp51", "hevc")):
+        samples = read_wds(os.path.join(base, variant))
+        assert [s["__key__"] for s in samples] == [s["__key__"] for s in orig]
+        assert [s["cls"] for s in samples] == [s["cls"] for s in orig]
+        c = codecs.from_spec(variant)
+        for s, o in zip(samples, orig):
+            st = json.loads(s["json"])
+            assert st["bytes"] == len(s[ext]) and st["spec"] == variant
+            assert st["bpp"] == pytest.approx(len(s[ext]) * 8 / (224 * 224))
+            dec = c.decode(s[ext])
+            assert dec.shape == (224, 224, 3)
+            ref = np.asarray(__import__("PIL.Image", fromlist=["Image"]).open(io.BytesIO(o["png"])).convert("RGB"))
+            from lossyvision.quality import psnr, ssim
+
+            assert st["psnr"] == pytest.approx(psnr(ref, dec), abs=1e-9)
+            assert st["ssim"] == pytest.approx(ssim(ref, dec), abs=1e-9)
+    labels = sorted(int(s["cls"]) for s in orig)
+    assert labels.count(0) == 3 + 4 and labels.count(1) == 3 and labels.count(2) == 3
+
+
+def test_variants_are_aligned_shard_by_shard(imagenet_out):
+    out, manifests, _ = imagenet_out
+    base = os.path.join(out, "imagenet", "val")
+    import webdataset as wds
+
+    for name in tars(os.path.join(base, "orig")):
+        keys = {v: [s["__key__"] for s in wds.WebDataset(os.path.join(base, v, name), shardshuffle=False)] for v in manifests}
+        assert len({tuple(k) for k in keys.values()}) == 1
+
+
+def test_manifest_agrees_with_samples(imagenet_out):
+    out, manifests, _ = imagenet_out
+    for v, m in manifests.items():
+        vdir = os.path.join(out, "imagenet", "val", v)
+        on_disk = json.load(open(os.path.join(vdir, "manifest.json")))
+        assert on_disk["complete"] and on_disk["num_samples"] == 13 and on_disk["num_shards"] == 4
+        assert on_disk["classes"] == ["n01440764", "n01443537", "n01484850"]
+        assert {"numpy", "pillow", "imagecodecs", "lossyvision"} <= set(on_disk["versions"])
+        for e in on_disk["shards"]:
+            p = os.path.join(vdir, e["name"])
+            assert hashlib.sha256(open(p, "rb").read()).hexdigest() == e["sha256"]
+            assert os.path.getsize(p) == e["size"]
+        fails = {f["source"].rsplit("/", 1)[1]: f["reason"] for f in on_disk["failures"]}
+        assert set(fails) == {"odd0005.JPEG", "odd0006.JPEG"} and "zero-byte" in fails["odd0006.JPEG"]
+        if v != "orig":
+            samples = read_wds(vdir)
+            stats = [json.loads(s["json"]) for s in samples]
+            assert on_disk["means"]["bytes"] == pytest.approx(np.mean([s["bytes"] for s in stats]))
+            assert on_disk["means"]["psnr"] == pytest.approx(np.mean([s["psnr"] for s in stats]))
+            assert on_disk["means"]["ssim"] == pytest.approx(np.mean([s["ssim"] for s in stats]))
+            assert on_disk["codec"]["spec"] == v and on_disk["codec"]["versions"]
+            assert on_disk["means"]["enc_ms"] > 0
+
+
+def test_rerun_is_a_noop(imagenet_out):
+    out, _, cfg = imagenet_out
+    before = digest(out)
+    mtimes = {p: os.path.getmtime(os.path.join(out, p)) for p in before}
+    t = time.perf_counter()
+    prepare_shards(cfg)
+    assert digest(out) == before
+    assert {p: os.path.getmtime(os.path.join(out, p)) for p in before} == mtimes
+    assert time.perf_counter() - t < 10
+
+
+def test_changed_options_refuse_to_mix(imagenet_out):
+    out, _, cfg = imagenet_out
+    cfg.shard_size = 3
+    with pytest.raises(PrepareError, match="other sources or options"):
+        prepare_shards(cfg)
+
+
+def test_cityscapes_labels_and_store_decoded(cityscapes_root, tmp_path):
+    from lossyvision.codecs import png_decode
+    from lossyvision.pipelines.sources import create_source
+
+    out = str(tmp_path / "s")
+    cfg = PrepareConfig(dataset="cityscapes", src=cityscapes_root, split="train", out=out, crop="crop:128x64",
+                        codecs=[CodecSetting("jpeg", 20)], shard_size=3, executor="local", store_decoded=True, progress=False)
+    prepare_shards(cfg)
+    src = create_source("cityscapes", cityscapes_root, "train")
+    want = {it.key: cfg_crop(src.load(it)) for it in src.items()}
+    samples = read_wds(os.path.join(out, "cityscapes", "train", "jpeg-q20"))
+    assert len(samples) == 4
+    for s in samples:
+        lab = png_decode(s["seg.png"])
+        assert lab.shape == (64, 128) and np.array_equal(lab, want[s["__key__"]])
+        assert png_decode(s["decoded.png"]).shape == (64, 128, 3)
+
+
+def cfg_crop(rgb_lab):
+    from lossyvision.pipelines.crops import parse_crop
+
+    return parse_crop("crop:128x64")(*rgb_lab)[1]
+
+
+def test_rate_controlled_variant(tmp_path):
+    out = str(tmp_path / "s")
+    cfg = PrepareConfig(dataset="samples", out=out, split="all", codecs=[CodecSetting("jpeg", bpp=0.5)], limit=4,
+                        executor="local", progress=False, write_orig=False)
+    m = prepare_shards(cfg)["jpeg-bpp0.5"]
+    stats = [json.loads(s["json"]) for s in read_wds(os.path.join(out, "samples", "all", "jpeg-bpp0.5"))]
+    assert len(stats) == 4 and all(s["bpp"] <= 0.5 for s in stats)
+    assert len({s["q"] for s in stats}) > 1  # chosen per image
+    assert m["means"]["bpp"] <= 0.5
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_one_and_two_ray_workers_give_identical_shards(imagenet_root, tmp_path):
+    local = str(tmp_path / "local")
+    two = str(tmp_path / "two")
+    common = dict(dataset="imagenet", src=imagenet_root, split="val", codecs=SETTINGS, shard_size=3, progress=False)
+    prepare_shards(PrepareConfig(out=local, workers=1, executor="local", **common))
+    prepare_shards(PrepareConfig(out=two, workers=2, executor="ray", **common))
+    a, b = digest(local), digest(two)
+    assert len(a) == 4 * 5 and a == b
+
+
+@pytest.mark.slow
+def test_sigkill_then_rerun_gives_identical_shards(tmp_path):
+    """Kill the job with SIGKILL part-way (after some shards finished), rerun, compare with a clean run."""
+    args = ["--dataset", "samples", "--codec", "jpeg", "--q", "50", "--codec", "bpg", "--q", "46", "--shard-size", "2",
+            "--executor", "local", "--quiet"]
+    clean = str(tmp_path / "clean")
+    assert CliRunner().invoke(main, ["prepare-shards", "--out", clean, *args]).exit_code == 0
+    killed = str(tmp_path / "killed")
+    for trial in range(2):
+        proc = subprocess.Popen([sys.executable, "-m", "lossyvision.cli", "prepare-shards", "--out", killed, *args],
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        man = os.path.join(killed, "samples", "all", "bpg-qp46", "manifest.json")
+        deadline = time.time() + 120
+        while time.time() < deadline and proc.poll() is None:
+            if os.path.exists(man) and json.load(open(man))["shards"].count(None) < 9 - 2 * trial:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    assert not json.load(open(man))["complete"]
+    r = CliRunner().invoke(main, ["prepare-shards", "--out", killed, *args])
+    assert r.exit_code == 0, r.output
+    assert digest(killed) == digest(clean)
+    assert not [f for d, _, fs in os.walk(killed) for f in fs if ".tmp-" in f]
+
+
+# -- command line --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args,msg",
+    [
+        (["--codec", "jpg", "--q", "10"], "unknown codec 'jpg'"),
+        (["--codec", "jpeg", "--q", "101"], "out of range"),
+        (["--codec", "jpeg", "--q", "10", "--codec", "j2k"], "2 --codec but 1 --q"),
+        (["--codec", "jpeg", "--q", "ten"], "not a number"),
+        (["--codec", "jpeg", "--q", "10", "--crop", "middle"], "unknown crop policy"),
+        (["--codec", "jpeg", "--q", "10", "--shard-size", "0"], "shard-size"),
+    ],
+)
+def test_bad_options_fail_fast_with_one_line(args, msg, tmp_path):
+    r = CliRunner().invoke(main, ["prepare-shards", "--dataset", "samples", "--out", str(tmp_path / "o"), *args])
+    assert r.exit_code == 2, r.output
+    assert msg in r.output and "Traceback" not in r.output
+    assert not os.path.exists(tmp_path / "o" / "samples")
+
+
+def test_missing_src_and_out_inside_src(imagenet_root, tmp_path):
+    r = CliRunner().invoke(main, ["prepare-shards", "--dataset", "imagenet", "--src", str(tmp_path / "nope"), "--out", str(tmp_path / "o")])
+    assert r.exit_code == 2 and "does not exist" in r.output
+    r = CliRunner().invoke(main, ["prepare-shards", "--dataset", "imagenet", "--src", imagenet_root, "--out", os.path.join(imagenet_root, "shards")])
+    assert r.exit_code == 2 and "inside --src" in r.output
+
+
+def test_console_script_exit_code_and_no_traceback(tmp_path):
+    p = subprocess.run([sys.executable, "-m", "lossyvision.cli", "prepare-shards", "--dataset", "samples", "--out", str(tmp_path),
+                        "--codec", "bpg", "--q", "60"], capture_output=True, text=True)
+    assert p.returncode == 2 and "out of range" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_every_command_has_help():
+    for name in main.list_commands(None):
+        r = CliRunner().invoke(main, [name, "--help"])
+        assert r.exit_code == 0 and "Usage" in r.output, name
