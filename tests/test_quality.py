@@ -73,3 +73,14 @@ def test_ssim_is_not_scikit_image_default(photo):
 def test_shape_mismatch_is_a_clear_error(photo):
     with pytest.raises(ValueError, match="differ in shape"):
         quality.ssim(photo, photo[:100])
+
+
+def test_scores_share_work_and_agree(photos):
+    a = photos[2]
+    ref = quality.Reference(a)
+    for q in (5, 40):
+        b = _jpeg(a, q)
+        s, ms = ref.scores(b)
+        assert s == pytest.approx(quality.ssim(a, b), abs=1e-12)
+        assert abs(ms - float(t_ms_ssim(_t(a), _t(b), data_range=255))) < 1e-4
+    assert quality.Reference(a[:100, :100]).scores(a[:100, :100])[1] is None

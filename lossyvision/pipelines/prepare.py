@@ -120,6 +120,7 @@ def encode_shard(t: ShardTask) -> dict:
             made: dict[str, tuple[dict, dict]] = {}
             for codec, setting in codecs:
                 r = codec.roundtrip(rgb)
+                ssim, ms = ref.scores(r.decoded, t.ms_ssim) if ref is not None else (None, None)
                 st = {
                     "spec": codec.spec,
                     "q": r.q,
@@ -128,8 +129,8 @@ def encode_shard(t: ShardTask) -> dict:
                     "h": int(rgb.shape[0]),
                     "w": int(rgb.shape[1]),
                     "psnr": quality.psnr(rgb, r.decoded),
-                    "ssim": ref.ssim(r.decoded) if ref is not None else None,
-                    "ms_ssim": quality.ms_ssim(rgb, r.decoded) if t.ms_ssim else None,
+                    "ssim": ssim,
+                    "ms_ssim": ms,
                 }
                 if getattr(codec, "last_over_target", False):
                     st["over_target"] = True
