@@ -69,5 +69,5 @@ def load_results(paths: list[str]) -> list[dict]:
     for p in paths:
         with open(p) as f:
             data = json.load(f)
-        out.extend(data if isinstance(data, list) else data.get("rows", []))
+        out.extend(data if isinstance(data, list) else data.get("results", data.get("rows", [])))
     return out

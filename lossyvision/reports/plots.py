@@ -66,7 +66,7 @@ def rate_accuracy_plot(rows: list[dict], path: str, metric: str = "top1") -> str
     fig, ax = plt.subplots(figsize=(6, 4.2))
     for label, rs in sorted(groups.items()):
         rs = sorted(rs, key=lambda r: r["bpp"])
-        ax.plot([r["bpp"] for r in rs], [r[metric] for r in rs], marker="o", label=label)
+        ax.plot([r["bpp"] for r in rs], [100 * r[metric] for r in rs], marker="o", label=label)  # fractions -> %
     ax.set_xlabel("rate (bits per pixel)")
     ax.set_ylabel(f"{metric} accuracy (%)")
     ax.grid(True, alpha=0.3)

@@ -1,0 +1,193 @@
+"""Click commands for classifier training and evaluation (registered by lossyvision.cli).
+
+Thin on purpose: parse, build a config (options left unset are dropped so the library
+defaults in TrainConfig / EvalConfig apply), call one library function, print the result.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from pathlib import Path
+
+import click
+
+_USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError)
+
+
+def _user_errors(fn):
+    """Turn the library's user-facing errors into one-line click errors (no traceback)."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from lossyvision.pipelines.stream import ShardError
+        from lossyvision.train.models import WeightsUnavailable
+        try:
+            return fn(*args, **kwargs)
+        except (ShardError, WeightsUnavailable, *_USER_ERRORS) as e:
+            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
+            raise click.ClickException(str(msg)) from None
+    return wrapper
+
+
+def _floats3(ctx, param, value):
+    if value is None:
+        return None
+    try:
+        parts = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(f"expected three comma-separated numbers, got {value!r}") from None
+    if len(parts) != 3:
+        raise click.BadParameter(f"expected three comma-separated numbers, got {value!r}")
+    return parts
+
+
+def _logging(quiet: bool) -> None:
+    logging.basicConfig(level=logging.WARNING if quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+
+
+_TRAIN_OPTIONS = [
+    click.option("--shards", required=True, type=click.Path(file_okay=False), help="ROOT/<dataset> holding <split>/<variant>/ folders."),
+    click.option("--variant", default=None, help="Compressed variant to train on, e.g. j2k-r200 (not needed for stability)."),
+    click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder (config.json, log.jsonl, last.pt, best.pt)."),
+    click.option("--preset", default=None, help="Paper settings, e.g. marie2022-mnasnet-expert (explicit options override it)."),
+    click.option("--model", default=None, help="torchvision:NAME[:WEIGHTS], a registered name, or a checkpoint [mnasnet1_0]."),
+    click.option("--weights", default=None, help="State dict PATH (or a weights enum name) for --model."),
+    click.option("--num-classes", type=int, default=None, help="Default: the manifest's class count."),
+    click.option("--epochs", type=int, default=None, help="[45]"),
+    click.option("--batch-size", type=int, default=None, help="Per process [64]; the paper used 320 (MnasNet) / 384 (ResNet50)."),
+    click.option("--lr", type=float, default=None, help="[1e-5]"),
+    click.option("--alpha", type=float, default=None, help="Weight of the KL term [1e-2]."),
+    click.option("--kl-reduction", type=click.Choice(["batchmean", "sum"]), default=None, help="[batchmean]; sum = paper code."),
+    click.option("--temperature", type=float, default=None, help="KL temperature [1]."),
+    click.option("--sigma", type=float, default=None, help="Stability: AWGN std in [0,1] pixel units [0.04]."),
+    click.option("--patience", "plateau_patience", type=int, default=None, help="Epochs without a better val loss before lr/5, minus one [2]."),
+    click.option("--max-lr-cuts", type=int, default=None, help="Stop after this many lr cuts [3]."),
+    click.option("--teacher-cache", default=None, help="'auto' (<out>/teacher-<split>.h5), 'off', or a path [auto]."),
+    click.option("--train-split", default=None, help="[train]"),
+    click.option("--val-split", default=None, help="[val]"),
+    click.option("--workers", type=int, default=None, help="DataLoader workers per process [4]."),
+    click.option("--seed", type=int, default=None, help="[0]"),
+    click.option("--amp/--no-amp", default=None, help="bf16 autocast [on with CUDA]."),
+    click.option("--channels-last/--no-channels-last", default=None, help="[on with CUDA]"),
+    click.option("--device", default=None, help="cuda, cuda:1, cpu [cuda if available]."),
+    click.option("--resume", is_flag=True, default=None, help="Continue from <out>/last.pt."),
+    click.option("--max-steps-per-epoch", type=int, default=None, help="Cap batches per epoch (quick looks)."),
+    click.option("--quiet", is_flag=True, default=False, help="No progress bars, warnings only."),
+]
+
+
+def _train_options(fn):
+    for opt in reversed(_TRAIN_OPTIONS):
+        fn = opt(fn)
+    return fn
+
+
+def _run_training(recipe: str | None, quiet: bool, **options) -> None:
+    from lossyvision.train.classifier import PRESETS, preset_config, train
+    _logging(quiet)
+    preset = options.pop("preset")
+    if recipe is not None:
+        if preset is not None and PRESETS.get(preset, {}).get("recipe", recipe) != recipe:
+            raise click.UsageError(f"preset {preset!r} is not an {recipe} preset")
+        options["recipe"] = recipe
+    if options.get("variant") is None and (options.get("recipe") or (PRESETS.get(preset or "", {}).get("recipe"))) != "stability":
+        raise click.UsageError("--variant is required (the compressed variant to train on, e.g. jpeg-q10)")
+    if options.get("variant") is None:
+        options["variant"] = "orig"
+    cfg = preset_config(preset, progress=not quiet, **options)
+    summary = train(cfg)
+    click.echo(json.dumps({k: v for k, v in summary.items() if k != "history"}))
+
+
+@click.command("train-classifier")
+@click.option("--recipe", type=click.Choice(["finetune", "expert", "stability"]), default=None, help="[expert]")
+@_train_options
+@_user_errors
+def train_classifier(recipe, quiet, **options):
+    """Fine-tune / expert-train / stability-train a classifier on shards (Marie et al. 2022)."""
+    _run_training(recipe, quiet, **options)
+
+
+@click.command("train-expert")
+@_train_options
+@_user_errors
+def train_expert(quiet, **options):
+    """Expert training: CE(f(x~), y) + alpha KL(g(x) || f(x~)), g the frozen initial model."""
+    _run_training("expert", quiet, **options)
+
+
+@click.command("eval-classifier")
+@click.option("--model", required=True, help="torchvision:NAME[:WEIGHTS], a checkpoint, or a TorchScript file.")
+@click.option("--weights", default=None, help="State dict PATH for a torchvision/registered --model.")
+@click.option("--shards", required=True, type=click.Path(file_okay=False), help="ROOT/<dataset>/<split> holding variant folders.")
+@click.option("--variant", "variants", multiple=True, help="Variant(s) to evaluate, repeatable [orig].")
+@click.option("--batch-size", type=int, default=None)
+@click.option("--workers", type=int, default=None)
+@click.option("--device", default=None)
+@click.option("--mean", callback=_floats3, default=None, help="Normalisation mean, 'r,g,b' [ImageNet].")
+@click.option("--std", callback=_floats3, default=None, help="Normalisation std, 'r,g,b' [ImageNet].")
+@click.option("--max-samples", type=int, default=None)
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--md", "md_path", type=click.Path(dir_okay=False), default=None)
+@click.option("--quiet", is_flag=True, default=False)
+@_user_errors
+def eval_classifier(json_path, csv_path, md_path, quiet, variants, **options):
+    """Top-1/top-5 of one model on one or more shard variants."""
+    from lossyvision.eval.classification import EvalConfig, evaluate, markdown_table, write_results
+    _logging(quiet)
+    kw = {k: v for k, v in options.items() if v is not None}
+    if variants:
+        kw["variants"] = list(variants)
+    cfg = EvalConfig(progress=not quiet, **kw)
+    rows = evaluate(cfg)
+    write_results(rows, json_path, csv_path, md_path, config=cfg.to_dict())
+    click.echo(markdown_table(rows), nl=False)
+
+
+@click.command("eval-matrix")
+@click.option("--model", "models", multiple=True, required=True,
+              help="LABEL=REF (repeatable): a model trained on variant LABEL, e.g. jpeg-q10=runs/jpeg-q10/best.pt.")
+@click.option("--shards", required=True, type=click.Path(file_okay=False), help="ROOT/<dataset>/<split> holding variant folders.")
+@click.option("--variant", "variants", multiple=True, required=True, help="Test variant(s), repeatable.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for matrix.json, matrix.md, matrix.png.")
+@click.option("--batch-size", type=int, default=None)
+@click.option("--workers", type=int, default=None)
+@click.option("--device", default=None)
+@click.option("--mean", callback=_floats3, default=None)
+@click.option("--std", callback=_floats3, default=None)
+@click.option("--max-samples", type=int, default=None)
+@click.option("--quiet", is_flag=True, default=False)
+@_user_errors
+def eval_matrix(models, variants, out, quiet, **options):
+    """Train-on-A / test-on-B accuracy matrix with a heatmap (paper 1, Fig. 5)."""
+    from lossyvision.eval.classification import eval_matrix as run_matrix, matrix_markdown, plot_matrix
+    _logging(quiet)
+    labelled: dict[str, str] = {}
+    for m in models:
+        label, sep, ref = m.partition("=")
+        if not sep:
+            label, ref = Path(m).parent.name or m, m
+        if label in labelled:
+            raise click.UsageError(f"model label {label!r} given twice; use LABEL=REF to name them")
+        labelled[label] = ref
+    kw = {k: v for k, v in options.items() if v is not None}
+    result = run_matrix(labelled, options_shards(kw), list(variants), progress=not quiet, **kw)
+    outdir = Path(out)
+    outdir.mkdir(parents=True, exist_ok=True)
+    (outdir / "matrix.json").write_text(json.dumps(result.to_dict(), indent=2) + "\n")
+    (outdir / "matrix.md").write_text(matrix_markdown(result))
+    plot_matrix(result, outdir / "matrix.png")
+    click.echo(matrix_markdown(result), nl=False)
+
+
+def options_shards(kw: dict) -> str:
+    return kw.pop("shards")
+
+
+# console-script entry points (setup.cfg: train-classifier = lossyvision.cli_classifier:train_classifier_main, ...)
+train_classifier_main = train_classifier
+train_expert_main = train_expert
+eval_classifier_main = eval_classifier
+eval_matrix_main = eval_matrix

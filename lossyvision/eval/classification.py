@@ -1,0 +1,180 @@
+"""Top-1/top-5 accuracy of a classifier on shard variants, and the train-on-A / test-on-B matrix.
+
+Models receive float tensors normalised with `mean`/`std` (ImageNet's by default) on the device,
+so any TorchScript file that expects torchvision's preprocessing can be evaluated as it is.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from lossyvision.pipelines.stream import (IMAGENET_MEAN, IMAGENET_STD, ShardStream, make_loader, read_variant,
+                                          to_device, variant_dir)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalConfig:
+    model: str                               # torchvision:NAME[:WEIGHTS] | checkpoint | TorchScript file
+    shards: str                              # ROOT/<dataset>/<split>: holds the variant folders
+    variants: list[str] = field(default_factory=lambda: ["orig"])
+    weights: str | None = None
+    batch_size: int = 128
+    workers: int = 4
+    device: str | None = None
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    max_samples: int | None = None
+    amp: bool | None = None                  # None: bf16 autocast on CUDA
+    progress: bool = False
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, vdir: str | Path, *, device: torch.device | str = "cpu", batch_size: int = 128,
+             workers: int = 0, mean=IMAGENET_MEAN, std=IMAGENET_STD, max_samples: int | None = None,
+             amp: bool = False, progress: bool = False) -> dict:
+    """Top-1/top-5 (fractions) of `model` on one variant folder, plus its mean rate from the manifest."""
+    from tqdm import tqdm
+    dev = torch.device(device)
+    info = read_variant(vdir)
+    ds = ShardStream(vdir, shuffle=False, rank=0, world_size=1)
+    loader = make_loader(ds, batch_size, workers, pin_memory=dev.type == "cuda")
+    correct1 = correct5 = n = 0
+    for xt, y, _ in tqdm(loader, desc=f"eval {info.variant}", disable=not progress,
+                         total=ds.num_batches(batch_size, workers)):
+        if max_samples is not None and n >= max_samples:
+            break
+        if not torch.is_tensor(y) or y.dim() != 1:
+            raise ValueError(f"{vdir}: samples carry no class labels (task {info.task!r})")
+        if (y < 0).any():
+            raise ValueError(f"{vdir}: samples carry no class labels (no .cls members)")
+        y = y.to(dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+            logits = model(to_device(xt, dev, mean, std)).float()
+        k = min(5, logits.shape[1])
+        top = logits.topk(k, dim=1).indices
+        hit = top == y[:, None]
+        correct1 += hit[:, 0].sum().item()
+        correct5 += hit.any(dim=1).sum().item()
+        n += y.shape[0]
+    means = info.manifest.get("means", {}) or {}
+    return {"variant": info.variant, "spec": info.spec, "samples": n,
+            "top1": correct1 / max(n, 1), "top5": correct5 / max(n, 1),
+            "bpp": means.get("bpp"), "bytes": means.get("bytes"), "psnr": means.get("psnr"),
+            "ssim": means.get("ssim")}
+
+
+def evaluate(cfg: EvalConfig) -> list[dict]:
+    """Evaluate one model on each variant of cfg.variants; one result row per variant."""
+    from lossyvision.train.models import load_for_eval
+    dev = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model = load_for_eval(cfg.model, weights=cfg.weights).to(dev)
+    amp = dev.type == "cuda" if cfg.amp is None else cfg.amp
+    rows = []
+    for v in cfg.variants:
+        r = accuracy(model, variant_dir(cfg.shards, v), device=dev, batch_size=cfg.batch_size, workers=cfg.workers,
+                     mean=cfg.mean, std=cfg.std, max_samples=cfg.max_samples, amp=amp, progress=cfg.progress)
+        rows.append({"model": cfg.model, **r})
+        log.info("%s on %s: top-1 %.4f top-5 %.4f (%d samples)", cfg.model, v, r["top1"], r["top5"], r["samples"])
+    return rows
+
+
+def markdown_table(rows: list[dict]) -> str:
+    """Model | variant | bpp | top-1 % | top-5 % table."""
+    lines = ["| model | variant | bpp | top-1 (%) | top-5 (%) | samples |", "| --- | --- | ---: | ---: | ---: | ---: |"]
+    for r in rows:
+        bpp = f"{r['bpp']:.3f}" if r.get("bpp") is not None else "-"
+        lines.append(f"| {r['model']} | {r['variant']} | {bpp} | {100 * r['top1']:.2f} | {100 * r['top5']:.2f} "
+                     f"| {r['samples']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_results(rows: list[dict], json_path: str | Path | None = None, csv_path: str | Path | None = None,
+                  md_path: str | Path | None = None, config: dict | None = None) -> None:
+    """Write result rows as JSON (with the resolved config), CSV and/or Markdown."""
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps({"config": config, "results": rows}, indent=2) + "\n")
+    if csv_path:
+        Path(csv_path).parent.mkdir(parents=True, exist_ok=True)
+        with open(csv_path, "w", newline="") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    if md_path:
+        Path(md_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(md_path).write_text(markdown_table(rows))
+
+
+@dataclass
+class MatrixResult:
+    """top1[i][j]: model i (trained on A) evaluated on variant j (B)."""
+
+    models: list[str]
+    variants: list[str]
+    top1: list[list[float]]
+    top5: list[list[float]]
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def eval_matrix(models: dict[str, str], shards: str, variants: list[str], **accuracy_kwargs) -> MatrixResult:
+    """Evaluate each model (label -> reference) on each variant (paper 1, Fig. 5)."""
+    from lossyvision.train.models import load_for_eval
+    device = torch.device(accuracy_kwargs.pop("device", None) or ("cuda" if torch.cuda.is_available() else "cpu"))
+    top1, top5 = [], []
+    for label, ref in models.items():
+        model = load_for_eval(ref).to(device)
+        r1, r5 = [], []
+        for v in variants:
+            r = accuracy(model, variant_dir(shards, v), device=device, **accuracy_kwargs)
+            r1.append(r["top1"])
+            r5.append(r["top5"])
+            log.info("%s on %s: top-1 %.4f", label, v, r["top1"])
+        top1.append(r1)
+        top5.append(r5)
+    return MatrixResult(list(models), list(variants), top1, top5)
+
+
+def matrix_markdown(m: MatrixResult) -> str:
+    head = "| trained on \\ tested on | " + " | ".join(m.variants) + " |"
+    sep = "| --- |" + " ---: |" * len(m.variants)
+    rows = [f"| {name} | " + " | ".join(f"{100 * a:.2f}" for a in accs) + " |" for name, accs in zip(m.models, m.top1)]
+    return "\n".join([head, sep, *rows]) + "\n"
+
+
+def plot_matrix(m: MatrixResult, path: str | Path, title: str = "top-1 accuracy (%)") -> None:
+    """Heatmap PNG: rows = training variant/model, columns = test variant, cells = top-1 %."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+    a = 100 * np.array(m.top1)
+    fig, ax = plt.subplots(figsize=(1.1 * len(m.variants) + 2.5, 0.6 * len(m.models) + 1.8))
+    im = ax.imshow(a, cmap="viridis", vmin=0, vmax=100 if a.max() > 1 else None, aspect="auto")
+    ax.set_xticks(range(len(m.variants)), m.variants, rotation=45, ha="right")
+    ax.set_yticks(range(len(m.models)), m.models)
+    ax.set_xlabel("tested on")
+    ax.set_ylabel("trained on")
+    for i in range(a.shape[0]):
+        for j in range(a.shape[1]):
+            ax.text(j, i, f"{a[i, j]:.1f}", ha="center", va="center",
+                    color="white" if a[i, j] < 60 else "black", fontsize=8)
+    fig.colorbar(im, ax=ax, label="%")
+    ax.set_title(title)
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,1 @@
+"""Training: classifier recipes (pretrained/finetune/expert/stability), restoration GAN, segmentation."""

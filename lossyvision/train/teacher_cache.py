@@ -1,0 +1,134 @@
+"""HDF5 cache of the frozen teacher's logits g(x), keyed by sample key.
+
+Expert training's teacher sees only the clean crops, which are fixed (no augmentation), so
+g(x) is the same every epoch: computing it once lets training read only the compressed
+variant. The file records what produced it (architecture, a fingerprint of the teacher's
+weights, the normalisation, the `orig` shards' sha256) and `open_cache` refuses a file that
+does not match, so a stale cache cannot silently train the wrong thing.
+
+Layout: `keys` (N variable-length UTF-8 strings, sorted), `logits` (N x C float16: half the
+bytes, and bf16/fp16 training consumes them at that precision anyway), attrs `meta` (JSON).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from lossyvision.pipelines.stream import ShardStream, make_loader, read_variant, to_device
+
+log = logging.getLogger(__name__)
+FORMAT = "lossyvision-teacher-cache/1"
+
+
+class CacheMismatch(ValueError):
+    """The cache file was made by another model, normalisation or set of shards."""
+
+
+def weights_fingerprint(model: nn.Module) -> str:
+    """sha256 over the state dict (names, shapes, bytes): identifies the teacher exactly."""
+    h = hashlib.sha256()
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        t = t.detach().cpu().contiguous()
+        h.update(str(tuple(t.shape)).encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def source_fingerprint(orig_dir: str | Path) -> dict:
+    """Identity of the clean shards: dataset/split and each shard's name, count and sha256."""
+    v = read_variant(orig_dir)
+    shards = v.manifest.get("shards", [])
+    h = hashlib.sha256(json.dumps([(s.get("name"), s.get("count"), s.get("sha256")) for s in shards]).encode())
+    return {"dataset": v.manifest.get("dataset"), "split": v.manifest.get("split"),
+            "variant": v.variant, "num_samples": v.num_samples, "shards_sha256": h.hexdigest()}
+
+
+def expected_meta(model_spec: dict, teacher: nn.Module, orig_dir: str | Path, mean, std) -> dict:
+    return {"format": FORMAT, "model": model_spec, "weights_sha256": weights_fingerprint(teacher),
+            "source": source_fingerprint(orig_dir), "mean": list(mean), "std": list(std)}
+
+
+class TeacherCache:
+    """In-memory view of a cache file: `lookup(keys) -> float32 B x C` logits."""
+
+    def __init__(self, keys: list[str], logits: np.ndarray, meta: dict) -> None:
+        self.index = {k: i for i, k in enumerate(keys)}
+        self.logits = torch.from_numpy(logits)
+        self.meta = meta
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def lookup(self, keys: list[str] | tuple[str, ...]) -> torch.Tensor:
+        try:
+            rows = [self.index[k] for k in keys]
+        except KeyError as e:
+            raise KeyError(f"sample {e.args[0]!r} is not in the teacher cache (built from other shards?)") from None
+        return self.logits[rows].float()
+
+
+def open_cache(path: str | Path, expect: dict) -> TeacherCache:
+    """Load a cache and check it against `expect` (from `expected_meta`); CacheMismatch names the field."""
+    import h5py
+    with h5py.File(path, "r") as f:
+        meta = json.loads(f.attrs["meta"])
+        for field in ("format", "model", "weights_sha256", "source", "mean", "std"):
+            if meta.get(field) != expect.get(field):
+                raise CacheMismatch(f"teacher cache {path} was built with a different {field} "
+                                    f"({meta.get(field)!r} != {expect.get(field)!r}); delete it or pass another "
+                                    "--teacher-cache path")
+        keys = [k.decode() if isinstance(k, bytes) else k for k in f["keys"][:]]
+        logits = f["logits"][:]
+    return TeacherCache(keys, logits, meta)
+
+
+@torch.no_grad()
+def build_cache(path: str | Path, teacher: nn.Module, orig_dir: str | Path, meta: dict,
+                device: torch.device | str = "cpu", batch_size: int = 256, workers: int = 0,
+                autocast_dtype: torch.dtype | None = None,
+                progress: bool = False) -> TeacherCache:
+    """Run `teacher` over every clean sample of `orig_dir` once and write the HDF5 cache atomically."""
+    import h5py
+    from tqdm import tqdm
+    mean, std = meta["mean"], meta["std"]
+    ds = ShardStream(orig_dir, shuffle=False, rank=0, world_size=1)
+    loader = make_loader(ds, batch_size, workers)
+    teacher.eval()
+    keys: list[str] = []
+    chunks: list[np.ndarray] = []
+    dev = torch.device(device)
+    for x, _, k in tqdm(loader, desc="teacher cache", disable=not progress, total=ds.num_batches(batch_size, workers)):
+        with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
+            logits = teacher(to_device(x, dev, mean, std))
+        chunks.append(logits.float().cpu().numpy().astype(np.float16))
+        keys.extend(k)
+    order = np.argsort(np.array(keys, dtype=object))
+    keys_sorted = [keys[i] for i in order]
+    logits = np.concatenate(chunks)[order]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with h5py.File(tmp, "w") as f:
+        f.create_dataset("keys", data=np.array(keys_sorted, dtype=object), dtype=h5py.string_dtype())
+        f.create_dataset("logits", data=logits, chunks=(min(1024, len(logits)), logits.shape[1]))
+        f.attrs["meta"] = json.dumps(meta)
+    tmp.replace(path)
+    log.info("wrote teacher cache %s (%d samples x %d classes)", path, *logits.shape)
+    return TeacherCache(keys_sorted, logits, meta)
+
+
+def get_or_build(path: str | Path, teacher: nn.Module, model_spec: dict, orig_dir: str | Path, mean, std,
+                 **build_kwargs) -> TeacherCache:
+    """Open `path` if it matches this teacher and these shards, build it if absent."""
+    expect = expected_meta(model_spec, teacher, orig_dir, mean, std)
+    if Path(path).exists():
+        return open_cache(path, expect)
+    return build_cache(path, teacher, orig_dir, expect, **build_kwargs)

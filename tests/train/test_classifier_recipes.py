@@ -1,0 +1,110 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+
+from classifier_shards import make_dataset
+from lossyvision.pipelines.stream import ShardStream, make_loader, to_device
+from lossyvision.train import teacher_cache as tc
+from lossyvision.train.classifier import Trainer, TrainConfig
+from lossyvision.train.models import create_model, head_module
+from lossyvision.train.recipes import Batch, create_recipe, kl_term, list_recipes
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def toy(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("shards"), n_train=32, n_val=16, shard_size=8)
+
+
+def _hand_kl(student, teacher):
+    """sum_i sum_c p_t (log p_t - log p_s), by hand from softmax definitions."""
+    total = 0.0
+    for s_row, t_row in zip(student.tolist(), teacher.tolist()):
+        zs = sum(math.exp(v) for v in s_row)
+        zt = sum(math.exp(v) for v in t_row)
+        for s, t in zip(s_row, t_row):
+            pt = math.exp(t) / zt
+            total += pt * (math.log(pt) - math.log(math.exp(s) / zs))
+    return total
+
+
+@pytest.mark.parametrize("reduction", ["batchmean", "sum"])
+def test_expert_loss_matches_hand_computation(reduction):
+    student = torch.tensor([[2.0, 0.5, -1.0], [0.1, 0.2, 0.3]])
+    teacher = torch.tensor([[1.0, 1.5, -0.5], [0.0, -1.0, 2.0]])
+    y = torch.tensor([0, 2])
+    alpha = 0.3
+    recipe = create_recipe("expert", alpha=alpha, kl_reduction=reduction)
+    loss, parts = recipe.loss(lambda x: student, Batch(y=y, x_tilde=torch.zeros(2, 3), teacher=teacher))
+    ce = -(math.log(math.exp(2.0) / sum(math.exp(v) for v in (2.0, 0.5, -1.0)))
+           + math.log(math.exp(0.3) / sum(math.exp(v) for v in (0.1, 0.2, 0.3)))) / 2
+    kl = _hand_kl(student, teacher) / (2 if reduction == "batchmean" else 1)
+    assert loss.item() == pytest.approx(ce + alpha * kl, rel=1e-6)
+    assert parts["kl"].item() == pytest.approx(kl, rel=1e-6)
+
+
+def test_sum_reduction_is_batchmean_times_batch_size_and_temperature_scales():
+    s, t = torch.randn(5, 7), torch.randn(5, 7)
+    assert kl_term(s, t, "sum").item() == pytest.approx(5 * kl_term(s, t, "batchmean").item(), rel=1e-6)
+    assert kl_term(s, t, temperature=2.0).item() == pytest.approx(4 * kl_term(s / 2, t / 2).item(), rel=1e-6)
+    with pytest.raises(ValueError, match="batchmean, sum"):
+        kl_term(s, t, "mean")
+    assert list_recipes() == ["expert", "finetune", "stability"]
+    with pytest.raises(ValueError, match="choose one of expert, finetune, stability"):
+        create_recipe("distill")
+
+
+def test_cached_and_online_teacher_give_the_same_loss(toy, tmp_path):
+    torch.manual_seed(0)
+    teacher = torchvision.models.mnasnet0_5(weights=None, num_classes=4).eval()
+    student = torchvision.models.mnasnet0_5(weights=None, num_classes=4).eval()
+    spec = {"name": "mnasnet0_5", "weights": None, "num_classes": 4}
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    cache = tc.get_or_build(tmp_path / "t.h5", teacher, spec, toy / "val" / "orig", mean, std, batch_size=8)
+    assert len(cache) == 16
+    recipe = create_recipe("expert", alpha=0.5)
+    ds = ShardStream(toy / "val" / "jpeg-q10", toy / "val" / "orig")
+    with torch.no_grad():
+        for x, xt, y, keys in make_loader(ds, 8):
+            x, xt = to_device(x, "cpu", mean, std), to_device(xt, "cpu", mean, std)
+            online, _ = recipe.loss(student, Batch(y=y, x=x, x_tilde=xt, teacher=teacher(x)))
+            cached, _ = recipe.loss(student, Batch(y=y, x_tilde=xt, teacher=cache.lookup(keys)))
+            # the cache stores float16 logits: equal to that precision
+            assert cached.item() == pytest.approx(online.item(), rel=1e-3)
+    # reopening validates; another teacher is refused
+    tc.get_or_build(tmp_path / "t.h5", teacher, spec, toy / "val" / "orig", mean, std)
+    with pytest.raises(tc.CacheMismatch, match="weights_sha256"):
+        tc.get_or_build(tmp_path / "t.h5", student, spec, toy / "val" / "orig", mean, std)
+
+
+def _cfg(toy, out, **kw):
+    base = dict(shards=str(toy), variant="jpeg-q10", out=str(out), model="mnasnet0_5", epochs=1, batch_size=8,
+                workers=0, shuffle_buffer=8, progress=False, device="cpu")
+    base.update(kw)
+    return TrainConfig(**base)
+
+
+def test_stability_trains_only_the_head(toy, tmp_path):
+    trainer = Trainer(_cfg(toy, tmp_path, recipe="stability", variant="orig", lr=1e-2, alpha=0.5, sigma=0.1))
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    head = {n for n, p in trainer.model.named_parameters()
+            if any(p is q for q in head_module(trainer.model).parameters())}
+    trainer.run()
+    after = dict(trainer.model.named_parameters())
+    assert head and all(not torch.equal(before[n], after[n]) for n in head)
+    assert all(torch.equal(before[n], after[n]) for n in before if n not in head)
+
+
+def test_finetune_lowers_the_loss_on_a_learnable_toy(toy, tmp_path):
+    cfg = _cfg(toy, tmp_path, recipe="finetune", model="small_cnn", lr=3e-3, epochs=6, max_lr_cuts=99,
+               kl_reduction="batchmean")
+    hist = Trainer(cfg).run()["history"]
+    assert hist[-1]["train_loss"] < 0.7 * hist[0]["train_loss"]
+    assert hist[-1]["val_loss"] < hist[0]["val_loss"]
