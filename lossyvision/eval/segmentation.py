@@ -1,0 +1,290 @@
+"""Semantic segmentation evaluation on Cityscapes train ids: confusion-matrix mIoU and reports.
+
+mIoU follows the Cityscapes benchmark: one confusion matrix accumulated over all pixels of the
+split (not a mean of per-image IoUs), ``IoU_c = TP / (TP + FP + FN)``, pixels labelled 255
+ignored, classes absent from both labels and predictions left out of the mean. The small/big
+split is paper 2's Table II (footnote 5).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = 255
+#: Cityscapes train ids 0..18, in order (cityscapesscripts' labels table).
+CITYSCAPES_CLASSES = (
+    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
+    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
+)
+#: Paper 2, Table II: classes of small objects; every other class is "big".
+SMALL_CLASSES = ("person", "rider", "motorcycle", "bicycle", "pole", "traffic light", "traffic sign")
+
+
+def confusion_matrix(pred: np.ndarray | torch.Tensor, label: np.ndarray | torch.Tensor,
+                     num_classes: int = 19, ignore_index: int = IGNORE_INDEX) -> np.ndarray:
+    """int64 [num_classes, num_classes] counts, rows = ground truth, columns = prediction.
+
+    Pixels whose label is ``ignore_index`` never count; any other label or prediction outside
+    0..num_classes-1 is an error (it would silently vanish from the matrix otherwise).
+    """
+    p = torch.as_tensor(pred).reshape(-1).long()
+    y = torch.as_tensor(label).reshape(-1).long()
+    if p.shape != y.shape:
+        raise ValueError(f"prediction and label sizes differ: {tuple(pred.shape)} vs {tuple(label.shape)}")
+    keep = y != ignore_index
+    p, y = p[keep], y[keep]
+    for name, t in (("label", y), ("prediction", p)):
+        if t.numel() and (t.min() < 0 or t.max() >= num_classes):
+            raise ValueError(f"{name} values must be 0..{num_classes - 1} or {ignore_index}; "
+                             f"found {sorted(set(t.unique().tolist()) - set(range(num_classes)))[:5]}")
+    cm = torch.bincount(y * num_classes + p, minlength=num_classes * num_classes)
+    return cm.reshape(num_classes, num_classes).cpu().numpy().astype(np.int64)
+
+
+@dataclass
+class SegmentationScores:
+    """Scores in percent; per-class IoU is NaN (JSON null) for classes never seen nor predicted."""
+
+    miou: float
+    per_class: dict[str, float]
+    small: float
+    big: float
+    pixel_accuracy: float
+    pixels: int
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["per_class"] = {k: (None if np.isnan(v) else v) for k, v in self.per_class.items()}
+        return d
+
+
+def scores_from_confusion(cm: np.ndarray, classes: tuple[str, ...] = CITYSCAPES_CLASSES,
+                          small: tuple[str, ...] = SMALL_CLASSES) -> SegmentationScores:
+    cm = np.asarray(cm, dtype=np.float64)
+    if cm.shape != (len(classes), len(classes)):
+        raise ValueError(f"confusion matrix {cm.shape} does not match {len(classes)} classes")
+    tp = np.diag(cm)
+    union = cm.sum(0) + cm.sum(1) - tp
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(union > 0, tp / union, np.nan) * 100
+    is_small = np.array([c in small for c in classes])
+
+    def nanmean(v: np.ndarray) -> float:
+        return float(np.nanmean(v)) if np.isfinite(v).any() else float("nan")
+
+    total = cm.sum()
+    return SegmentationScores(
+        miou=nanmean(iou), per_class={c: float(v) for c, v in zip(classes, iou)},
+        small=nanmean(iou[is_small]), big=nanmean(iou[~is_small]),
+        pixel_accuracy=float(tp.sum() / total * 100) if total else float("nan"), pixels=int(total))
+
+
+def configuration(train_variant: str, test_variant: str, orig: str = "orig") -> str:
+    """Paper 2's name for a (train, test) pair: O original, C compressed, R restored (e.g. 'RO')."""
+    def letter(v: str) -> str:
+        return "O" if v == orig else "R" if v.endswith("+restored") else "C"
+    return letter(train_variant) + letter(test_variant)
+
+
+# -- inference -----------------------------------------------------------------------------------
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, x: torch.Tensor, multiple: int = 32) -> torch.Tensor:
+    """Argmax train ids (N x H x W, int64) for normalised N x 3 x H x W input of any size."""
+    import torch.nn.functional as F
+
+    h, w = x.shape[-2:]
+    ph, pw = -h % multiple, -w % multiple
+    if ph or pw:
+        x = F.pad(x, (0, pw, 0, ph))  # zeros = the dataset mean after normalisation
+    return model(x)[..., :h, :w].argmax(1)
+
+
+def evaluate_model(model: torch.nn.Module, variant_dir: Path, device: torch.device, num_classes: int = 19,
+                   amp: bool = True, max_images: int | None = None) -> tuple[np.ndarray, int]:
+    """Full-frame, single-scale evaluation of one variant; returns (confusion matrix, images)."""
+    from lossyvision.pipelines.stream import ShardStream, to_device
+
+    stream = ShardStream(variant_dir, rank=0, world_size=1)
+    cm = np.zeros((num_classes, num_classes), np.int64)
+    n = 0
+    was_training = model.training
+    model.eval()
+    use_amp = amp and device.type == "cuda"
+    dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    try:
+        for x, y, key in stream:
+            if max_images is not None and n >= max_images:
+                break
+            if not isinstance(y, torch.Tensor):
+                raise ValueError(f"{variant_dir}: sample {key!r} has no seg.png label map")
+            with torch.autocast(device.type, dtype=dtype, enabled=use_amp):
+                pred = predict(model, to_device(x[None], device))
+            cm += confusion_matrix(pred[0].cpu(), y, num_classes)
+            n += 1
+    finally:
+        model.train(was_training)
+    return cm, n
+
+
+def variant_bpp(variant_dir: Path) -> float | None:
+    """Mean bpp from a variant's manifest (None for orig)."""
+    m = json.loads((Path(variant_dir) / "manifest.json").read_text())
+    return (m.get("means") or {}).get("bpp")
+
+
+@dataclass
+class EvalConfig:
+    checkpoint: str = ""           # model.pt or checkpoints/last.pt from train-segmentation
+    shards: str = ""               # ROOT/cityscapes
+    test_variants: list[str] = field(default_factory=lambda: ["orig"])
+    split: str = "val"
+    train_variant: str | None = None  # default: the one recorded in the checkpoint
+    out_dir: str = "runs/segmentation-eval"
+    device: str | None = None
+    amp: bool = True
+    max_images: int | None = None
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def result_record(cm: np.ndarray, images: int, train_variant: str, test_variant: str,
+                  train_bpp: float | None, test_bpp: float | None, **extra) -> dict:
+    scores = scores_from_confusion(cm)
+    config = configuration(train_variant, test_variant)
+    # the rate that defines a configuration is the compressed side's (training set first)
+    bpp = train_bpp if config[0] != "O" else test_bpp
+    return {"configuration": config, "train_variant": train_variant, "test_variant": test_variant,
+            "train_bpp": train_bpp, "test_bpp": test_bpp, "bpp": bpp, "images": images,
+            **scores.to_dict(), "confusion": cm.tolist(), **extra}
+
+
+def evaluate_checkpoint(cfg: EvalConfig) -> list[dict]:
+    """Evaluate a trained model on each test variant; write one JSON per pair and the report."""
+    from lossyvision.pipelines.stream import variant_dir
+    from lossyvision.train.segmentation import load_segmentation_model
+
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    model, meta = load_segmentation_model(cfg.checkpoint, device)
+    tcfg = meta.get("config", {})
+    train_variant = cfg.train_variant or tcfg.get("train_variant")
+    if not train_variant:
+        raise ValueError(f"{cfg.checkpoint} does not record its training variant; pass train_variant")
+    train_bpp = None
+    if tcfg.get("shards") and (Path(tcfg["shards"]) / tcfg.get("train_split", "train") / train_variant).is_dir():
+        train_bpp = variant_bpp(Path(tcfg["shards"]) / tcfg.get("train_split", "train") / train_variant)
+    out = Path(cfg.out_dir)
+    records = []
+    for test_variant in cfg.test_variants:
+        vdir = variant_dir(Path(cfg.shards) / cfg.split, test_variant)
+        cm, n = evaluate_model(model, vdir, device, amp=cfg.amp, max_images=cfg.max_images)
+        rec = result_record(cm, n, train_variant, test_variant, train_bpp, variant_bpp(vdir),
+                            checkpoint=str(cfg.checkpoint), split=cfg.split)
+        save_result(rec, out)
+        log.info("%s (%s -> %s): mIoU %.2f  small %.2f  big %.2f on %d images", rec["configuration"],
+                 train_variant, test_variant, rec["miou"], rec["small"], rec["big"], n)
+        records.append(rec)
+    write_report(load_results(out), out)
+    return records
+
+
+# -- reports -------------------------------------------------------------------------------------
+
+def save_result(record: dict, out_dir: Path) -> Path:
+    path = Path(out_dir) / "results" / f"{record['train_variant']}__{record['test_variant']}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(_json_safe(record), indent=1) + "\n")
+    return path
+
+
+def load_results(out_dir: Path) -> list[dict]:
+    return [json.loads(p.read_text()) for p in sorted((Path(out_dir) / "results").glob("*.json"))]
+
+
+def _json_safe(obj):
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    if isinstance(obj, dict):
+        return {k: _json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_json_safe(v) for v in obj]
+    return obj
+
+
+def _fmt(v) -> str:
+    return "" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.2f}"
+
+
+def write_report(records: list[dict], out_dir: Path) -> dict[str, Path]:
+    """results.csv / results.json / results.md (Table II layout) and miou_vs_bpp.png."""
+    import pandas as pd
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for r in sorted(records, key=lambda r: (r["configuration"], r["bpp"] or 0, r["train_variant"], r["test_variant"])):
+        row = {"configuration": r["configuration"], "train_variant": r["train_variant"],
+               "test_variant": r["test_variant"], "bpp": r["bpp"]}
+        row.update({c: r["per_class"].get(c) for c in CITYSCAPES_CLASSES})
+        row.update({"small": r["small"], "big": r["big"], "miou": r["miou"], "images": r["images"]})
+        rows.append(row)
+    df = pd.DataFrame(rows)
+    paths = {"csv": out / "results.csv", "json": out / "results.json", "md": out / "results.md"}
+    df.to_csv(paths["csv"], index=False)
+    paths["json"].write_text(json.dumps(_json_safe(rows), indent=1) + "\n")
+    cols = ["configuration", "train_variant", "test_variant", "bpp", *CITYSCAPES_CLASSES, "small", "big", "miou"]
+    head = ["config", "train", "test", "bpp", *CITYSCAPES_CLASSES, "small obj.", "big obj.", "mIoU"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        cells = [row[c] if isinstance(row[c], str) else _fmt(row[c]) for c in cols]
+        cells[3] = "" if row["bpp"] is None else f"{row['bpp']:.4f}"
+        lines.append("| " + " | ".join(cells) + " |")
+    paths["md"].write_text("Segmentation mIoU (%), Cityscapes train ids; small objects: "
+                           + ", ".join(SMALL_CLASSES) + ".\n\n" + "\n".join(lines) + "\n")
+    if rows:
+        paths["plot"] = plot_miou_vs_bpp(records, out / "miou_vs_bpp.png")
+    return paths
+
+
+def _codec_family(variant: str) -> str:
+    return variant.split("+", 1)[0].split("-", 1)[0]
+
+
+def plot_miou_vs_bpp(records: list[dict], path: Path) -> Path:
+    """One line per (configuration, codec) over rate; OO as a horizontal reference (paper 2 Fig. 7)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    groups: dict[str, list[tuple[float, float]]] = {}
+    for r in records:
+        if r["configuration"] == "OO" or r["bpp"] is None or r["miou"] is None:
+            continue
+        side = r["train_variant"] if r["configuration"][0] != "O" else r["test_variant"]
+        groups.setdefault(f"{r['configuration']} ({_codec_family(side)})", []).append((r["bpp"], r["miou"]))
+    for name, pts in sorted(groups.items()):
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+    for r in records:
+        if r["configuration"] == "OO" and r["miou"] is not None:
+            ax.axhline(r["miou"], color="k", linestyle="--", linewidth=1, label="OO")
+            break
+    ax.set_xlabel("bits per pixel")
+    ax.set_ylabel("mIoU (%)")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

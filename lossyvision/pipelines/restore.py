@@ -1,0 +1,270 @@
+"""restore-shards: run a trained restoration generator over a variant and write an aligned variant.
+
+The output variant (``<variant>+restored`` by default) holds, per sample, the restored image
+as lossless PNG (``<key>.png``), the label copied from the source and a ``json`` whose
+``bytes``/``bpp`` are those of the *source bitstream* (restoration happens at the receiver, so
+the rate is what was transmitted) and whose ``psnr``/``ssim``/``ms_ssim`` compare the restored
+image with ``orig``. Its manifest has ``codec: null`` (the member to read is ``png``, like
+``orig``) and a ``restored_from`` block naming the source variant, its codec and the generator.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import platform
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+@dataclass
+class RestoreConfig:
+    shards: str = ""              # ROOT/<dataset>, e.g. ROOT/cityscapes
+    variant: str = ""             # source (compressed) variant, e.g. bpg-qp41
+    generator: str = ""           # generator.pt written by train-restoration
+    split: str = "train"
+    out_variant: str | None = None  # default: "<variant>+restored"
+    orig_variant: str = "orig"    # for PSNR/SSIM vs the original; skipped when absent
+    tile: int = 0                 # 0: whole image at once; else core tile side (multiple of 8)
+    overlap: int = 64             # context added around each tile and cropped away (multiple of 8)
+    device: str | None = None
+    amp: bool = True              # autocast on CUDA
+    png_level: int = 1            # zlib level of the restored PNGs (docs/shards.md: level 1)
+    overwrite: bool = False       # rewrite shards written by another generator
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def output_variant(self) -> str:
+        return self.out_variant or f"{self.variant}+restored"
+
+
+# -- inference ---------------------------------------------------------------------------------
+
+def _pad_to_stride(x: torch.Tensor, stride: int) -> tuple[torch.Tensor, int, int]:
+    h, w = x.shape[-2:]
+    ph, pw = -h % stride, -w % stride
+    if ph or pw:
+        mode = "reflect" if ph < h and pw < w else "replicate"
+        x = F.pad(x, (0, pw, 0, ph), mode=mode)
+    return x, h, w
+
+
+@torch.no_grad()
+def restore_tensor(generator: torch.nn.Module, x: torch.Tensor, tile: int = 0, overlap: int = 64) -> torch.Tensor:
+    """Restore Nx3xHxW in [-1, 1] (any H, W); ``tile > 0`` processes tile x tile cores.
+
+    Each core is run with ``overlap`` pixels of real context on every side (clipped at the
+    image border) and only the core is kept, so convolution borders never reach the output.
+    Cores and context start on multiples of 8, the generator's stride, so every tile sees the
+    same sampling grid as the whole image: with a purely convolutional generator the result
+    equals whole-image inference wherever the receptive field fits in ``overlap``. Instance
+    norm computes its statistics per tile, which makes tiles differ slightly from the whole
+    image; large tiles (1024) keep that difference small.
+    """
+    from lossyvision.train.networks.finenet import GENERATOR_STRIDE as S
+
+    if tile <= 0:
+        xp, h, w = _pad_to_stride(x, S)
+        return generator(xp)[..., :h, :w]
+    if tile % S or overlap % S:
+        raise ValueError(f"tile ({tile}) and overlap ({overlap}) must be multiples of {S}")
+    h, w = x.shape[-2:]
+    out = torch.empty_like(x)
+    for top in range(0, h, tile):
+        for left in range(0, w, tile):
+            bottom, right = min(top + tile, h), min(left + tile, w)
+            t0, l0 = max(top - overlap, 0), max(left - overlap, 0)
+            t1, l1 = min(bottom + overlap, h), min(right + overlap, w)
+            window, wh, ww = _pad_to_stride(x[..., t0:t1, l0:l1], S)
+            y = generator(window)[..., :wh, :ww]
+            out[..., top:bottom, left:right] = y[..., top - t0:bottom - t0, left - l0:right - l0]
+    return out
+
+
+def restore_image(generator: torch.nn.Module, rgb: np.ndarray, device: torch.device,
+                  tile: int = 0, overlap: int = 64, amp: bool = True) -> np.ndarray:
+    """uint8 HxWx3 RGB -> restored uint8 HxWx3 RGB."""
+    x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].to(device).float() / 127.5 - 1
+    use_amp = amp and device.type == "cuda"
+    dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    with torch.autocast(device.type, dtype=dtype, enabled=use_amp):
+        y = restore_tensor(generator, x, tile, overlap).float()
+    y = ((y.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return y[0].permute(1, 2, 0).cpu().numpy()
+
+
+# -- writing -----------------------------------------------------------------------------------
+
+def _png(rgb: np.ndarray, level: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(rgb).save(buf, format="PNG", compress_level=level)
+    return buf.getvalue()
+
+
+def _mean(values: list) -> float | None:
+    v = [x for x in values if x is not None]
+    return float(np.mean(v)) if v else None
+
+
+def _versions() -> dict:
+    import PIL
+
+    import lossyvision
+    return {"lossyvision": lossyvision.__version__, "numpy": np.__version__, "torch": torch.__version__,
+            "pillow": PIL.__version__, "python": platform.python_version()}
+
+
+def _paired(source: Path, orig: Path | None) -> Iterator[tuple[dict, dict | None]]:
+    from lossyvision.pipelines.stream import ShardError, iter_tar_samples
+
+    oit = iter_tar_samples(orig) if orig is not None else None
+    for s in iter_tar_samples(source):
+        o = None
+        if oit is not None:
+            o = next(oit, None)
+            if o is None or o["__key__"] != s["__key__"]:
+                raise ShardError(f"{source.name}: key {s['__key__']!r} has no aligned sample in {orig} "
+                                 f"(found {None if o is None else o['__key__']!r})")
+        yield s, o
+
+
+def restore_shards(cfg: RestoreConfig, progress: bool = False) -> dict:
+    """Write ``<shards>/<split>/<output_variant>``; return its manifest. Reruns skip finished shards."""
+    from lossyvision.pipelines.shards import FORMAT, sample_json, sha256_file, write_json_atomic, write_tar_atomic
+    from lossyvision.pipelines.stream import decode_png, read_variant, variant_dir
+    from lossyvision.quality import ms_ssim, psnr, ssim
+    from lossyvision.train.restoration import load_generator
+
+    if not cfg.shards or not cfg.variant or not cfg.generator:
+        raise ValueError("shards, variant and generator are required")
+    if cfg.variant == cfg.orig_variant:
+        raise ValueError(f"variant {cfg.variant!r} is the original; restore a compressed variant")
+    split_dir = Path(cfg.shards) / cfg.split
+    src = read_variant(variant_dir(split_dir, cfg.variant))
+    orig = None
+    if (split_dir / cfg.orig_variant / "manifest.json").is_file():
+        orig = read_variant(split_dir / cfg.orig_variant)
+        from lossyvision.pipelines.stream import check_aligned
+        check_aligned(orig, src)
+    else:
+        log.warning("no %s variant under %s: psnr/ssim vs the original are left null", cfg.orig_variant, split_dir)
+
+    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    generator, ckpt = load_generator(cfg.generator, device)
+    gen_sha = sha256_file(str(cfg.generator))
+    out_dir = split_dir / cfg.output_variant
+    out_dir.mkdir(parents=True, exist_ok=True)
+    mpath = out_dir / "manifest.json"
+    previous = json.loads(mpath.read_text()) if mpath.is_file() else None
+    done: dict[str, dict] = {}
+    if previous is not None:
+        prev_sha = (previous.get("restored_from") or {}).get("generator_sha256")
+        if prev_sha != gen_sha and not cfg.overwrite:
+            raise ValueError(f"{out_dir} was written by another generator (sha256 {str(prev_sha)[:12]}...); "
+                             "pass overwrite=True (--overwrite) or choose another out_variant")
+        if prev_sha == gen_sha:
+            done = {s["name"]: s for s in previous.get("shards", [])
+                    if (out_dir / s["name"]).is_file() and sha256_file(str(out_dir / s["name"])) == s["sha256"]}
+
+    src_codec = src.manifest.get("codec")
+    manifest = {
+        "format": FORMAT, "dataset": src.manifest.get("dataset"), "split": src.manifest.get("split", cfg.split),
+        "variant": cfg.output_variant, "task": src.task, "codec": None,
+        "restored_from": {"variant": cfg.variant, "codec": src_codec, "generator": str(cfg.generator),
+                          "generator_sha256": gen_sha, "generator_arch": ckpt.get("arch"),
+                          "generator_step": ckpt.get("step"), "tile": cfg.tile, "overlap": cfg.overlap},
+        "crop": src.manifest.get("crop"), "config": cfg.to_dict(), "versions": _versions(),
+        "shard_size": src.manifest.get("shard_size"), "shards": [], "num_samples": 0,
+        "totals": {}, "means": {}, "failures": [], "complete": False,
+    }
+    if src.classes:
+        manifest["classes"] = list(src.classes)
+    per_sample: dict[str, list] = {k: [] for k in ("bytes", "bpp", "psnr", "ssim", "ms_ssim", "source_psnr",
+                                                   "source_ssim")}
+    codec = None
+    shard_iter = enumerate(src.shards)
+    if progress:
+        from tqdm import tqdm
+        shard_iter = tqdm(shard_iter, total=len(src.shards), desc=f"restore {cfg.variant}")
+    for index, info in shard_iter:
+        entry_stats: list[dict] = []
+        if info.name in done:
+            entry = done[info.name]
+            # the per-sample stats of a skipped shard come back from its own json members
+            from lossyvision.pipelines.stream import iter_tar_samples
+            entry_stats = [json.loads(s["json"]) for s in iter_tar_samples(out_dir / info.name)]
+        else:
+            restore_ms, dec_ms, keys = [], [], []
+
+            def samples() -> Iterator[dict]:
+                nonlocal codec
+                opath = orig.root / info.name if orig is not None else None
+                for s, o in _paired(src.root / info.name, opath):
+                    key = s["__key__"]
+                    keys.append(key)
+                    meta = json.loads(s["json"]) if "json" in s else {}
+                    t = time.perf_counter()
+                    if "decoded.png" in s:
+                        rgb = decode_png(s["decoded.png"])
+                    elif src.spec is None:
+                        rgb = decode_png(s[src.ext])
+                    else:
+                        if codec is None:
+                            from lossyvision.codecs import from_spec
+                            codec = from_spec(src.spec)
+                        rgb = codec.decode(s[src.ext])
+                    dec_ms.append((time.perf_counter() - t) * 1e3)
+                    t = time.perf_counter()
+                    restored = restore_image(generator, rgb, device, cfg.tile, cfg.overlap, cfg.amp)
+                    restore_ms.append((time.perf_counter() - t) * 1e3)
+                    h, w = restored.shape[:2]
+                    ref = decode_png(o["png"]) if o is not None else None
+                    png = _png(restored, cfg.png_level)
+                    stats = {
+                        "bytes": meta.get("bytes"), "bpp": meta.get("bpp"), "h": h, "w": w,
+                        "psnr": psnr(restored, ref) if ref is not None else None,
+                        "ssim": ssim(restored, ref) if ref is not None else None,
+                        "ms_ssim": ms_ssim(restored, ref) if ref is not None else None,
+                        "q": meta.get("q"), "spec": meta.get("spec", src.spec), "source_variant": cfg.variant,
+                        "source_psnr": meta.get("psnr"), "source_ssim": meta.get("ssim"), "png_bytes": len(png),
+                    }
+                    out = {"__key__": key, "png": png, "json": sample_json(stats)}
+                    for ext in ("cls", "seg.png"):
+                        if ext in s or (o is not None and ext in o):
+                            out[ext] = s[ext] if ext in s else o[ext]
+                    entry_stats.append(json.loads(out["json"]))
+                    yield out
+
+            sha, size = write_tar_atomic(str(out_dir / info.name), samples())
+            if len(keys) != info.count:
+                raise ValueError(f"{src.root / info.name}: holds {len(keys)} samples, manifest says {info.count}")
+            entry = {"name": info.name, "index": index, "count": len(keys), "sha256": sha, "size": size, "first_key": keys[0] if keys else None,
+                     "last_key": keys[-1] if keys else None, "enc_ms": _mean(restore_ms), "dec_ms": _mean(dec_ms),
+                     "failures": 0}
+        manifest["shards"].append(entry)
+        for st in entry_stats:
+            for k in per_sample:
+                per_sample[k].append(st.get(k))
+        manifest["num_samples"] = sum(s["count"] for s in manifest["shards"])
+        manifest["totals"] = {"bytes": int(sum(v for v in per_sample["bytes"] if v is not None))}
+        manifest["means"] = {k: _mean(v) for k, v in per_sample.items()}
+        manifest["means"]["enc_ms"] = _mean([s.get("enc_ms") for s in manifest["shards"]])
+        manifest["means"]["dec_ms"] = _mean([s.get("dec_ms") for s in manifest["shards"]])
+        write_json_atomic(str(mpath), manifest)  # after every shard, so a killed run resumes
+    manifest["complete"] = True
+    write_json_atomic(str(mpath), manifest)
+    log.info("wrote %s: %d samples, mean psnr %s (source %s)", out_dir, manifest["num_samples"],
+             manifest["means"]["psnr"], manifest["means"]["source_psnr"])
+    return manifest

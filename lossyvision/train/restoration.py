@@ -1,0 +1,445 @@
+"""Adversarial dataset restoration (Katakol et al. 2021, Sec. IV and Appendix B).
+
+A generator learns to turn compressed training images back into plausible originals, trained
+on (compressed, original) pairs read in lockstep from two aligned variants. The generator
+loss is ``L_GAN + 10 (2 L1 + L_VGG + L_MS-SSIM + L_DIST)``; the two discriminators use the
+standard GAN loss. ``recipe="l1-msssim"`` is the non-adversarial baseline (same generator,
+``10 (2 L1 + L_MS-SSIM)``, no discriminators) for the paper's adversarial-vs-not comparison.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import IterableDataset
+
+from lossyvision.train.networks.finenet import (
+    GENERATOR_STRIDE, Generator, MultiScaleDiscriminator, VGGFeatures)
+
+log = logging.getLogger(__name__)
+
+RECIPES = ("gan", "l1-msssim")
+
+
+@dataclass
+class RestorationConfig:
+    """Defaults are the paper's (Appendix B): batch 1, ~135k iterations, Adam(0.1, 0.9), lr/10 at 80k."""
+
+    shards: str = ""                 # ROOT/<dataset>, e.g. ROOT/cityscapes
+    variant: str = ""                # the compressed variant to learn to restore, e.g. bpg-qp41
+    out_dir: str = "runs/restoration"
+    split: str = "train"
+    orig_variant: str = "orig"
+    recipe: str = "gan"              # "gan" (paper) or "l1-msssim" (non-adversarial baseline)
+    steps: int = 135_000
+    batch_size: int = 1
+    patch_size: int = 256
+    lr: float = 2e-4
+    lr_decay_step: int = 80_000      # lr is multiplied by lr_decay from this iteration on
+    lr_decay: float = 0.1
+    beta1: float = 0.1
+    beta2: float = 0.9
+    # loss weights: L_GAN + 10 (2 L1 + L_VGG + L_MS-SSIM + L_DIST)
+    gan_weight: float = 1.0
+    l1_weight: float = 20.0
+    vgg_weight: float = 10.0
+    msssim_weight: float = 10.0
+    dist_weight: float = 10.0
+    width: int = 64                  # generator c64 / discriminator C64 channels (tests shrink it)
+    n_blocks: int = 9
+    disc_width: int = 64
+    vgg_weights: str | None = "imagenet"  # "imagenet", a state-dict path, or "random" (tests only)
+    max_images: int | None = None    # train on the first N pairs only (paper Fig. 8)
+    num_workers: int = 4
+    shuffle_buffer: int = 64
+    seed: int = 0
+    amp: bool = True                 # autocast on CUDA (bf16 where supported, else fp16 + scaler)
+    device: str | None = None
+    log_every: int = 100
+    sample_every: int = 1000
+    ckpt_every: int = 5000
+    sample_size: int = 512           # side of the centre crop shown in sample grids
+    resume: bool = False
+
+    def __post_init__(self) -> None:
+        if self.recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
+        if self.patch_size % GENERATOR_STRIDE:
+            raise ValueError(f"patch_size {self.patch_size} must be a multiple of {GENERATOR_STRIDE}")
+        if self.recipe == "gan" and self.patch_size < 128:
+            raise ValueError(f"patch_size {self.patch_size} is too small for the 1/4-scale discriminator (4 stride-2 layers on a quarter of it); use >= 128")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# -- data ------------------------------------------------------------------------------------
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    """uint8 image tensor -> float in [-1, 1]."""
+    return x.float().div(127.5).sub(1.0)
+
+
+def to_uint8(x: torch.Tensor) -> torch.Tensor:
+    """Float in [-1, 1] -> uint8 (rounded, clamped)."""
+    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
+class PatchPairs(IterableDataset):
+    """Random aligned patches ``(original, compressed)`` (uint8 3xPxP) from two variants.
+
+    Wraps `lossyvision.pipelines.stream.ShardStream` (lockstep reading, key checks, worker and
+    rank splitting) and cuts one random patch per image visit.
+    """
+
+    def __init__(self, variant_dir: Path, orig_dir: Path, patch_size: int, *, seed: int = 0,
+                 shuffle: bool = True, buffer_size: int = 64, keys: frozenset[str] | None = None) -> None:
+        super().__init__()
+        from lossyvision.pipelines.stream import ShardStream
+
+        self.stream = ShardStream(variant_dir, orig_dir, shuffle=shuffle, seed=seed, buffer_size=buffer_size)
+        self.patch_size = patch_size
+        self.seed = seed
+        self.keys = keys  # restrict to these keys (paper Fig. 8: fewer training images)
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.stream.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        info = torch.utils.data.get_worker_info()
+        rng = random.Random(hash((self.seed, self.epoch, info.id if info else 0)))
+        p = self.patch_size
+        for x, xc, _, key in self.stream:
+            if self.keys is not None and key not in self.keys:
+                continue
+            h, w = x.shape[-2:]
+            if h < p or w < p:
+                raise ValueError(f"image {key!r} is {h}x{w}, smaller than --patch-size {p}")
+            top, left = rng.randrange(h - p + 1), rng.randrange(w - p + 1)
+            yield x[:, top:top + p, left:left + p].clone(), xc[:, top:top + p, left:left + p].clone()
+
+
+def first_keys(variant_dir: Path, n: int) -> frozenset[str]:
+    """The first ``n`` keys of a variant in shard order (which is sorted source order)."""
+    from lossyvision.pipelines.stream import iter_tar_samples, read_variant
+
+    info = read_variant(variant_dir)
+    out: list[str] = []
+    for s in info.shards:
+        for sample in iter_tar_samples(info.root / s.name):
+            if len(out) >= n:
+                return frozenset(out)
+            out.append(sample["__key__"])
+    return frozenset(out)
+
+
+def fixed_pair(variant_dir: Path, orig_dir: Path, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The first pair of the variant, centre-cropped to at most ``size`` (a multiple of 8): uint8 1x3xHxW."""
+    from lossyvision.pipelines.stream import ShardStream
+
+    x, xc, _, _ = next(iter(ShardStream(variant_dir, orig_dir, shuffle=False, rank=0, world_size=1)))
+    h, w = x.shape[-2:]
+    ch = min(size, h) // GENERATOR_STRIDE * GENERATOR_STRIDE
+    cw = min(size, w) // GENERATOR_STRIDE * GENERATOR_STRIDE
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return x[None, :, top:top + ch, left:left + cw], xc[None, :, top:top + ch, left:left + cw]
+
+
+# -- losses ----------------------------------------------------------------------------------
+
+def gan_loss(logits: torch.Tensor, real: bool) -> torch.Tensor:
+    """Standard (non-saturating) GAN loss on patch logits: -log D or -log(1 - D), patch mean."""
+    target = torch.ones_like(logits) if real else torch.zeros_like(logits)
+    return F.binary_cross_entropy_with_logits(logits.float(), target)
+
+
+def ms_ssim_loss(restored: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
+    """1 - MS-SSIM (5 scales) on [-1, 1] images, in float32.
+
+    The paper writes ``L_MS-SSIM = MS-SSIM``; as a loss it must fall as MS-SSIM rises. Patches
+    of 161+ pixels use the standard 11x11 window; smaller ones (tests) shrink the window so
+    the coarsest of the 5 scales still holds it (pytorch-msssim needs side > 16 (win - 1)).
+    """
+    from pytorch_msssim import ms_ssim
+
+    side = min(restored.shape[-2:])
+    win = 11 if side > 160 else max(3, ((side - 1) // 16) // 2 * 2 + 1)
+    if side <= 16 * (win - 1):
+        raise ValueError(f"MS-SSIM needs patches larger than {16 * (win - 1)} pixels, got {side}")
+    with torch.autocast(restored.device.type, enabled=False):
+        a = ((restored.float() + 1) / 2).clamp(0, 1)
+        b = (original.float() + 1) / 2
+        return 1 - ms_ssim(a, b, data_range=1.0, win_size=win)
+
+
+def feature_l1(fake: list[torch.Tensor], real: list[torch.Tensor]) -> torch.Tensor:
+    """sum_j 1/M_j ||f_j(fake) - f_j(real)||_1 (mean absolute difference per layer, summed)."""
+    return sum(F.l1_loss(a.float(), b.detach().float()) for a, b in zip(fake, real))
+
+
+# -- model I/O -------------------------------------------------------------------------------
+
+def generator_arch(cfg: RestorationConfig) -> dict:
+    return {"width": cfg.width, "n_blocks": cfg.n_blocks, "norm": "instance"}
+
+
+def save_generator(path: Path, generator: Generator, arch: dict, meta: dict) -> None:
+    """Slim file for restore-shards: weights + architecture + how it was trained."""
+    _atomic_save({"generator": generator.state_dict(), "arch": arch, **meta}, path)
+
+
+def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[Generator, dict]:
+    """Load a generator written by train-restoration (``generator.pt`` or a full ``last.pt``)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"generator checkpoint {path} not found (train-restoration writes "
+                                "OUT/generator.pt)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if "generator" not in ckpt or "arch" not in ckpt:
+        raise ValueError(f"{path} is not a restoration checkpoint (no 'generator'/'arch' entries)")
+    g = Generator(**ckpt["arch"], zero_init_residual=False)
+    g.load_state_dict(ckpt["generator"])
+    return g.to(device).eval(), ckpt
+
+
+def _atomic_save(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def save_grid(path: Path, compressed: torch.Tensor, restored: torch.Tensor, original: torch.Tensor) -> None:
+    """PNG with compressed | restored | original side by side (uint8 1x3xHxW or 3xHxW each)."""
+    from PIL import Image
+
+    panels = [t.squeeze(0).permute(1, 2, 0).cpu().numpy() for t in (compressed, restored, original)]
+    gap = np.full((panels[0].shape[0], 4, 3), 255, np.uint8)
+    grid = np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(grid).save(path)
+
+
+# -- training --------------------------------------------------------------------------------
+
+@dataclass
+class _Amp:
+    enabled: bool
+    dtype: torch.dtype = torch.float32
+    scalers: list = field(default_factory=list)
+
+    def autocast(self, device: torch.device):
+        return torch.autocast(device.type, dtype=self.dtype, enabled=self.enabled)
+
+
+def _setup_amp(cfg: RestorationConfig, device: torch.device) -> _Amp:
+    if not (cfg.amp and device.type == "cuda"):
+        return _Amp(False)
+    if torch.cuda.is_bf16_supported():
+        return _Amp(True, torch.bfloat16)  # bf16 needs no loss scaling
+    return _Amp(True, torch.float16, [torch.amp.GradScaler("cuda"), torch.amp.GradScaler("cuda")])
+
+
+def _step(opt: torch.optim.Optimizer, loss: torch.Tensor, amp: _Amp, idx: int) -> None:
+    opt.zero_grad(set_to_none=True)
+    if amp.scalers:
+        amp.scalers[idx].scale(loss).backward()
+        amp.scalers[idx].step(opt)
+        amp.scalers[idx].update()
+    else:
+        loss.backward()
+        opt.step()
+
+
+class RestorationTrainer:
+    """Holds the networks, optimizers and one training step; `train_restoration` drives it."""
+
+    def __init__(self, cfg: RestorationConfig, device: torch.device) -> None:
+        self.cfg = cfg
+        self.device = device
+        self.amp = _setup_amp(cfg, device)
+        self.G = Generator(cfg.width, cfg.n_blocks).to(device)
+        self.optG = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+        self.adversarial = cfg.recipe == "gan"
+        self.D = self.optD = self.vgg = None
+        if self.adversarial:
+            self.D = MultiScaleDiscriminator(cfg.disc_width).to(device)
+            self.optD = torch.optim.Adam(self.D.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
+            if cfg.vgg_weight:
+                weights = None if cfg.vgg_weights == "random" else cfg.vgg_weights
+                if weights is None:
+                    log.warning("L_VGG uses a randomly initialised VGG19 (vgg_weights='random'): tests only")
+                self.vgg = VGGFeatures(weights).to(device)
+        self.step = 0
+
+    def lr_at(self, step: int) -> float:
+        return self.cfg.lr * (self.cfg.lr_decay if step >= self.cfg.lr_decay_step else 1.0)
+
+    def train_step(self, x: torch.Tensor, xc: torch.Tensor) -> dict[str, float]:
+        """One iteration on a batch in [-1, 1]: discriminators first, then the generator."""
+        cfg, dev = self.cfg, self.device
+        for opt in (self.optG, self.optD):
+            if opt is not None:
+                for group in opt.param_groups:
+                    group["lr"] = self.lr_at(self.step)
+        stats: dict[str, float] = {}
+        with self.amp.autocast(dev):
+            restored = self.G(xc)
+        if self.adversarial:
+            self.D.requires_grad_(True)
+            with self.amp.autocast(dev):
+                real_out = self.D(xc, x)
+                fake_out = self.D(xc, restored.detach())
+            loss_d = sum(gan_loss(r, True) + gan_loss(f, False) for (r, _), (f, _) in zip(real_out, fake_out))
+            _step(self.optD, loss_d, self.amp, 1)
+            stats["loss_d"] = loss_d.item()
+            self.D.requires_grad_(False)  # generator step: no D gradients to compute
+            with self.amp.autocast(dev):
+                g_out = self.D(xc, restored)
+                with torch.no_grad():
+                    real_feats = [feats for _, feats in self.D(xc, x)]
+            l_gan = sum(gan_loss(logits, True) for logits, _ in g_out)
+            l_dist = sum(feature_l1(feats, rf) for (_, feats), rf in zip(g_out, real_feats))
+        else:
+            l_gan = l_dist = torch.zeros((), device=dev)
+        l1 = F.l1_loss(restored.float(), x)
+        l_ms = ms_ssim_loss(restored, x)
+        if self.vgg is not None:
+            with self.amp.autocast(dev):
+                fake_v = self.vgg(restored)
+                with torch.no_grad():
+                    real_v = self.vgg(x)
+            l_vgg = feature_l1(fake_v, real_v)
+        else:
+            l_vgg = torch.zeros((), device=dev)
+        loss_g = (cfg.gan_weight * l_gan + cfg.l1_weight * l1 + cfg.vgg_weight * l_vgg
+                  + cfg.msssim_weight * l_ms + cfg.dist_weight * l_dist) if self.adversarial \
+            else cfg.l1_weight * l1 + cfg.msssim_weight * l_ms
+        _step(self.optG, loss_g, self.amp, 0)
+        self.step += 1
+        stats.update({k: float(v.detach()) for k, v in dict(
+            loss_g=loss_g, l_gan=l_gan, l1=l1, l_vgg=l_vgg, l_msssim=l_ms, l_dist=l_dist).items()})
+        stats["lr"] = self.lr_at(self.step - 1)
+        return stats
+
+    @torch.no_grad()
+    def restore(self, xc: torch.Tensor) -> torch.Tensor:
+        """Restore a [-1, 1] batch whose sides are multiples of 8 (no grad, generator's own mode)."""
+        with self.amp.autocast(self.device):
+            return self.G(xc).float()
+
+    def state_dict(self) -> dict:
+        state = {"step": self.step, "config": self.cfg.to_dict(), "arch": generator_arch(self.cfg),
+                 "generator": self.G.state_dict(), "opt_g": self.optG.state_dict(),
+                 "scalers": [s.state_dict() for s in self.amp.scalers]}
+        if self.adversarial:
+            state.update(discriminator=self.D.state_dict(), opt_d=self.optD.state_dict())
+        return state
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["arch"] != generator_arch(self.cfg):
+            raise ValueError(f"checkpoint generator {state['arch']} does not match the config "
+                             f"{generator_arch(self.cfg)}; resume with the same --width/--n-blocks")
+        self.G.load_state_dict(state["generator"])
+        self.optG.load_state_dict(state["opt_g"])
+        if self.adversarial:
+            if "discriminator" not in state:
+                raise ValueError("checkpoint has no discriminator (trained with recipe l1-msssim)")
+            self.D.load_state_dict(state["discriminator"])
+            self.optD.load_state_dict(state["opt_d"])
+        for scaler, s in zip(self.amp.scalers, state.get("scalers", [])):
+            scaler.load_state_dict(s)
+        self.step = int(state["step"])
+
+
+def _device(name: str | None) -> torch.device:
+    if name:
+        return torch.device(name)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def train_restoration(cfg: RestorationConfig) -> dict:
+    """Train the restoration generator; return a summary (paths, steps, last losses).
+
+    Writes under ``cfg.out_dir``: config.json, log.jsonl, samples/step-NNNNNNN.png,
+    checkpoints/last.pt (everything needed to resume) and generator.pt (for restore-shards).
+    """
+    from lossyvision.pipelines.stream import variant_dir
+
+    if not cfg.shards or not cfg.variant:
+        raise ValueError("shards and variant are required (e.g. shards=ROOT/cityscapes, variant=bpg-qp41)")
+    split_dir = Path(cfg.shards) / cfg.split
+    vdir, odir = variant_dir(split_dir, cfg.variant), variant_dir(split_dir, cfg.orig_variant)
+    out = Path(cfg.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+
+    random.seed(cfg.seed)
+    torch.manual_seed(cfg.seed)
+    device = _device(cfg.device)
+    trainer = RestorationTrainer(cfg, device)
+    ckpt_path = out / "checkpoints" / "last.pt"
+    if cfg.resume:
+        if not ckpt_path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
+        trainer.load_state_dict(torch.load(ckpt_path, map_location=device, weights_only=False))
+        log.info("resumed from %s at step %d", ckpt_path, trainer.step)
+
+    keys = first_keys(vdir, cfg.max_images) if cfg.max_images is not None else None
+    dataset = PatchPairs(vdir, odir, cfg.patch_size, seed=cfg.seed, buffer_size=cfg.shuffle_buffer, keys=keys)
+    sample_x, sample_xc = fixed_pair(vdir, odir, cfg.sample_size)
+    sample_x_dev = to_unit(sample_xc.to(device))
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch = trainer.step  # any value that differs between resumes reshuffles differently
+        while True:
+            dataset.set_epoch(epoch)
+            loader = torch.utils.data.DataLoader(
+                dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, drop_last=True,
+                pin_memory=device.type == "cuda", persistent_workers=False)
+            n = 0
+            for x, xc in loader:
+                n += 1
+                yield x, xc
+            if n == 0:
+                raise ValueError(f"no training batches from {vdir} (fewer pairs than --batch-size "
+                                 f"{cfg.batch_size}, or --max-images too small)")
+            epoch += 1
+
+    t0, last = time.time(), {}
+    logf = (out / "log.jsonl").open("a")
+    try:
+        it = batches()
+        while trainer.step < cfg.steps:
+            x, xc = next(it)
+            last = trainer.train_step(to_unit(x.to(device, non_blocking=True)),
+                                      to_unit(xc.to(device, non_blocking=True)))
+            step = trainer.step
+            if step % cfg.log_every == 0 or step == cfg.steps:
+                rec = {"step": step, "time_s": round(time.time() - t0, 2), **last}
+                logf.write(json.dumps(rec) + "\n")
+                logf.flush()
+                log.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in last.items()))
+            if step % cfg.sample_every == 0 or step == cfg.steps:
+                restored = trainer.restore(sample_x_dev)
+                save_grid(out / "samples" / f"step-{step:07d}.png", sample_xc, to_uint8(restored).cpu(), sample_x)
+            if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                _atomic_save(trainer.state_dict(), ckpt_path)
+                save_generator(out / "generator.pt", trainer.G, generator_arch(cfg),
+                               {"step": step, "config": cfg.to_dict()})
+    finally:
+        logf.close()
+    return {"steps": trainer.step, "out_dir": str(out), "generator": str(out / "generator.pt"),
+            "last": last, "seconds": round(time.time() - t0, 2)}

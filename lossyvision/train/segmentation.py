@@ -1,0 +1,327 @@
+"""DeepLabv3+ (output stride 16) on Cityscapes shards, for paper 2's train/test configurations.
+
+The model is segmentation-models-pytorch's DeepLabV3Plus. Training follows the usual Cityscapes
+recipe: random scale (0.5-2.0), random crop (768), horizontal flip, applied identically to
+image and label map (bilinear for the image, nearest for the labels, label padding 255), cross
+entropy ignoring 255, SGD with poly learning rate. AMP on CUDA, DDP under torchrun (SyncBN),
+checkpoints and resume. At the end the model is evaluated on the test variant.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+from torch.utils.data import IterableDataset
+
+from lossyvision.eval.segmentation import IGNORE_INDEX
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class SegmentationConfig:
+    shards: str = ""                 # ROOT/cityscapes
+    train_variant: str = "orig"
+    test_variant: str = "orig"
+    train_split: str = "train"
+    test_split: str = "val"
+    out_dir: str = "runs/segmentation"
+    encoder: str = "resnet101"       # any segmentation-models-pytorch encoder
+    encoder_weights: str | None = None  # "imagenet" (downloaded), a local encoder state dict, or None
+    output_stride: int = 16
+    num_classes: int = 19
+    crop_size: int = 768
+    scale_min: float = 0.5
+    scale_max: float = 2.0
+    flip: bool = True
+    batch_size: int = 8              # per process
+    steps: int = 90_000
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    num_workers: int = 4
+    shuffle_buffer: int = 32
+    seed: int = 0
+    amp: bool = True
+    sync_bn: bool = True             # under DDP: per-GPU batches of 2-4 are too small for plain BN
+    device: str | None = None
+    log_every: int = 50
+    ckpt_every: int = 2000
+    resume: bool = False
+    evaluate: bool = True            # evaluate on test_variant at the end
+    max_eval_images: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.output_stride not in (8, 16):
+            raise ValueError(f"output_stride must be 8 or 16, got {self.output_stride}")
+        if not 0 < self.scale_min <= self.scale_max:
+            raise ValueError(f"need 0 < scale_min <= scale_max, got {self.scale_min}, {self.scale_max}")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# -- model ---------------------------------------------------------------------------------------
+
+def model_arch(cfg: SegmentationConfig) -> dict:
+    return {"encoder": cfg.encoder, "output_stride": cfg.output_stride, "num_classes": cfg.num_classes}
+
+
+def build_model(encoder: str = "resnet101", num_classes: int = 19, output_stride: int = 16,
+                encoder_weights: str | None = None) -> torch.nn.Module:
+    """DeepLabv3+; ``encoder_weights``: None, "imagenet" (needs network or a warm cache) or a path."""
+    try:
+        import segmentation_models_pytorch as smp
+    except ImportError as exc:
+        raise ImportError("segmentation needs segmentation-models-pytorch: pip install "
+                          "'segmentation-models-pytorch>=0.5'") from exc
+
+    if encoder_weights not in (None, "imagenet") and not Path(encoder_weights).is_file():
+        raise FileNotFoundError(f"encoder weights {encoder_weights!r}: no such file (use 'imagenet', a path, "
+                                "or leave unset for random init)")
+    named = encoder_weights if encoder_weights == "imagenet" else None
+    try:
+        model = smp.DeepLabV3Plus(encoder_name=encoder, encoder_weights=named, encoder_output_stride=output_stride,
+                                  classes=num_classes)
+    except (KeyError, ValueError) as exc:
+        raise ValueError(f"segmentation-models-pytorch cannot build encoder {encoder!r}: {exc}") from exc
+    except Exception as exc:  # network/cache failures surface as many exception types
+        if named is None:
+            raise
+        raise RuntimeError(f"cannot load ImageNet weights for encoder {encoder!r} ({type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); run once online to fill the "
+                           "cache, or pass a local encoder state dict with --encoder-weights PATH") from exc
+    if encoder_weights is not None and named is None:
+        state = torch.load(encoder_weights, map_location="cpu", weights_only=True)
+        # nn.Module's own method: some smp encoders override it and return nothing
+        missing, unexpected = torch.nn.Module.load_state_dict(model.encoder, state, strict=False)
+        if len(missing) > len(state) or not state:
+            raise ValueError(f"{encoder_weights} does not fit encoder {encoder!r} "
+                             f"({len(missing)} missing, {len(unexpected)} unexpected keys)")
+        log.info("encoder weights from %s (%d missing, %d unexpected keys)", encoder_weights, len(missing),
+                 len(unexpected))
+    return model
+
+
+def load_segmentation_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """A model written by train-segmentation (``model.pt`` or ``checkpoints/last.pt``) and its metadata."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"segmentation checkpoint {path} not found (train-segmentation writes OUT/model.pt)")
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    if "model" not in ckpt or "arch" not in ckpt:
+        raise ValueError(f"{path} is not a segmentation checkpoint (no 'model'/'arch' entries)")
+    model = build_model(**ckpt["arch"])
+    model.load_state_dict(ckpt["model"])
+    return model.to(device).eval(), ckpt
+
+
+# -- data ----------------------------------------------------------------------------------------
+
+def random_scale_crop_flip(image: torch.Tensor, label: torch.Tensor, crop: int, scale: tuple[float, float],
+                           flip: bool, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale, pad, crop and flip a uint8 3xHxW image and uint8 HxW train-id map identically.
+
+    The image is resized bilinearly, the labels with nearest neighbour (so no new ids appear);
+    padding is 0 for the image and 255 (ignore) for the labels. Returns uint8 3xcxc, uint8 cxc.
+    """
+    h, w = label.shape
+    s = rng.uniform(*scale)
+    nh, nw = max(1, round(h * s)), max(1, round(w * s))
+    if (nh, nw) != (h, w):
+        image = F.interpolate(image[None].float(), size=(nh, nw), mode="bilinear", align_corners=False)[0]
+        image = image.round().clamp(0, 255).to(torch.uint8)
+        label = F.interpolate(label[None, None].float(), size=(nh, nw), mode="nearest")[0, 0].to(torch.uint8)
+    ph, pw = max(crop - nh, 0), max(crop - nw, 0)
+    if ph or pw:
+        image = F.pad(image, (0, pw, 0, ph), value=0)
+        label = F.pad(label, (0, pw, 0, ph), value=IGNORE_INDEX)
+    top, left = rng.randrange(label.shape[0] - crop + 1), rng.randrange(label.shape[1] - crop + 1)
+    image, label = image[:, top:top + crop, left:left + crop], label[top:top + crop, left:left + crop]
+    if flip and rng.random() < 0.5:
+        image, label = image.flip(-1), label.flip(-1)
+    return image.contiguous(), label.contiguous()
+
+
+class SegmentationCrops(IterableDataset):
+    """Augmented (uint8 3xcxc image, uint8 cxc labels) from one variant, split over ranks and workers."""
+
+    def __init__(self, variant_dir: Path, cfg: SegmentationConfig) -> None:
+        super().__init__()
+        from lossyvision.pipelines.stream import ShardStream
+
+        self.stream = ShardStream(variant_dir, shuffle=True, seed=cfg.seed, buffer_size=cfg.shuffle_buffer)
+        self.crop, self.scale, self.flip, self.seed = cfg.crop_size, (cfg.scale_min, cfg.scale_max), cfg.flip, cfg.seed
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+        self.stream.set_epoch(epoch)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        info = torch.utils.data.get_worker_info()
+        rng = random.Random(hash((self.seed, self.epoch, self.stream.rank, info.id if info else 0)))
+        for x, y, key in self.stream:
+            if not isinstance(y, torch.Tensor):
+                raise ValueError(f"sample {key!r} has no seg.png label map (is this a segmentation variant?)")
+            yield random_scale_crop_flip(x, y, self.crop, self.scale, self.flip, rng)
+
+
+# -- training ------------------------------------------------------------------------------------
+
+def poly_lr(base: float, step: int, total: int, power: float = 0.9) -> float:
+    return base * (1 - min(step, total) / total) ** power
+
+
+def _dist_setup(cfg: SegmentationConfig) -> tuple[int, int, torch.device]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    if cfg.device:
+        device = torch.device(cfg.device)
+    elif torch.cuda.is_available():
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    return rank, world, device
+
+
+def _atomic_save(obj: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def train_segmentation(cfg: SegmentationConfig) -> dict:
+    """Train DeepLabv3+ on ``train_variant``; evaluate on ``test_variant``; return a summary.
+
+    Writes under ``cfg.out_dir``: config.json, log.jsonl, checkpoints/last.pt (resume),
+    model.pt (for eval-segmentation) and, when evaluating, results/<train>__<test>.json plus
+    results.{csv,json,md} and miou_vs_bpp.png.
+    """
+    from lossyvision.eval.segmentation import EvalConfig, evaluate_checkpoint
+    from lossyvision.pipelines.stream import to_device, variant_dir
+
+    if not cfg.shards:
+        raise ValueError("shards is required (ROOT/cityscapes)")
+    vdir = variant_dir(Path(cfg.shards) / cfg.train_split, cfg.train_variant)
+    if cfg.evaluate:
+        variant_dir(Path(cfg.shards) / cfg.test_split, cfg.test_variant)  # fail before training, not after
+    rank, world, device = _dist_setup(cfg)
+    out = Path(cfg.out_dir)
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps({**cfg.to_dict(), "world_size": world}, indent=2) + "\n")
+    random.seed(cfg.seed + rank)
+    torch.manual_seed(cfg.seed)
+
+    model = build_model(cfg.encoder, cfg.num_classes, cfg.output_stride, cfg.encoder_weights).to(device)
+    if world > 1 and cfg.sync_bn and device.type == "cuda":  # SyncBatchNorm has no CPU kernel
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    net = torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
+    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    use_amp = cfg.amp and device.type == "cuda"
+    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
+    step = 0
+    ckpt_path = out / "checkpoints" / "last.pt"
+    if cfg.resume:
+        if not ckpt_path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
+        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        if state["arch"] != model_arch(cfg):
+            raise ValueError(f"checkpoint model {state['arch']} does not match the config {model_arch(cfg)}")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        scaler.load_state_dict(state["scaler"])
+        step = int(state["step"])
+        log.info("resumed from %s at step %d", ckpt_path, step)
+
+    dataset = SegmentationCrops(vdir, cfg)
+    criterion = torch.nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+
+    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch = step
+        while True:
+            dataset.set_epoch(epoch)
+            loader = torch.utils.data.DataLoader(
+                dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, drop_last=True,
+                pin_memory=device.type == "cuda", persistent_workers=False)
+            n = 0
+            for batch in loader:
+                n += 1
+                yield batch
+            if n == 0:
+                raise ValueError(f"no training batches from {vdir}: fewer samples per rank than "
+                                 f"batch size {cfg.batch_size}")
+            epoch += 1
+
+    def save(path: Path, full: bool) -> None:
+        state = {"arch": model_arch(cfg), "model": model.state_dict(), "config": cfg.to_dict(), "step": step}
+        if full:
+            state.update(opt=opt.state_dict(), scaler=scaler.state_dict())
+        _atomic_save(state, path)
+
+    t0, loss_v = time.time(), float("nan")
+    net.train()
+    it = batches()
+    logf = (out / "log.jsonl").open("a") if rank == 0 else None
+    try:
+        while step < cfg.steps:
+            x, y = next(it)
+            lr = poly_lr(cfg.lr, step, cfg.steps, cfg.poly_power)
+            for group in opt.param_groups:
+                group["lr"] = lr
+            x = to_device(x, device)
+            y = y.to(device, non_blocking=True).long()
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                logits = net(x)
+            loss = criterion(logits.float(), y)
+            opt.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+            step += 1
+            loss_v = loss.item()
+            if not math.isfinite(loss_v):
+                raise FloatingPointError(f"loss is {loss_v} at step {step}; lower --lr or disable --amp")
+            if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
+                logf.write(json.dumps({"step": step, "loss": loss_v, "lr": lr, "time_s": round(time.time() - t0, 2)})
+                           + "\n")
+                logf.flush()
+                log.info("step %d loss %.4f lr %.3g", step, loss_v, lr)
+            if rank == 0 and (step % cfg.ckpt_every == 0 or step == cfg.steps):
+                save(ckpt_path, full=True)
+    finally:
+        if logf is not None:
+            logf.close()
+    summary = {"steps": step, "loss": loss_v, "seconds": round(time.time() - t0, 2), "out_dir": str(out)}
+    if rank == 0:
+        save(out / "model.pt", full=False)
+        summary["model"] = str(out / "model.pt")
+        if cfg.evaluate:
+            records = evaluate_checkpoint(EvalConfig(
+                checkpoint=str(out / "model.pt"), shards=cfg.shards, test_variants=[cfg.test_variant],
+                split=cfg.test_split, out_dir=str(out), device=str(device), amp=cfg.amp,
+                max_images=cfg.max_eval_images))
+            summary["miou"] = records[0]["miou"]
+            summary["configuration"] = records[0]["configuration"]
+    if world > 1:
+        torch.distributed.barrier()
+    return summary
