@@ -58,7 +58,7 @@ class PrepareConfig:
     shard_size: int = 1000
     workers: int | None = None  # None: all CPUs of the machine or cluster
     address: str | None = None  # Ray cluster address; None: RAY_ADDRESS or a local Ray
-    executor: str = "auto"  # auto | ray | local
+    executor: str = "auto"  # auto: a named cluster, else in-process unless the work pays Ray's start | ray | local
     write_orig: bool = True
     store_decoded: bool = False
     ms_ssim: bool = True
@@ -340,25 +340,41 @@ def prepare_shards(cfg: PrepareConfig) -> dict[str, dict]:
     return manifests
 
 
+# Starting a local Ray costs 4-8 s here; below this much estimated single-process work the job
+# stays in-process (measured by tools/bench/prepare.py: see the README's benchmark section).
+RAY_WORTH_S = 20.0
+
+
 def _run(cfg: PrepareConfig, tasks, n_tasks: int, on_result: Callable[[dict], None], total_images: int, done_images: int) -> None:
+    """Run tasks in-process or on Ray. ``auto`` joins a cluster when one is named; otherwise it runs
+    the first shard in-process, and moves the rest to a local Ray only if they would take longer
+    than RAY_WORTH_S on one core, so small jobs never pay Ray's start-up."""
     from tqdm import tqdm
 
     workers = cfg.workers or os.cpu_count() or 1
-    use_ray = cfg.executor == "ray" or (
-        cfg.executor == "auto" and (cfg.address or os.environ.get("RAY_ADDRESS") or (workers > 1 and n_tasks > 1))
-    )
+    cluster = bool(cfg.address or os.environ.get("RAY_ADDRESS"))
+    use_ray = cfg.executor == "ray" or (cfg.executor == "auto" and cluster)
     bar = tqdm(total=total_images, initial=done_images, unit="img", desc="prepare-shards", disable=not cfg.progress, dynamic_ncols=True)
+    tasks = iter(tasks)
     try:
         if not use_ray:
+            left = n_tasks
+            t0 = time.perf_counter()
             for t in tasks:
                 res = encode_shard(t)
                 on_result(res)
                 bar.update(res["images"])
-            return
-        from .raypool import run_ray
+                left -= 1
+                per_task = (time.perf_counter() - t0) / (n_tasks - left)
+                if cfg.executor == "auto" and workers > 1 and left > 1 and per_task * left > RAY_WORTH_S:
+                    log.info("about %.0f s of work left: moving to Ray with %d workers", per_task * left, workers)
+                    use_ray = True
+                    break
+        if use_ray:
+            from .raypool import run_ray
 
-        for res in run_ray(encode_shard, tasks, workers=cfg.workers, address=cfg.address):
-            on_result(res)
-            bar.update(res["images"])
+            for res in run_ray(encode_shard, tasks, workers=cfg.workers, address=cfg.address):
+                on_result(res)
+                bar.update(res["images"])
     finally:
         bar.close()

@@ -239,3 +239,19 @@ def test_every_command_has_help():
     for name in main.list_commands(None):
         r = CliRunner().invoke(main, [name, "--help"])
         assert r.exit_code == 0 and "Usage" in r.output, name
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_auto_moves_long_jobs_to_ray_with_identical_output(imagenet_root, tmp_path, monkeypatch, caplog):
+    import logging
+
+    import lossyvision.pipelines.prepare as prep
+
+    common = dict(dataset="imagenet", src=imagenet_root, split="val", codecs=SETTINGS, shard_size=3, progress=False)
+    prepare_shards(PrepareConfig(out=str(tmp_path / "local"), workers=1, executor="local", **common))
+    monkeypatch.setattr(prep, "RAY_WORTH_S", 0.0)  # any remaining work "pays" for Ray
+    with caplog.at_level(logging.INFO, logger="lossyvision.pipelines.prepare"):
+        prepare_shards(PrepareConfig(out=str(tmp_path / "auto"), workers=2, executor="auto", **common))
+    assert "moving to Ray" in caplog.text
+    assert digest(str(tmp_path / "local")) == digest(str(tmp_path / "auto"))
