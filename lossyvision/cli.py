@@ -232,8 +232,14 @@ def prepare_shards(dataset: str, src: str | None, split: str | None, out: str, c
       prepare-shards --dataset imagenet --src /data/ILSVRC2012 --split val \\
           --codec jpeg --q 75,10,5 --codec j2k --q 75,200,400 --codec bpg --q 41,46,51 --out /data/shards
     """
+    import signal
+
     from .pipelines.prepare import PrepareConfig, prepare_shards as run
 
+    def on_term(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # SIGTERM (a scheduler's pre-emption) ends like Ctrl-C: in-flight work cancelled
+
+    signal.signal(signal.SIGTERM, on_term)
     settings = parse_codec_settings(codecs, qs, bpps, codec_opts)
     if split is None:
         split = "all" if dataset in ("folder", "samples") else "val"

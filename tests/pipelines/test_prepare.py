@@ -255,3 +255,22 @@ def test_auto_moves_long_jobs_to_ray_with_identical_output(imagenet_root, tmp_pa
         prepare_shards(PrepareConfig(out=str(tmp_path / "auto"), workers=2, executor="auto", **common))
     assert "moving to Ray" in caplog.text
     assert digest(str(tmp_path / "local")) == digest(str(tmp_path / "auto"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_sigint_and_sigterm_end_cleanly_and_resume(tmp_path, sig):
+    args = ["--dataset", "samples", "--codec", "bpg", "--q", "30,41", "--shard-size", "2", "--executor", "local"]
+    out = str(tmp_path / "o")
+    proc = subprocess.Popen([sys.executable, "-m", "lossyvision.cli", "prepare-shards", "--out", out, *args],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    man = os.path.join(out, "samples", "all", "bpg-qp30", "manifest.json")
+    deadline = time.time() + 120
+    while time.time() < deadline and not os.path.exists(man):
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "rerun the same command to resume" in err and "Traceback" not in err
+    r = CliRunner().invoke(main, ["prepare-shards", "--out", out, *args, "--quiet"])
+    assert r.exit_code == 0 and json.load(open(man))["complete"]
+    assert not [f for d, _, fs in os.walk(out) for f in fs if ".tmp-" in f]
