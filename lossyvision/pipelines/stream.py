@@ -73,7 +73,8 @@ def read_variant(variant_dir: str | Path) -> VariantInfo:
         raise FileNotFoundError(f"no manifest.json in {root} (is this a variant folder written by prepare-shards?)")
     m = json.loads(path.read_text())
     codec = m.get("codec")
-    shards = tuple(ShardInfo(s["name"], int(s["count"])) for s in sorted(m.get("shards", []), key=lambda s: s["name"]))
+    done = [s for s in m.get("shards", []) if s]  # unfinished shards of an interrupted job are null
+    shards = tuple(ShardInfo(s["name"], int(s["count"])) for s in sorted(done, key=lambda s: s["name"]))
     if not shards:
         raise ValueError(f"{path}: manifest lists no shards")
     if not m.get("complete", True):
