@@ -60,6 +60,7 @@ class PrepareConfig:
     address: str | None = None  # Ray cluster address; None: RAY_ADDRESS or a local Ray
     executor: str = "auto"  # auto: a named cluster, else in-process unless the work pays Ray's start | ray | local
     write_orig: bool = True
+    orig_format: str = "png"  # png (every reader knows it) | qoi (decodes ~5x faster: for training loaders)
     store_decoded: bool = False
     ms_ssim: bool = True
     limit: int | None = None  # first N images (sorted by key), for quick runs
@@ -80,6 +81,7 @@ class ShardTask:
     write_orig: bool
     store_decoded: bool
     ms_ssim: bool
+    orig_format: str = "png"
 
 
 _STATS = ("bytes", "bpp", "psnr", "ssim", "ms_ssim", "enc_ms", "dec_ms")
@@ -91,6 +93,17 @@ def _label_fields(task: str, label: Any) -> dict[str, bytes]:
     if task == "segmentation":
         return {"seg.png": png_encode(np.ascontiguousarray(label, dtype=np.uint8), level=1)}
     return {}
+
+
+ORIG_FORMATS = ("png", "qoi")
+
+
+def _encode_lossless(rgb: np.ndarray, fmt: str) -> bytes:
+    if fmt == "qoi":
+        import imagecodecs
+
+        return bytes(imagecodecs.qoi_encode(rgb))
+    return png_encode(rgb, level=1)  # zlib level 1: ~3x faster than 6 for ~1 % more bytes
 
 
 def encode_shard(t: ShardTask) -> dict:
@@ -142,11 +155,11 @@ def encode_shard(t: ShardTask) -> dict:
             failures.append({"source": item.ref, "key": item.key, "reason": str(e)})
             continue
         if t.write_orig:
-            png = png_encode(rgb, level=1)
-            meta = {"h": int(rgb.shape[0]), "w": int(rgb.shape[1]), "source": item.ref, "bytes": len(png)}
-            samples[ORIG].append({"__key__": item.key, "png": png, "json": sample_json(meta), **lab})
-            add(ORIG, "bytes", len(png))
-            add(ORIG, "bpp", len(png) * 8.0 / (rgb.shape[0] * rgb.shape[1]))
+            data = _encode_lossless(rgb, t.orig_format)
+            meta = {"h": int(rgb.shape[0]), "w": int(rgb.shape[1]), "source": item.ref, "bytes": len(data)}
+            samples[ORIG].append({"__key__": item.key, t.orig_format: data, "json": sample_json(meta), **lab})
+            add(ORIG, "bytes", len(data))
+            add(ORIG, "bpp", len(data) * 8.0 / (rgb.shape[0] * rgb.shape[1]))
         for spec, (s, st) in made.items():
             samples[spec].append(s)
             for k in _STATS:
@@ -239,6 +252,8 @@ def validate(cfg: PrepareConfig) -> tuple[Source, CropPolicy, list[Codec]]:
         raise PrepareError(f"--workers must be at least 1, got {cfg.workers}")
     if cfg.executor not in ("auto", "ray", "local"):
         raise PrepareError(f"executor must be auto, ray or local, got {cfg.executor!r}")
+    if cfg.orig_format not in ORIG_FORMATS:
+        raise PrepareError(f"--orig-format must be one of {', '.join(ORIG_FORMATS)}, got {cfg.orig_format!r}")
     if not cfg.codecs and not cfg.write_orig:
         raise PrepareError("nothing to write: give at least one --codec, or keep the orig variant")
     try:
@@ -290,7 +305,7 @@ def prepare_shards(cfg: PrepareConfig) -> dict[str, dict]:
     for v, vdir in variants.items():
         os.makedirs(vdir, exist_ok=True)
         clean_temp_files(vdir)
-        fp = _fingerprint(keys, crop, cfg.shard_size, infos[v], source)
+        fp = _fingerprint(keys, crop, cfg.shard_size, infos[v] if v != ORIG else {"orig_format": cfg.orig_format}, source)
         old = load_manifest(vdir)
         if old is not None and old.get("fingerprint") != fp:
             raise PrepareError(
@@ -305,6 +320,7 @@ def prepare_shards(cfg: PrepareConfig) -> dict[str, dict]:
             "task": source.task,
             "classes": None,
             "codec": infos[v],
+            "orig_format": cfg.orig_format if v == ORIG else None,
             "crop": crop.to_dict(),
             "source": source.describe(),
             "shard_size": cfg.shard_size,
@@ -328,7 +344,8 @@ def prepare_shards(cfg: PrepareConfig) -> dict[str, dict]:
             _summarise(manifests[v])
             write_json_atomic(os.path.join(variants[v], MANIFEST), manifests[v])
 
-    tasks = (ShardTask(i, chunks[i], source, crop, cfg.codecs, variants, cfg.write_orig, cfg.store_decoded, cfg.ms_ssim) for i in pending)
+    tasks = (ShardTask(i, chunks[i], source, crop, cfg.codecs, variants, cfg.write_orig, cfg.store_decoded, cfg.ms_ssim, cfg.orig_format)
+             for i in pending)
     if pending:
         _run(cfg, tasks, len(pending), on_result, total_images=len(items), done_images=done_images)
     for v in variants:

@@ -143,7 +143,7 @@ def _paired(source: Path, orig: Path | None) -> Iterator[tuple[dict, dict | None
 def restore_shards(cfg: RestoreConfig, progress: bool = False) -> dict:
     """Write ``<shards>/<split>/<output_variant>``; return its manifest. Reruns skip finished shards."""
     from lossyvision.pipelines.shards import FORMAT, sample_json, sha256_file, write_json_atomic, write_tar_atomic
-    from lossyvision.pipelines.stream import decode_png, read_variant, variant_dir
+    from lossyvision.pipelines.stream import decode_lossless, decode_png, read_variant, variant_dir
     from lossyvision.quality import ms_ssim, psnr, ssim
     from lossyvision.train.restoration import load_generator
 
@@ -219,7 +219,7 @@ def restore_shards(cfg: RestoreConfig, progress: bool = False) -> dict:
                     if "decoded.png" in s:
                         rgb = decode_png(s["decoded.png"])
                     elif src.spec is None:
-                        rgb = decode_png(s[src.ext])
+                        rgb = decode_lossless(s[src.ext], src.ext)
                     else:
                         if codec is None:
                             from lossyvision.codecs import from_spec
@@ -230,7 +230,7 @@ def restore_shards(cfg: RestoreConfig, progress: bool = False) -> dict:
                     restored = restore_image(generator, rgb, device, cfg.tile, cfg.overlap, cfg.amp)
                     restore_ms.append((time.perf_counter() - t) * 1e3)
                     h, w = restored.shape[:2]
-                    ref = decode_png(o["png"]) if o is not None else None
+                    ref = decode_lossless(o[orig.ext], orig.ext) if o is not None else None
                     png = _png(restored, cfg.png_level)
                     stats = {
                         "bytes": meta.get("bytes"), "bpp": meta.get("bpp"), "h": h, "w": w,

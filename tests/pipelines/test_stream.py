@@ -96,3 +96,31 @@ def test_segmentation_labels_and_device_normalisation(tmp_path):
     z = to_device(x, "cpu", mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
     assert z.dtype == torch.float32 and z.min() >= -1 and z.max() <= 1
     assert torch.allclose(z, x.float() / 127.5 - 1, atol=1e-6)
+
+
+def test_qoi_orig_from_prepare_shards_streams_like_png(imagenet_root, tmp_path):
+    """Real prepare-shards output (PNG and QOI orig) through the paired loader: same pixels, keys, labels."""
+    from lossyvision.pipelines.prepare import CodecSetting, PrepareConfig, prepare_shards
+
+    got = {}
+    for fmt in ("png", "qoi"):
+        out = tmp_path / fmt
+        prepare_shards(PrepareConfig(dataset="imagenet", src=imagenet_root, split="val", out=str(out), orig_format=fmt,
+                                     codecs=[CodecSetting("jpeg", 10)], shard_size=4, executor="local", progress=False))
+        base = out / "imagenet" / "val"
+        got[fmt] = list(ShardStream(base / "jpeg-q10", base / "orig"))
+    assert len(got["png"]) == len(got["qoi"]) == 13
+    for (x1, t1, y1, k1), (x2, t2, y2, k2) in zip(got["png"], got["qoi"]):
+        assert k1 == k2 and y1 == y2 and torch.equal(x1, x2) and torch.equal(t1, t2)
+    import webdataset as wds
+
+    s = next(iter(wds.WebDataset(str(tmp_path / "qoi" / "imagenet" / "val" / "orig" / "shard-000000.tar"), shardshuffle=False)))
+    assert "qoi" in s and "png" not in s
+
+
+def test_to_device_normalises_like_torchvision():
+    from torchvision.transforms import functional as F
+
+    x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    ref = torch.stack([F.normalize(F.convert_image_dtype(i, torch.float32), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)) for i in x])
+    assert torch.allclose(to_device(x, "cpu"), ref, atol=1e-5)

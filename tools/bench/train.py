@@ -1,0 +1,341 @@
+"""Training-input benchmark: paired shard loader vs ImageFolder, fine-tune vs expert step time.
+
+    python tools/bench/train.py [--images 256] [--batch-size 32] [--workers 2] [--model mnasnet0_5]
+
+Builds a folder of distinct real-photo JPEGs of ImageNet-like size (500x375: scikit-image's photos,
+cropped, rotated and flipped), writes shards with prepare_shards (`orig` + one codec setting, resize
+256 / centre 224) and an ImageFolder tree of the same `orig` crops saved as JPEG quality 90 (one class
+folder per source photo). Then measures in one run, all through torch DataLoader with the same batch
+size, worker count and prefetch factor:
+- loaders, samples/s: the paired shard loader (ShardStream: orig + variant in lockstep, decoded in the
+  workers, shipped as uint8, normalised in the main process with `to_device` on the CPU "device", as
+  training does); the single-variant loader (the variant only, what cached expert training reads);
+  torchvision ImageFolder (PIL loader, ToTensor + Normalize in the workers). Each figure is the best of
+  --repeats measurements of --epochs epochs, the loaders taking turns, both over whole epochs (worker
+  start included: workers restart every epoch) and in steady state (after each epoch's first batch);
+- training steps: fine-tune, expert with the online teacher and expert with the HDF5 teacher cache,
+  set up by the library's Trainer (model, frozen teacher copy, Adam, recipe losses, teacher cache) on a
+  torchvision model with random weights. Per step: loop wall time (data wait included) and compute
+  (batch to device, teacher, loss, backward, Adam step); medians over --repeats blocks of --steps steps,
+  the recipes taking turns, after one untimed step per block.
+The `folder` dataset has no labels, so training labels come from the key (the source photo, the same
+class as the ImageFolder tree). Prints ratios against the targets: pairs/s >= 1.0x ImageFolder's
+images/s; variant only >= 2x ImageFolder (both judged in steady state); cached expert step <= 1.05x
+fine-tune step (wall). Defaults take about 2 minutes on a 2-core machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+from PIL import Image
+
+# views of a photo: (zoom, rotation, mirror); ~16 per photo keeps 256 images distinct with 18 photos
+_ROT = (None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)
+_KEY = re.compile(r"(?:^|/)p(\d+)_\d+$")
+
+
+def make_folder(root: str, n: int) -> int:
+    """Write n distinct 500x375 JPEGs `p<photo>_<i>.JPEG`; returns the number of source photos."""
+    from lossyvision.pipelines.sources import create_source
+
+    src = create_source("samples", None, "all")
+    photos = [Image.fromarray(src.load(it)[0]).convert("RGB") for it in src.items()]
+    os.makedirs(root, exist_ok=True)
+    for i in range(n):
+        p, j = i % len(photos), i // len(photos)
+        im = photos[p]
+        rot = _ROT[j % 4]
+        zoom = (1.0, 0.8, 0.65, 0.5)[(j // 4) % 4]
+        mirror = (j // 16) % 2 == 1
+        # crop a region of the aspect the rotation needs (3:4 for 90/270, else 4:3), zoomed, offset by j
+        aspect = 3 / 4 if rot in (_ROT[1], _ROT[3]) else 4 / 3
+        w, h = im.size
+        cw, ch = (w, w / aspect) if w / h <= aspect else (h * aspect, h)
+        cw, ch = cw * zoom, ch * zoom
+        fx, fy = (j * 0.37 + p * 0.11) % 1.0, (j * 0.61 + p * 0.23) % 1.0
+        x0, y0 = fx * (w - cw), fy * (h - ch)
+        view = im.crop((round(x0), round(y0), round(x0 + cw), round(y0 + ch)))
+        view = view.resize((375, 500) if aspect < 1 else (500, 375), Image.BICUBIC)
+        if rot is not None:
+            view = view.transpose(rot)
+        if mirror:
+            view = view.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        view.save(os.path.join(root, f"p{p:02d}_{i:05d}.JPEG"), quality=90)
+    return len(photos)
+
+
+def label_of(key: str) -> int:
+    m = _KEY.search(key)
+    if m is None:
+        raise ValueError(f"unexpected key {key!r}")
+    return int(m.group(1))
+
+
+def make_shards(src: str, out: str, codec: str, q, options: dict, size: int, shard_size: int) -> tuple[Path, float]:
+    from lossyvision.pipelines.prepare import CodecSetting, PrepareConfig, prepare_shards
+
+    crop = "imagenet" if size == 224 else f"resize{round(size * 256 / 224)}-center{size}"
+    t = time.perf_counter()
+    prepare_shards(PrepareConfig(dataset="folder", src=src, split="all", out=out,
+                                 codecs=[CodecSetting(codec, q, options=options)], crop=crop,
+                                 shard_size=shard_size, executor="local", progress=False))
+    return Path(out) / "folder" / "all", time.perf_counter() - t
+
+
+def make_imagefolder(orig_dir: Path, out: str, quality: int) -> int:
+    """The orig crops as JPEG files in one folder per class; returns the total bytes."""
+    from lossyvision.pipelines.stream import decode_png, iter_tar_samples, read_variant
+
+    total = 0
+    v = read_variant(orig_dir)
+    for s in v.shards:
+        for sample in iter_tar_samples(v.root / s.name):
+            key = sample["__key__"]
+            d = os.path.join(out, f"p{label_of(key):02d}")
+            os.makedirs(d, exist_ok=True)
+            path = os.path.join(d, key.replace("/", "_") + ".jpg")
+            Image.fromarray(decode_png(sample["png"])).save(path, quality=quality)
+            total += os.path.getsize(path)
+    return total
+
+
+# -- loaders ------------------------------------------------------------------------------------
+
+def timed_epoch(batches, prepare) -> tuple[int, int, float, float]:
+    """Run one epoch: (samples, samples after the first batch, s to the first batch, s in all)."""
+    t0 = time.perf_counter()
+    n = n_first = 0
+    t_first = 0.0
+    for items in batches:
+        n += prepare(items)
+        if not n_first:
+            n_first, t_first = n, time.perf_counter() - t0
+    return n, n - n_first, t_first, time.perf_counter() - t0
+
+
+def normalise_shard_batch(items) -> int:
+    from lossyvision.pipelines.stream import to_device
+
+    for x in items[:-2]:  # (x, x_tilde, y, keys) or (x_tilde, y, keys): normalise the images on the device
+        to_device(x, "cpu")
+    return len(items[-1])
+
+
+def folder_batch(items) -> int:
+    x, y = items
+    x.to("cpu")  # already normalised in the workers
+    return len(y)
+
+
+def imagefolder_loader(root: str, batch_size: int, workers: int):
+    import torch
+    from torchvision import datasets, transforms
+
+    from lossyvision.pipelines.stream import IMAGENET_MEAN, IMAGENET_STD
+
+    tf = transforms.Compose([transforms.ToTensor(), transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD)])
+    ds = datasets.ImageFolder(root, transform=tf)  # default loader: PIL
+    # same prefetch factor as lossyvision's make_loader, so only the dataset differs
+    return torch.utils.data.DataLoader(ds, batch_size=batch_size, shuffle=True, num_workers=workers,
+                                       prefetch_factor=4 if workers > 0 else None)
+
+
+def bench_loaders(shard_dir: Path, spec: str, folder_root: str, args) -> dict[str, tuple[float, float]]:
+    """Per loader, the best (epoch samples/s, steady samples/s) over args.repeats turns of args.epochs epochs.
+
+    epoch: every sample over the whole wall time, DataLoader worker start included (workers restart
+    every epoch: ShardStream needs non-persistent workers for set_epoch); steady: the samples after
+    each epoch's first batch over the time after it, what an ImageNet-size epoch sees.
+    """
+    from lossyvision.pipelines.stream import ShardStream, make_loader
+
+    kw = dict(shuffle=True, seed=0, buffer_size=args.shuffle_buffer, rank=0, world_size=1)
+    pair = ShardStream(shard_dir / spec, shard_dir / "orig", **kw)
+    single = ShardStream(shard_dir / spec, **kw)
+    folder = imagefolder_loader(folder_root, args.batch_size, args.workers)
+
+    def shards(ds):
+        def epoch(e: int):
+            ds.set_epoch(e)
+            return timed_epoch(make_loader(ds, args.batch_size, args.workers), normalise_shard_batch)
+        return epoch
+
+    runs = {"folder": lambda e: timed_epoch(folder, folder_batch), "pair": shards(pair), "single": shards(single)}
+    for run in runs.values():  # warm-up: page cache, lazy imports
+        run(0)
+    best = {k: (0.0, 0.0) for k in runs}
+    for r in range(args.repeats):
+        for name, run in runs.items():
+            res = [run(1 + r * args.epochs + e) for e in range(args.epochs)]
+            n, n_steady, t_first, t_all = (sum(x) for x in zip(*res))
+            steady = n_steady / (t_all - t_first) if n_steady else 0.0
+            best[name] = (max(best[name][0], n / t_all), max(best[name][1], steady))
+    return best
+
+
+# -- training steps -----------------------------------------------------------------------------
+
+def make_trainer(shards: Path, spec: str, out: Path, recipe: str, cache: str, num_classes: int, args):
+    from lossyvision.train.classifier import Trainer, TrainConfig
+
+    cfg = TrainConfig(shards=str(shards), variant=spec, out=str(out), recipe=recipe, model=f"torchvision:{args.model}",
+                      num_classes=num_classes, train_split="all", val_split="all", batch_size=args.batch_size,
+                      workers=args.workers, shuffle_buffer=args.shuffle_buffer, device="cpu", teacher_cache=cache,
+                      progress=False, seed=0)
+    return Trainer(cfg)
+
+
+def run_block(tr, steps: int, epoch: int) -> tuple[list[float], list[float]]:
+    """One untimed step, then `steps` timed steps of the Trainer's own batch and loss code."""
+    import torch
+
+    from lossyvision.pipelines.stream import make_loader
+
+    split = tr.cfg.train_split
+    ds = tr._stream(split, train=True)
+    ds.set_epoch(epoch)
+    it = iter(make_loader(ds, tr.cfg.batch_size, tr.cfg.workers))
+    tr.ddp_model.train(True)
+    walls, computes = [], []
+    t_prev = time.perf_counter()
+    for step in range(steps + 1):
+        items = next(it)
+        t_got = time.perf_counter()
+        keys = items[-1]
+        y = torch.tensor([label_of(k) for k in keys])  # folder shards carry no labels (y = -1)
+        batch = tr._batch((*items[:-2], y, keys), split)
+        with torch.set_grad_enabled(True), tr._autocast():
+            loss, _ = tr.recipe.loss(tr.ddp_model, batch)
+        tr.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        tr.optimizer.step()
+        loss.item()
+        t_done = time.perf_counter()
+        if step > 0:
+            walls.append(t_done - t_prev)
+            computes.append(t_done - t_got)
+        t_prev = t_done
+    del it  # shuts the workers down
+    return walls, computes
+
+
+def bench_steps(shards: Path, spec: str, work: Path, num_classes: int, args) -> tuple[dict, float]:
+    trainers = {
+        "finetune": make_trainer(shards, spec, work / "ft", "finetune", "off", num_classes, args),
+        "expert-online": make_trainer(shards, spec, work / "ex-online", "expert", "off", num_classes, args),
+        "expert-cached": make_trainer(shards, spec, work / "ex-cached", "expert", str(work / "teacher.h5"),
+                                      num_classes, args),
+    }
+    t = time.perf_counter()
+    trainers["expert-cached"]._prepare_caches()  # builds <work>/teacher-all.h5 (train and val split: both "all")
+    cache_s = time.perf_counter() - t
+    ds = trainers["finetune"]._stream("all", train=True)
+    per_epoch = ds.num_batches(args.batch_size, args.workers)
+    steps = min(args.steps, per_epoch - 1)
+    if steps < 1:
+        raise SystemExit(f"--images {args.images} gives {per_epoch} batch(es) per epoch at --batch-size "
+                         f"{args.batch_size}; need at least 2")
+    res = {k: ([], []) for k in trainers}
+    for r in range(args.repeats):
+        for name, tr in trainers.items():
+            w, c = run_block(tr, steps, r)
+            res[name][0].extend(w)
+            res[name][1].extend(c)
+    return {k: (statistics.median(w), statistics.median(c), len(w)) for k, (w, c) in res.items()}, cache_s
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--images", type=int, default=256, help="distinct source images (default 256)")
+    ap.add_argument("--codec", default="jpeg-q10", help="codec variant, as a spec (default jpeg-q10)")
+    ap.add_argument("--size", type=int, default=224, help="crop size: 224 = resize 256 + centre 224 (default)")
+    ap.add_argument("--shard-size", type=int, default=32, help="samples per shard (default 32)")
+    ap.add_argument("--folder-quality", type=int, default=90, help="JPEG quality of the ImageFolder files (90)")
+    ap.add_argument("--batch-size", type=int, default=32, help="batch size of every loader and step (32)")
+    ap.add_argument("--workers", type=int, default=2, help="DataLoader workers of every loader (2)")
+    ap.add_argument("--shuffle-buffer", type=int, default=0,
+                    help="ShardStream sample shuffle buffer (default 0: shards shuffled per epoch, samples in shard "
+                         "order; a buffer changes the order and delays an epoch's first batch, not the decode work)")
+    ap.add_argument("--epochs", type=int, default=2, help="epochs per loader measurement (2)")
+    ap.add_argument("--repeats", type=int, default=3, help="loader measurements / step blocks per case (3)")
+    ap.add_argument("--model", default="mnasnet0_5", help="torchvision model, random weights (mnasnet0_5)")
+    ap.add_argument("--steps", type=int, default=4, help="timed steps per block (4; at most an epoch's batches - 1)")
+    ap.add_argument("--skip-steps", action="store_true", help="measure the loaders only")
+    args = ap.parse_args()
+    if args.images < 1 or args.batch_size < 1 or args.workers < 0 or args.repeats < 1 or args.epochs < 1:
+        ap.error("--images, --batch-size, --repeats and --epochs must be >= 1, --workers >= 0")
+
+    from lossyvision.codecs import parse_spec
+    from lossyvision.pipelines.stream import read_variant
+
+    name, q, bpp, options = parse_spec(args.codec)
+    if bpp is not None or q is None:
+        ap.error(f"--codec {args.codec}: give a fixed-quality spec such as jpeg-q10")
+    tmp = Path(tempfile.mkdtemp(prefix="lv-bench-train-"))
+    try:
+        t0 = time.perf_counter()
+        num_classes = make_folder(str(tmp / "src"), args.images)
+        shard_dir, prep_s = make_shards(str(tmp / "src"), str(tmp / "shards"), name, q, options,
+                                       args.size, args.shard_size)
+        spec = next(p.name for p in shard_dir.iterdir() if p.name != "orig")
+        folder_bytes = make_imagefolder(shard_dir / "orig", str(tmp / "imagefolder"), args.folder_quality)
+        means = {v: read_variant(shard_dir / v).manifest["means"]["bytes"] for v in ("orig", spec)}
+        setup_s = time.perf_counter() - t0
+
+        rates = bench_loaders(shard_dir, spec, str(tmp / "imagefolder"), args)
+        steps = cache_s = None
+        if not args.skip_steps:
+            steps, cache_s = bench_steps(shard_dir.parent, spec, tmp / "runs", num_classes, args)
+
+        import torch
+
+        n = args.images
+        print(f"training-input benchmark: {n} real-photo JPEGs 500x375 -> {args.size}x{args.size} crops, "
+              f"variant {spec} ({means[spec]:.0f} B/img; orig PNG {means['orig']:.0f} B/img; ImageFolder JPEG "
+              f"q{args.folder_quality} {folder_bytes / n:.0f} B/img); batch {args.batch_size}, {args.workers} "
+              f"DataLoader workers, {os.cpu_count()} CPUs, torch {torch.get_num_threads()} threads; "
+              f"set-up {setup_s:.1f} s (prepare_shards {prep_s:.1f} s)\n")
+        fe, fs = rates["folder"]
+        print(f"Loaders: best of {args.repeats} x {args.epochs} epochs of {n} samples. epoch = all samples over "
+              "the whole time, DataLoader worker start included (workers restart every epoch); steady = after "
+              "each epoch's first batch, what an ImageNet-size epoch sees. Targets are judged on steady.\n")
+        print("| loader | epoch samples/s | steady samples/s | steady ratio | epoch ratio | target | met |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        print(f"| ImageFolder: JPEG q{args.folder_quality} files, PIL, ToTensor + Normalize in the workers | "
+              f"{fe:.0f} images/s | {fs:.0f} images/s | 1.00 | 1.00 | - | - |")
+        rows = (("pair", f"pair shard loader: orig PNG + {spec}, uint8, normalised in the main process", "pairs", 1.0),
+                ("single", f"single-variant shard loader: {spec} only (cached expert training)", "images", 2.0))
+        for key, label, unit, target in rows:
+            e, s = rates[key]
+            print(f"| {label} | {e:.0f} {unit}/s | {s:.0f} {unit}/s | {s / fs:.2f} x | {e / fe:.2f} x | "
+                  f">= {target:.1f} x | {'yes' if s / fs >= target else 'NO'} |")
+        if steps is not None:
+            ft_w, ft_c, k = steps["finetune"]
+            print(f"\nSteps: {args.model} (random weights), {args.size} px, batch {args.batch_size}, CPU, "
+                  f"median of {k} steps each; wall = loop time per step (data wait included), compute = "
+                  f"batch to device + teacher + loss + backward + Adam. Teacher cache build (once): {cache_s:.1f} s.\n")
+            print("| recipe | wall ms/step | compute ms/step | wall ratio | target | met |")
+            print("| --- | --- | --- | --- | --- | --- |")
+            labels = {"finetune": "fine-tune (variant)", "expert-online": "expert, online teacher (orig + variant)",
+                      "expert-cached": "expert, teacher cache (variant + HDF5 logits)"}
+            for key, label in labels.items():
+                w, c, _ = steps[key]
+                ratio = w / ft_w
+                target, met = "-", "-"
+                if key == "expert-cached":
+                    target, met = "<= 1.05 x", "yes" if ratio <= 1.05 else "NO"
+                print(f"| {label} | {w * 1e3:.0f} | {c * 1e3:.0f} | {ratio:.2f} x fine-tune | {target} | {met} |")
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
