@@ -79,20 +79,21 @@ def label_of(key: str) -> int:
     return int(m.group(1))
 
 
-def make_shards(src: str, out: str, codec: str, q, options: dict, size: int, shard_size: int) -> tuple[Path, float]:
+def make_shards(src: str, out: str, codec: str, q, options: dict, size: int, shard_size: int,
+                orig_format: str = "png") -> tuple[Path, float]:
     from lossyvision.pipelines.prepare import CodecSetting, PrepareConfig, prepare_shards
 
     crop = "imagenet" if size == 224 else f"resize{round(size * 256 / 224)}-center{size}"
     t = time.perf_counter()
     prepare_shards(PrepareConfig(dataset="folder", src=src, split="all", out=out,
                                  codecs=[CodecSetting(codec, q, options=options)], crop=crop,
-                                 shard_size=shard_size, executor="local", progress=False))
+                                 shard_size=shard_size, executor="local", progress=False, orig_format=orig_format))
     return Path(out) / "folder" / "all", time.perf_counter() - t
 
 
 def make_imagefolder(orig_dir: Path, out: str, quality: int) -> int:
     """The orig crops as JPEG files in one folder per class; returns the total bytes."""
-    from lossyvision.pipelines.stream import decode_png, iter_tar_samples, read_variant
+    from lossyvision.pipelines.stream import decode_lossless, iter_tar_samples, read_variant
 
     total = 0
     v = read_variant(orig_dir)
@@ -102,7 +103,7 @@ def make_imagefolder(orig_dir: Path, out: str, quality: int) -> int:
             d = os.path.join(out, f"p{label_of(key):02d}")
             os.makedirs(d, exist_ok=True)
             path = os.path.join(d, key.replace("/", "_") + ".jpg")
-            Image.fromarray(decode_png(sample["png"])).save(path, quality=quality)
+            Image.fromarray(decode_lossless(sample[v.ext], v.ext)).save(path, quality=quality)
             total += os.path.getsize(path)
     return total
 
@@ -256,6 +257,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=256, help="distinct source images (default 256)")
     ap.add_argument("--codec", default="jpeg-q10", help="codec variant, as a spec (default jpeg-q10)")
+    ap.add_argument("--orig-format", default="png", choices=["png", "qoi"], help="format of the orig crops (prepare-shards --orig-format)")
     ap.add_argument("--size", type=int, default=224, help="crop size: 224 = resize 256 + centre 224 (default)")
     ap.add_argument("--shard-size", type=int, default=32, help="samples per shard (default 32)")
     ap.add_argument("--folder-quality", type=int, default=90, help="JPEG quality of the ImageFolder files (90)")
@@ -284,7 +286,7 @@ def main() -> None:
         t0 = time.perf_counter()
         num_classes = make_folder(str(tmp / "src"), args.images)
         shard_dir, prep_s = make_shards(str(tmp / "src"), str(tmp / "shards"), name, q, options,
-                                       args.size, args.shard_size)
+                                       args.size, args.shard_size, args.orig_format)
         spec = next(p.name for p in shard_dir.iterdir() if p.name != "orig")
         folder_bytes = make_imagefolder(shard_dir / "orig", str(tmp / "imagefolder"), args.folder_quality)
         means = {v: read_variant(shard_dir / v).manifest["means"]["bytes"] for v in ("orig", spec)}
@@ -299,7 +301,7 @@ def main() -> None:
 
         n = args.images
         print(f"training-input benchmark: {n} real-photo JPEGs 500x375 -> {args.size}x{args.size} crops, "
-              f"variant {spec} ({means[spec]:.0f} B/img; orig PNG {means['orig']:.0f} B/img; ImageFolder JPEG "
+              f"variant {spec} ({means[spec]:.0f} B/img; orig {args.orig_format.upper()} {means['orig']:.0f} B/img; ImageFolder JPEG "
               f"q{args.folder_quality} {folder_bytes / n:.0f} B/img); batch {args.batch_size}, {args.workers} "
               f"DataLoader workers, {os.cpu_count()} CPUs, torch {torch.get_num_threads()} threads; "
               f"set-up {setup_s:.1f} s (prepare_shards {prep_s:.1f} s)\n")
@@ -311,7 +313,7 @@ def main() -> None:
         print("| --- | --- | --- | --- | --- | --- | --- |")
         print(f"| ImageFolder: JPEG q{args.folder_quality} files, PIL, ToTensor + Normalize in the workers | "
               f"{fe:.0f} images/s | {fs:.0f} images/s | 1.00 | 1.00 | - | - |")
-        rows = (("pair", f"pair shard loader: orig PNG + {spec}, uint8, normalised in the main process", "pairs", 1.0),
+        rows = (("pair", f"pair shard loader: orig {args.orig_format.upper()} + {spec}, uint8, normalised in the main process", "pairs", 1.0),
                 ("single", f"single-variant shard loader: {spec} only (cached expert training)", "images", 2.0))
         for key, label, unit, target in rows:
             e, s = rates[key]
