@@ -111,7 +111,7 @@ class Reference:
         self.den1 = self.mu_sq + _C1  # terms that depend on the reference only
         self.den2 = self.sigma_sq + _C2
 
-    def ssim_and_cs(self, other: np.ndarray, _planar_input: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    def ssim_and_cs(self, other: np.ndarray, _planar_input: bool = False, _cs_only: bool = False) -> tuple[np.ndarray | None, np.ndarray]:
         """Per-channel SSIM and contrast-structure terms (float64 arrays of length C)."""
         y = other if _planar_input else _planar(other)
         if y.shape != self.x.shape:
@@ -128,6 +128,8 @@ class Reference:
         sigma_xy += _C2
         sigma_y_sq += self.den2
         cs_map = np.divide(sigma_xy, sigma_y_sq, out=sigma_xy)
+        if _cs_only:  # MS-SSIM's intermediate scales use only the contrast-structure term
+            return None, _plane_means(cs_map)
         mu_y *= 2
         mu_y += _C1
         mu_y_sq += self.den1
@@ -178,11 +180,12 @@ def _avg_pool2(x: np.ndarray) -> np.ndarray:
 
 def _ms_ssim_from(pyr: list[Reference], y: np.ndarray, cs0: np.ndarray) -> float:
     mcs = [np.maximum(cs0, 0.0)]
-    for ref in pyr[1:]:
+    for i, ref in enumerate(pyr[1:], start=2):
         y = _avg_pool2(y)
-        s, cs = ref.ssim_and_cs(y, _planar_input=True)
-        mcs.append(np.maximum(cs, 0.0))
-    mcs[-1] = np.maximum(s, 0.0)  # the coarsest scale contributes its full SSIM, not cs
+        last = i == len(pyr)
+        s, cs = ref.ssim_and_cs(y, _planar_input=True, _cs_only=not last)
+        # the coarsest scale contributes its full SSIM, the others their contrast-structure term
+        mcs.append(np.maximum(s if last else cs, 0.0))
     w = np.asarray(MS_SSIM_WEIGHTS)
     val = np.prod(np.stack(mcs, axis=0) ** w[:, None], axis=0)
     return float(val.mean())

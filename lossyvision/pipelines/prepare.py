@@ -357,9 +357,9 @@ def prepare_shards(cfg: PrepareConfig) -> dict[str, dict]:
     return manifests
 
 
-# Starting a local Ray costs 4-8 s here; below this much estimated single-process work the job
-# stays in-process (measured by tools/bench/prepare.py: see the README's benchmark section).
-RAY_WORTH_S = 20.0
+# Starting a local Ray costs 3-5 s here and two workers then halve the remaining time, so Ray pays
+# once about 10 s of single-process work remain (tools/bench/prepare.py: break-even ~340-450 JPEG images).
+RAY_WORTH_S = 10.0
 
 
 def _run(cfg: PrepareConfig, tasks, n_tasks: int, on_result: Callable[[dict], None], total_images: int, done_images: int) -> None:
