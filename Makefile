@@ -22,8 +22,10 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 
 install: $(STAMP)
 
-# The main job on real photos that scikit-image ships: the nine settings of paper 1, then the report.
+# The codec table, then the main job on real photos that scikit-image ships: the nine settings of
+# paper 1, then the report.
 demo: $(STAMP)
+	$(BIN)/lossyvision codecs
 	$(BIN)/lossyvision prepare-shards --dataset samples --out $(DEMO_OUT) --shard-size 6 \
 		--codec jpeg --q 75,10,5 --codec j2k --q 75,200,400 --codec bpg --q 41,46,51
 	$(BIN)/lossyvision rate-report $(DEMO_OUT)
