@@ -82,7 +82,6 @@ class RateControlled(Codec):
             return harsh, enc(harsh), True
         if len(enc(mild)) <= budget:
             return mild, enc(mild), False
-        best = harsh
         if cls.q_integer:
             a, b = int(harsh), int(mild)  # invariant: rate(a) <= budget < rate(b)
             while abs(b - a) > 1:
@@ -98,12 +97,10 @@ class RateControlled(Codec):
                 m = round(math.exp((la + lb) / 2), 4)
                 if len(enc(m)) <= budget:
                     la = math.log(m)
-                    if len(enc(m)) > len(enc(best)):
-                        best = m
                 else:
                     lb = math.log(m)
-            feasible = [q for q, d in cache.items() if len(d) <= budget]
-            best = max(feasible, key=lambda q: len(cache[q]))
+            # the largest rate under budget among every setting tried (rates are not strictly monotone)
+            best = max((q for q, d in cache.items() if len(d) <= budget), key=lambda q: len(cache[q]))
         return best, enc(best), False
 
     def encode(self, rgb: np.ndarray) -> bytes:
