@@ -27,7 +27,7 @@ Deviations, each small and documented:
 Width and height must be even (4:2:0); pad or crop odd-sized images first.
 
 ``hevc`` is plain x265 at its own QP (no +1) with a choice of preset (default ``medium``, which
-encodes about 2x faster than ``veryslow`` for about 19 % more bytes) and no tune.
+encodes about 2x faster than ``veryslow`` for about 10 % more bytes on scikit-image's photos) and no tune.
 """
 
 from __future__ import annotations

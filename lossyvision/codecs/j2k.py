@@ -7,7 +7,7 @@ do this (its ``level`` is a PSNR target), so encoding uses Pillow; decoding uses
 
 Options:
 - ``mct`` (default True): the RGB->YCbCr colour transform. Paper 1's code ran Pillow's default
-  of the time, *without* it; that costs about 2.5 dB at equal bytes, and the paper's PSNR column
+  of the time, *without* it; that costs 1.5-2.5 dB at equal bytes (tools/bench/codecs.py), and the paper's PSNR column
   (21.19 dB at r200) agrees with mct off. Use ``mct=False`` (spec suffix ``-nomct``) to reproduce.
 - ``irreversible`` (default False): the 9/7 wavelet instead of the reversible 5/3.
 - ``container``: ``j2k`` (raw codestream, default) or ``jp2`` (adds the JP2 boxes, ~85 bytes).
