@@ -18,10 +18,17 @@ def test_header_and_padding(photo):
 
 
 def test_offline_without_weights_is_a_clear_error(photo, monkeypatch):
+    import socket
+
     monkeypatch.setenv("TORCH_HOME", "/nonexistent-torch-home")
+    old = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(10)  # a firewall that drops packets must not hang the suite
     c = codecs.create("msh", 1)
-    with pytest.raises(CodecError, match="weights"):
-        c.encode(photo)
+    try:
+        with pytest.raises(CodecError, match="weights"):
+            c.encode(photo)
+    finally:
+        socket.setdefaulttimeout(old)
 
 
 def test_weights_file(photo, tmp_path):
