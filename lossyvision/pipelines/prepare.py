@@ -212,10 +212,18 @@ def _fingerprint(keys: list[str], crop: CropPolicy, shard_size: int, codec_info:
 
 
 def _entry_done(vdir: str, entry: dict | None) -> bool:
+    """A shard is done when its file matches the manifest: same size and modification time as when
+    it was recorded (cheap, so a finished ImageNet job reruns as a no-op in seconds), else same sha256."""
     if not entry:
         return False
     p = os.path.join(vdir, entry["name"])
-    return os.path.isfile(p) and os.path.getsize(p) == entry["size"] and sha256_file(p) == entry["sha256"]
+    try:
+        st = os.stat(p)
+    except OSError:
+        return False
+    if st.st_size != entry["size"]:
+        return False
+    return st.st_mtime_ns == entry.get("mtime_ns") or sha256_file(p) == entry["sha256"]
 
 
 def _summarise(m: dict) -> None:
@@ -338,6 +346,7 @@ def prepare_shards(cfg: PrepareConfig) -> dict[str, dict]:
 
     def on_result(res: dict) -> None:
         for v, entry in res["entries"].items():
+            entry["mtime_ns"] = os.stat(os.path.join(variants[v], entry["name"])).st_mtime_ns
             manifests[v]["shards"][res["index"]] = entry
             if source.classes is not None:
                 manifests[v]["classes"] = list(source.classes)

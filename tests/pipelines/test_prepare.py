@@ -274,3 +274,14 @@ def test_sigint_and_sigterm_end_cleanly_and_resume(tmp_path, sig):
     r = CliRunner().invoke(main, ["prepare-shards", "--out", out, *args, "--quiet"])
     assert r.exit_code == 0 and json.load(open(man))["complete"]
     assert not [f for d, _, fs in os.walk(out) for f in fs if ".tmp-" in f]
+
+
+def test_a_shard_changed_on_disk_is_rewritten(imagenet_out):
+    out, _, cfg = imagenet_out
+    before = digest(out)
+    p = os.path.join(out, "imagenet", "val", "jpeg-q10", "shard-000001.tar")
+    data = bytearray(open(p, "rb").read())
+    data[600] ^= 0xFF  # same size, different bytes (and a new mtime)
+    open(p, "wb").write(bytes(data))
+    prepare_shards(cfg)
+    assert digest(out) == before
