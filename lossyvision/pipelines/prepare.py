@@ -110,7 +110,7 @@ def encode_shard(t: ShardTask) -> dict:
     """Produce shard ``t.index`` of every variant; returns the manifest entries (runs in a worker)."""
     from .. import quality
 
-    codecs = [(s.build(), s) for s in t.settings]
+    codecs = [s.build() for s in t.settings]
     samples: dict[str, list[dict]] = {v: [] for v in t.variants}
     sums: dict[str, dict[str, float]] = {v: {} for v in t.variants}
     counts: dict[str, dict[str, int]] = {v: {} for v in t.variants}
@@ -131,7 +131,7 @@ def encode_shard(t: ShardTask) -> dict:
             lab = _label_fields(t.source.task, label)
             ref = quality.Reference(rgb) if min(rgb.shape[:2]) >= 11 else None
             made: dict[str, tuple[dict, dict]] = {}
-            for codec, setting in codecs:
+            for codec in codecs:
                 r = codec.roundtrip(rgb)
                 ssim, ms = ref.scores(r.decoded, t.ms_ssim) if ref is not None else (None, None)
                 st = {
