@@ -27,7 +27,6 @@ from .registry import register_codec
 @register_codec
 class JPEG2000(Codec):
     name = "j2k"
-    ext = "j2k"
     q_name = "compression ratio"
     q_range = (0, 10000)
     q_integer = False

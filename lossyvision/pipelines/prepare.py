@@ -18,10 +18,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import __version__
 from ..codecs import Codec, CodecError, create, png_encode
 from .crops import FULL, IMAGENET, CropError, CropPolicy, parse_crop
-from .shards import FORMAT, MANIFEST, clean_temp_files, load_manifest, sample_json, sha256_file, shard_name, write_json_atomic, write_tar_atomic
+from .shards import FORMAT, MANIFEST, clean_temp_files, library_versions, load_manifest, sample_json, sha256_file, shard_name, write_json_atomic, write_tar_atomic
 from .sources import Item, Source, SourceError, create_source
 
 log = logging.getLogger(__name__)
@@ -187,22 +186,6 @@ def encode_shard(t: ShardTask) -> dict:
 # -- driver -------------------------------------------------------------------------------
 
 
-def _versions() -> dict[str, str]:
-    import platform
-
-    import imagecodecs
-    import PIL
-
-    v = {"lossyvision": __version__, "python": platform.python_version(), "numpy": np.__version__, "pillow": PIL.__version__, "imagecodecs": imagecodecs.__version__}
-    try:
-        import cv2
-
-        v["opencv"] = cv2.__version__
-    except ImportError:
-        pass
-    return v
-
-
 def _fingerprint(keys: list[str], crop: CropPolicy, shard_size: int, codec_info: dict | None, source: Source) -> str:
     h = hashlib.sha256()
     h.update(json.dumps({"crop": crop.to_dict(), "shard_size": shard_size, "codec": codec_info, "source": [source.name, getattr(source, "split", "")]}, sort_keys=True).encode())
@@ -307,7 +290,7 @@ def prepare_shards(cfg: PrepareConfig) -> dict[str, dict]:
         infos[c.spec] = c.info()
     chunks = [items[i : i + cfg.shard_size] for i in range(0, len(items), cfg.shard_size)]
     n = len(chunks)
-    versions = _versions()
+    versions = library_versions()
 
     manifests: dict[str, dict] = {}
     for v, vdir in variants.items():

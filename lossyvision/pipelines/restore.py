@@ -10,10 +10,8 @@ image with ``orig``. Its manifest has ``codec: null`` (the member to read is ``p
 
 from __future__ import annotations
 
-import io
 import json
 import logging
-import platform
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -105,25 +103,9 @@ def restore_image(generator: torch.nn.Module, rgb: np.ndarray, device: torch.dev
 
 # -- writing -----------------------------------------------------------------------------------
 
-def _png(rgb: np.ndarray, level: int) -> bytes:
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(rgb).save(buf, format="PNG", compress_level=level)
-    return buf.getvalue()
-
-
 def _mean(values: list) -> float | None:
     v = [x for x in values if x is not None]
     return float(np.mean(v)) if v else None
-
-
-def _versions() -> dict:
-    import PIL
-
-    import lossyvision
-    return {"lossyvision": lossyvision.__version__, "numpy": np.__version__, "torch": torch.__version__,
-            "pillow": PIL.__version__, "python": platform.python_version()}
 
 
 def _paired(source: Path, orig: Path | None) -> Iterator[tuple[dict, dict | None]]:
@@ -142,7 +124,8 @@ def _paired(source: Path, orig: Path | None) -> Iterator[tuple[dict, dict | None
 
 def restore_shards(cfg: RestoreConfig, progress: bool = False) -> dict:
     """Write ``<shards>/<split>/<output_variant>``; return its manifest. Reruns skip finished shards."""
-    from lossyvision.pipelines.shards import FORMAT, sample_json, sha256_file, write_json_atomic, write_tar_atomic
+    from lossyvision.codecs import png_encode
+    from lossyvision.pipelines.shards import FORMAT, library_versions, sample_json, sha256_file, write_json_atomic, write_tar_atomic
     from lossyvision.pipelines.stream import decode_lossless, decode_png, read_variant, variant_dir
     from lossyvision.quality import ms_ssim, psnr, ssim
     from lossyvision.train.restoration import load_generator
@@ -185,7 +168,7 @@ def restore_shards(cfg: RestoreConfig, progress: bool = False) -> dict:
         "restored_from": {"variant": cfg.variant, "codec": src_codec, "generator": str(cfg.generator),
                           "generator_sha256": gen_sha, "generator_arch": ckpt.get("arch"),
                           "generator_step": ckpt.get("step"), "tile": cfg.tile, "overlap": cfg.overlap},
-        "crop": src.manifest.get("crop"), "config": cfg.to_dict(), "versions": _versions(),
+        "crop": src.manifest.get("crop"), "config": cfg.to_dict(), "versions": library_versions("torch"),
         "shard_size": src.manifest.get("shard_size"), "shards": [], "num_samples": 0,
         "totals": {}, "means": {}, "failures": [], "complete": False,
     }
@@ -231,7 +214,7 @@ def restore_shards(cfg: RestoreConfig, progress: bool = False) -> dict:
                     restore_ms.append((time.perf_counter() - t) * 1e3)
                     h, w = restored.shape[:2]
                     ref = decode_lossless(o[orig.ext], orig.ext) if o is not None else None
-                    png = _png(restored, cfg.png_level)
+                    png = png_encode(restored, cfg.png_level)
                     stats = {
                         "bytes": meta.get("bytes"), "bpp": meta.get("bpp"), "h": h, "w": w,
                         "psnr": psnr(restored, ref) if ref is not None else None,

@@ -20,7 +20,7 @@ from typing import Any, Iterable
 FORMAT = "lossyvision-shards/1"
 MANIFEST = "manifest.json"
 
-__all__ = ["FORMAT", "MANIFEST", "shard_name", "write_tar_atomic", "sha256_file", "variant_dir", "load_manifest", "write_json_atomic", "clean_temp_files"]
+__all__ = ["FORMAT", "MANIFEST", "shard_name", "write_tar_atomic", "sha256_file", "variant_dir", "load_manifest", "write_json_atomic", "clean_temp_files", "library_versions"]
 
 
 def shard_name(index: int) -> str:
@@ -126,6 +126,22 @@ def _finite(o: Any) -> Any:
 def sample_json(obj: dict) -> bytes:
     """Canonical per-sample JSON (sorted keys, no NaN): same stats, same bytes."""
     return json.dumps(_finite(obj), sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+
+
+def library_versions(*extra: str) -> dict[str, str]:
+    """Versions of the libraries behind a variant, for its manifest (plus installed ``extra`` packages)."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    from .. import __version__
+
+    out = {"lossyvision": __version__, "python": platform.python_version()}
+    for pkg in ("numpy", "pillow", "imagecodecs", "opencv-python-headless", *extra):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
 
 
 def load_manifest(vdir: str) -> dict | None:
