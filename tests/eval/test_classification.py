@@ -1,6 +1,4 @@
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,8 +6,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "train"))
-from classifier_shards import write_variant  # noqa: E402
+from ..train.classifier_shards import write_variant  # noqa: E402
 
 from lossyvision.cli_classifier import eval_classifier, eval_matrix  # noqa: E402
 

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -94,8 +92,7 @@ class _ConstantModel(torch.nn.Module):
 
 
 def test_evaluate_model_on_shards_matches_hand_count(tmp_path):
-    sys.path.insert(0, str(Path(__file__).parents[1] / "train"))
-    from cityscapes_fixture import make_cityscapes_shards
+    from ..train.cityscapes_fixture import make_cityscapes_shards
 
     from lossyvision.pipelines.stream import ShardStream
     root = make_cityscapes_shards(tmp_path, split="val", n=3, h=40, w=72)  # not multiples of 32: padded

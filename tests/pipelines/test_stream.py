@@ -1,12 +1,9 @@
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parents[1] / "train"))
-from classifier_shards import make_dataset, toy_images, write_variant  # noqa: E402
+from ..train.classifier_shards import make_dataset, toy_images, write_variant  # noqa: E402
 
 from lossyvision.codecs import from_spec  # noqa: E402
 from lossyvision.pipelines.stream import ShardError, ShardStream, make_loader, to_device  # noqa: E402

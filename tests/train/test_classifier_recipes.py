@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from classifier_shards import make_dataset
+from .classifier_shards import make_dataset
 from lossyvision.pipelines.stream import ShardStream, make_loader, to_device
 from lossyvision.train import teacher_cache as tc
 from lossyvision.train.classifier import Trainer, TrainConfig

@@ -8,7 +8,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from classifier_shards import make_dataset
+from .classifier_shards import make_dataset
 from lossyvision.cli_classifier import train_classifier, train_expert
 from lossyvision.train.classifier import TrainConfig, preset_config, train
 from lossyvision.train.models import WeightsUnavailable, create_model

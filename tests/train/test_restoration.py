@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from cityscapes_fixture import make_cityscapes_shards  # noqa: E402
+from .cityscapes_fixture import make_cityscapes_shards  # noqa: E402
 
 from lossyvision.pipelines.restore import RestoreConfig, restore_shards, restore_tensor  # noqa: E402
 from lossyvision.train.networks.finenet import Generator, MultiScaleDiscriminator, VGGFeatures  # noqa: E402
@@ -235,7 +233,7 @@ def test_tiled_instance_norm_generator_agrees_away_from_borders(trained):
 
 def test_restore_shards_on_prepare_shards_output(trained, tmp_path):
     """Against the real shard writer: a Cityscapes tree -> prepare-shards (orig + jpeg-q10) -> restore."""
-    from cityscapes_fixture import make_cityscapes_folder, label_id_to_train_id
+    from .cityscapes_fixture import make_cityscapes_folder, label_id_to_train_id
 
     from lossyvision.pipelines.prepare import CodecSetting, PrepareConfig, prepare_shards
     from lossyvision.pipelines.stream import ShardStream

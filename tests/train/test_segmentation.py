@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import json
 import random
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).parent))
-from cityscapes_fixture import make_cityscapes_shards  # noqa: E402
+from .cityscapes_fixture import make_cityscapes_shards  # noqa: E402
 
 from lossyvision.train.segmentation import (  # noqa: E402
     SegmentationConfig, build_model, load_segmentation_model, poly_lr, random_scale_crop_flip, train_segmentation)
