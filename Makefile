@@ -13,7 +13,7 @@ $(STAMP): setup.cfg pyproject.toml Makefile
 	$(BIN)/python -m pip install -q --upgrade pip
 	# torch/torchvision pinned first so nothing below can pull another build.
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q -e '.[test,msh]'
+	$(BIN)/python -m pip install -q -e '.[test,msh,s3]'
 	# CompressAI 1.2.8's wheel declares numpy<2, although mbt2018_mean and its entropy coder run on
 	# numpy 2 (tests/codecs/test_msh.py). Honouring the pin makes pip fall back to building an old sdist
 	# (minutes, with a second torch in the build env), so its dependencies come from the msh extra instead.

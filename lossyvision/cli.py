@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 import click
 
+from . import storage
+
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
@@ -43,14 +45,18 @@ def user_errors(f: Callable) -> Callable:
         from .codecs import CodecError
         from .pipelines.crops import CropError
         from .pipelines.imageio import SourceError
-        from .pipelines.prepare import PrepareError
+        from .pipelines.joblock import JobLockError
+        from .pipelines.prepare import OutputNotSharedError, PrepareError
+        from .storage import StorageError
 
         try:
             return f(*args, **kwargs)
         except (PrepareError, CodecError, CropError, SourceError) as e:
             raise click.UsageError(str(e)) from None
-        except FileNotFoundError as e:
+        except (FileNotFoundError, StorageError, JobLockError, OutputNotSharedError) as e:
             raise click.ClickException(str(e)) from None
+        except ConnectionError as e:  # ray.init with an address nobody answers
+            raise click.ClickException(f"cannot reach the Ray cluster: {e}; check --address / RAY_ADDRESS") from None
         except KeyboardInterrupt:
             click.echo("interrupted; rerun the same command to resume (finished shards are kept)", err=True)
             sys.exit(130)
@@ -202,9 +208,9 @@ def parse_codec_settings(codecs: tuple[str, ...], qs: tuple[str, ...], bpps: tup
 
 @main.command("prepare-shards", context_settings=CONTEXT)
 @click.option("--dataset", required=True, help="imagenet | cityscapes | folder | samples | fashion-mnist")
-@click.option("--src", type=click.Path(file_okay=False), default=None, help="Dataset root (not needed for samples).")
+@click.option("--src", default=None, help="Dataset root: a path or an fsspec URL such as s3://bucket/ILSVRC2012 (not needed for samples).")
 @click.option("--split", default=None, help="Split folder, e.g. train or val (default: val; 'all' for folder/samples).")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Shard root: writes OUT/<dataset>/<split>/<variant>/.")
+@click.option("--out", required=True, help="Shard root, a path or an fsspec URL (s3://bucket/shards): writes OUT/<dataset>/<split>/<variant>/.")
 @click.option("--codec", "codecs", multiple=True, help="Codec name; repeat for several codecs.")
 @click.option("--q", "qs", multiple=True, help="Comma-separated native parameters for the matching --codec.")
 @click.option("--bpp", "bpps", multiple=True, help="Comma-separated target rates (bits/pixel) for the matching --codec.")
@@ -212,7 +218,8 @@ def parse_codec_settings(codecs: tuple[str, ...], qs: tuple[str, ...], bpps: tup
 @click.option("--crop", default=None, help="imagenet | full | crop:WxH[+X+Y] | scale:WxH | scale:F (default per dataset).")
 @click.option("--shard-size", type=int, default=None, help="Samples per shard (default 1000).")
 @click.option("--workers", type=int, default=None, help="Parallel tasks (default: all CPUs).")
-@click.option("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray).")
+@click.option("--address", default=None, help="Ray cluster to join: HEAD:6379 or ray://HEAD:10001 (default: RAY_ADDRESS, else a local Ray).")
+@click.option("--break-lock", is_flag=True, help="Take over the output's lock from a job known to be dead on another host.")
 @click.option("--executor", type=click.Choice(["auto", "ray", "local"]), default=None, help="auto: Ray when it pays (several shards and workers).")
 @click.option("--no-orig", is_flag=True, help="Do not write the lossless orig variant.")
 @click.option("--orig-format", type=click.Choice(["png", "qoi"]), default=None,
@@ -225,7 +232,7 @@ def parse_codec_settings(codecs: tuple[str, ...], qs: tuple[str, ...], bpps: tup
 @user_errors
 def prepare_shards(dataset: str, src: str | None, split: str | None, out: str, codecs: tuple, qs: tuple, bpps: tuple,
                    codec_opts: tuple, crop: str | None, shard_size: int | None, workers: int | None, address: str | None,
-                   executor: str | None, no_orig: bool, orig_format: str | None, store_decoded: bool | None, no_ms_ssim: bool, limit: int | None,
+                   break_lock: bool, executor: str | None, no_orig: bool, orig_format: str | None, store_decoded: bool | None, no_ms_ssim: bool, limit: int | None,
                    quiet: bool) -> None:
     """Crop, encode with every codec setting, measure, and write aligned WebDataset shards + manifests.
 
@@ -243,25 +250,23 @@ def prepare_shards(dataset: str, src: str | None, split: str | None, out: str, c
 
     signal.signal(signal.SIGTERM, on_term)
     settings = parse_codec_settings(codecs, qs, bpps, codec_opts)
-    if split is None:
-        split = "all" if dataset in ("folder", "samples") else "val"
     cfg = PrepareConfig(dataset=dataset, out=out, src=src, split=split, codecs=settings,
-                        write_orig=not no_orig, ms_ssim=not no_ms_ssim, progress=not quiet,
+                        write_orig=not no_orig, ms_ssim=not no_ms_ssim, progress=not quiet, break_lock=break_lock,
                         **drop_none(crop=crop, shard_size=shard_size, workers=workers, address=address,
                                     executor=executor, store_decoded=store_decoded, limit=limit, orig_format=orig_format))
     manifests = run(cfg)
     n_fail = max((m.get("num_failures", 0) for m in manifests.values()), default=0)
     first = next(iter(manifests.values()))
     click.echo(f"wrote {len(manifests)} variant(s) x {first['num_shards']} shard(s), {first['num_samples']} images each, "
-               f"to {os.path.join(out, dataset, split)}" + (f"; {n_fail} unreadable source(s) listed in the manifests" if n_fail else ""))
+               f"to {storage.join(out, dataset, cfg.split)}" + (f"; {n_fail} unreadable source(s) listed in the manifests" if n_fail else ""))
 
 
 # -- rate-report --------------------------------------------------------------------------
 
 
 @main.command("rate-report", context_settings=CONTEXT)
-@click.argument("root", type=click.Path(file_okay=False))
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder for CSV/JSON/PNG (default ROOT/report).")
+@click.argument("root")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder for CSV/JSON/PNG (default ROOT/report; for a URL ROOT, ./report-<name>).")
 @click.option("--results", multiple=True, type=click.Path(dir_okay=False), help="Accuracy JSON from eval-classifier, joined by variant.")
 @click.option("--no-plot", is_flag=True, help="Skip the PNG plots.")
 @verbose_option
@@ -270,7 +275,7 @@ def rate_report(root: str, out: str | None, results: tuple[str, ...], no_plot: b
     """Per-variant rate table (paper 1 Table I columns + MS-SSIM, timings, failures) and RD plot."""
     from .reports.rate_report import rate_report as run
 
-    if not os.path.isdir(root):
+    if not storage.isdir(root):
         raise click.UsageError(f"{root} is not a folder; pass the --out of prepare-shards")
     rep = run(root, out=out, results=list(results) or None, plot=not no_plot)
     click.echo(rep.markdown)

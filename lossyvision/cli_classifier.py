@@ -47,7 +47,7 @@ def _logging(quiet: bool) -> None:
 
 
 _TRAIN_OPTIONS = [
-    click.option("--shards", required=True, type=click.Path(file_okay=False), help="ROOT/<dataset> holding <split>/<variant>/ folders."),
+    click.option("--shards", required=True, type=str, help="ROOT/<dataset> holding <split>/<variant>/ folders (a path or an fsspec URL such as s3://bucket/root)."),
     click.option("--variant", default=None, help="Compressed variant to train on, e.g. j2k-r200 (not needed for stability)."),
     click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder (config.json, log.jsonl, last.pt, best.pt)."),
     click.option("--preset", default=None, help="Paper settings, e.g. marie2022-mnasnet-expert (explicit options override it)."),
@@ -120,7 +120,7 @@ def train_expert(quiet, **options):
 @click.command("eval-classifier")
 @click.option("--model", required=True, help="torchvision:NAME[:WEIGHTS], a checkpoint, or a TorchScript file.")
 @click.option("--weights", default=None, help="State dict PATH for a torchvision/registered --model.")
-@click.option("--shards", required=True, type=click.Path(file_okay=False), help="ROOT/<dataset>/<split> holding variant folders.")
+@click.option("--shards", required=True, type=str, help="ROOT/<dataset>/<split> holding variant folders (a path or an fsspec URL such as s3://bucket/root).")
 @click.option("--variant", "variants", multiple=True, help="Variant(s) to evaluate, repeatable [orig].")
 @click.option("--batch-size", type=int, default=None)
 @click.option("--workers", type=int, default=None)
@@ -149,7 +149,7 @@ def eval_classifier(json_path, csv_path, md_path, quiet, variants, **options):
 @click.command("eval-matrix")
 @click.option("--model", "models", multiple=True, required=True,
               help="LABEL=REF (repeatable): a model trained on variant LABEL, e.g. jpeg-q10=runs/jpeg-q10/best.pt.")
-@click.option("--shards", required=True, type=click.Path(file_okay=False), help="ROOT/<dataset>/<split> holding variant folders.")
+@click.option("--shards", required=True, type=str, help="ROOT/<dataset>/<split> holding variant folders (a path or an fsspec URL such as s3://bucket/root).")
 @click.option("--variant", "variants", multiple=True, required=True, help="Test variant(s), repeatable.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for matrix.json, matrix.md, matrix.png.")
 @click.option("--batch-size", type=int, default=None)

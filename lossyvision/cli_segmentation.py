@@ -54,7 +54,7 @@ _device = click.option("--device", default=None, help="torch device (default: cu
 
 
 @click.command("train-restoration", context_settings=CONTEXT)
-@click.option("--shards", required=True, type=click.Path(file_okay=False), help="ROOT/cityscapes (holds <split>/<variant>/).")
+@click.option("--shards", required=True, type=str, help="ROOT/cityscapes holding <split>/<variant>/ (a path or an fsspec URL such as s3://bucket/root).")
 @click.option("--variant", required=True, help="Compressed variant to learn to restore, e.g. bpg-qp41.")
 @click.option("--out", "out_dir", default=None, help="Run folder (config, log, samples, checkpoints, generator.pt).")
 @click.option("--split", default=None, help="Split of the training pairs (default train).")
@@ -89,7 +89,8 @@ def train_restoration(quiet: bool, resume: bool, **opts: Any) -> None:
 
 
 @click.command("restore-shards", context_settings=CONTEXT)
-@click.option("--shards", required=True, type=click.Path(file_okay=False), help="ROOT/cityscapes.")
+@click.option("--shards", required=True, type=str,
+              help="ROOT/cityscapes (a path or an fsspec URL such as s3://bucket/root); the restored variant is written there too.")
 @click.option("--variant", required=True, help="Compressed variant to restore, e.g. bpg-qp41.")
 @click.option("--generator", required=True, type=click.Path(dir_okay=False), help="generator.pt from train-restoration.")
 @click.option("--split", default=None, help="Split to restore (default train).")
@@ -112,7 +113,7 @@ def restore_shards(quiet: bool, overwrite: bool, **opts: Any) -> None:
 
 
 @click.command("train-segmentation", context_settings=CONTEXT)
-@click.option("--shards", required=True, type=click.Path(file_okay=False), help="ROOT/cityscapes.")
+@click.option("--shards", required=True, type=str, help="ROOT/cityscapes (a path or an fsspec URL such as s3://bucket/root).")
 @click.option("--train-variant", default=None, help="Training images: orig, a codec variant, or '<v>+restored'.")
 @click.option("--test-variant", default=None, help="Test images evaluated at the end (default orig).")
 @click.option("--train-split", default=None, help="Default train.")
@@ -153,7 +154,7 @@ def train_segmentation(quiet: bool, resume: bool, no_eval: bool, output_stride: 
               help="Results folder: OUT/results/*.json are collected into results.{csv,json,md} and miou_vs_bpp.png.")
 @click.option("--checkpoint", default=None, type=click.Path(dir_okay=False),
               help="model.pt from train-segmentation; without it, only the report is rebuilt.")
-@click.option("--shards", default=None, type=click.Path(file_okay=False), help="ROOT/cityscapes.")
+@click.option("--shards", default=None, type=str, help="ROOT/cityscapes (a path or an fsspec URL such as s3://bucket/root).")
 @click.option("--test-variant", "test_variants", multiple=True, help="Variant(s) to evaluate on (repeatable).")
 @click.option("--split", default=None, help="Default val.")
 @click.option("--train-variant", default=None, help="Override the training variant recorded in the checkpoint.")

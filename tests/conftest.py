@@ -10,6 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
+pytest_plugins = ["tests.s3server"]  # s3_endpoint, s3_bucket: a local S3 stand-in
+
 RGB_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 
 

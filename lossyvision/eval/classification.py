@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -24,7 +25,7 @@ log = logging.getLogger(__name__)
 @dataclass
 class EvalConfig:
     model: str                               # torchvision:NAME[:WEIGHTS] | checkpoint | TorchScript file
-    shards: str                              # ROOT/<dataset>/<split>: holds the variant folders
+    shards: str                              # ROOT/<dataset>/<split> (path or fsspec URL): holds the variant folders
     variants: list[str] = field(default_factory=lambda: ["orig"])
     weights: str | None = None
     batch_size: int = 128
@@ -41,7 +42,7 @@ class EvalConfig:
 
 
 @torch.no_grad()
-def accuracy(model: nn.Module, vdir: str | Path, *, device: torch.device | str = "cpu", batch_size: int = 128,
+def accuracy(model: nn.Module, vdir: str | os.PathLike, *, device: torch.device | str = "cpu", batch_size: int = 128,
              workers: int = 0, mean=IMAGENET_MEAN, std=IMAGENET_STD, max_samples: int | None = None,
              amp: bool = False, progress: bool = False) -> dict:
     """Top-1/top-5 (fractions) of `model` on one variant folder, plus its mean rate from the manifest."""

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-import glob
 import json
 import os
+import posixpath
 
+from .. import storage
 from ..codecs import CodecError, parse_spec
 from ..pipelines.shards import MANIFEST, load_manifest
 
@@ -16,10 +17,16 @@ COLUMNS = [
 
 
 def find_manifests(root: str) -> list[str]:
-    """Every manifest.json under ``root`` (a shard root, a dataset/split folder or one variant)."""
-    if os.path.isfile(os.path.join(root, MANIFEST)):
-        return [os.path.join(root, MANIFEST)]
-    return sorted(glob.glob(os.path.join(root, "**", MANIFEST), recursive=True))
+    """Every manifest.json under ``root`` (a shard root, a dataset/split folder or one variant; a path or URL)."""
+    if storage.isfile(storage.join(root, MANIFEST)):
+        return [storage.join(root, MANIFEST)]
+    return sorted(storage.join(root, rel) for rel, _ in storage.walk_files(root, (MANIFEST,)) if _is_manifest(rel))
+
+
+def _is_manifest(rel: str) -> bool:
+    # walk_files matches lower-cased name endings; glob matched the exact name and skipped hidden folders
+    parts = rel.replace(os.sep, "/").split("/")
+    return parts[-1] == MANIFEST and not any(p.startswith(".") for p in parts[:-1])
 
 
 def variant_row(m: dict) -> dict:
@@ -55,7 +62,7 @@ def rate_table(root: str) -> list[dict]:
     """Rows for every variant under ``root``, ordered by dataset, split, codec, then rate (high to low)."""
     rows = []
     for p in find_manifests(root):
-        m = load_manifest(os.path.dirname(p))
+        m = load_manifest(_parent(p))
         if m is not None:
             rows.append(variant_row(m))
     order = {"lossless": 0}
@@ -63,11 +70,14 @@ def rate_table(root: str) -> list[dict]:
     return rows
 
 
+def _parent(path: str) -> str:
+    return posixpath.dirname(path) if storage.is_remote(path) else os.path.dirname(path)
+
+
 def load_results(paths: list[str]) -> list[dict]:
     """Accuracy results (JSON lists of rows with 'variant' and metric columns) to join onto the table."""
     out = []
     for p in paths:
-        with open(p) as f:
-            data = json.load(f)
+        data = json.loads(storage.read_text(p))
         out.extend(data if isinstance(data, list) else data.get("results", data.get("rows", [])))
     return out

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from lossyvision import storage
+
 log = logging.getLogger(__name__)
 
 IGNORE_INDEX = 255
@@ -108,7 +110,7 @@ def predict(model: torch.nn.Module, x: torch.Tensor, multiple: int = 32) -> torc
     return model(x)[..., :h, :w].argmax(1)
 
 
-def evaluate_model(model: torch.nn.Module, variant_dir: Path, device: torch.device, num_classes: int = 19,
+def evaluate_model(model: torch.nn.Module, variant_dir: str, device: torch.device, num_classes: int = 19,
                    amp: bool = True, max_images: int | None = None) -> tuple[np.ndarray, int]:
     """Full-frame, single-scale evaluation of one variant; returns (confusion matrix, images)."""
     from lossyvision.pipelines.stream import ShardStream, to_device
@@ -135,16 +137,16 @@ def evaluate_model(model: torch.nn.Module, variant_dir: Path, device: torch.devi
     return cm, n
 
 
-def variant_bpp(variant_dir: Path) -> float | None:
+def variant_bpp(variant_dir: str) -> float | None:
     """Mean bpp from a variant's manifest (None for orig)."""
-    m = json.loads((Path(variant_dir) / "manifest.json").read_text())
+    m = json.loads(storage.read_text(storage.join(variant_dir, "manifest.json")))
     return (m.get("means") or {}).get("bpp")
 
 
 @dataclass
 class EvalConfig:
     checkpoint: str = ""           # model.pt or checkpoints/last.pt from train-segmentation
-    shards: str = ""               # ROOT/cityscapes
+    shards: str = ""               # ROOT/cityscapes (a local path or an fsspec URL)
     test_variants: list[str] = field(default_factory=lambda: ["orig"])
     split: str = "val"
     train_variant: str | None = None  # default: the one recorded in the checkpoint
@@ -180,12 +182,13 @@ def evaluate_checkpoint(cfg: EvalConfig) -> list[dict]:
     if not train_variant:
         raise ValueError(f"{cfg.checkpoint} does not record its training variant; pass train_variant")
     train_bpp = None
-    if tcfg.get("shards") and (Path(tcfg["shards"]) / tcfg.get("train_split", "train") / train_variant).is_dir():
-        train_bpp = variant_bpp(Path(tcfg["shards"]) / tcfg.get("train_split", "train") / train_variant)
+    train_dir = storage.join(tcfg["shards"], tcfg.get("train_split", "train"), train_variant) if tcfg.get("shards") else None
+    if train_dir and storage.isdir(train_dir):
+        train_bpp = variant_bpp(train_dir)
     out = Path(cfg.out_dir)
     records = []
     for test_variant in cfg.test_variants:
-        vdir = variant_dir(Path(cfg.shards) / cfg.split, test_variant)
+        vdir = variant_dir(storage.join(cfg.shards, cfg.split), test_variant)
         cm, n = evaluate_model(model, vdir, device, amp=cfg.amp, max_images=cfg.max_images)
         rec = result_record(cm, n, train_variant, test_variant, train_bpp, variant_bpp(vdir),
                             checkpoint=str(cfg.checkpoint), split=cfg.split)

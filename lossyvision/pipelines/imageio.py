@@ -42,17 +42,15 @@ def to_rgb8(a: np.ndarray) -> np.ndarray:
 
 
 def read_rgb(path: str) -> np.ndarray:
-    """Read an image file as uint8 HxWx3 RGB (see the module docstring for the policy)."""
-    import os
+    """Read an image file (local path or fsspec URL) as uint8 HxWx3 RGB (see the module docstring for the policy)."""
+    from .. import storage
 
     try:
-        size = os.path.getsize(path)
+        data = storage.read_bytes(path)
     except OSError as e:
-        raise SourceError(f"cannot read file: {e.strerror}") from None
-    if size == 0:
+        raise SourceError(f"cannot read file: {e.strerror or e}") from None
+    if not data:
         raise SourceError("zero-byte file")
-    with open(path, "rb") as f:
-        data = f.read()
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 24 and data[24] == 16:
         # 16-bit PNG: Pillow would truncate 16-bit RGB to 8 bit, so decode the full range here
         import imagecodecs

@@ -18,8 +18,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .. import storage
 from ..codecs import Codec, CodecError, create, png_encode
 from .crops import FULL, IMAGENET, CropError, CropPolicy, parse_crop
+from .joblock import LOCK, JobLock
 from .shards import FORMAT, MANIFEST, clean_temp_files, library_versions, load_manifest, sample_json, sha256_file, shard_name, write_json_atomic, write_tar_atomic
 from .sources import Item, Source, SourceError, create_source
 
@@ -31,6 +33,10 @@ ORIG = "orig"
 
 class PrepareError(ValueError):
     """Bad options or an output that cannot be resumed; the message says what to change."""
+
+
+class OutputNotSharedError(RuntimeError):
+    """A worker cannot see the output folder the driver created: --out is not shared by all nodes."""
 
 
 @dataclass
@@ -51,7 +57,7 @@ class PrepareConfig:
     dataset: str
     out: str
     src: str | None = None
-    split: str = "val"
+    split: str | None = None  # None: "all" for folder/samples, else "val"
     codecs: list[CodecSetting] = field(default_factory=list)
     crop: str | None = None  # None: the dataset's default (imagenet/samples: resize256-center224; others: full)
     shard_size: int = 1000
@@ -63,7 +69,12 @@ class PrepareConfig:
     store_decoded: bool = False
     ms_ssim: bool = True
     limit: int | None = None  # first N images (sorted by key), for quick runs
+    break_lock: bool = False  # take over a lease lock left by a job known to be dead on another host
     progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.split is None:
+            self.split = "all" if self.dataset in ("folder", "samples") else "val"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -81,6 +92,7 @@ class ShardTask:
     store_decoded: bool
     ms_ssim: bool
     orig_format: str = "png"
+    lock_path: str = ""  # the driver's lock file: a worker that cannot see it is not on the shared output
 
 
 _STATS = ("bytes", "bpp", "psnr", "ssim", "ms_ssim", "enc_ms", "dec_ms")
@@ -109,6 +121,11 @@ def encode_shard(t: ShardTask) -> dict:
     """Produce shard ``t.index`` of every variant; returns the manifest entries (runs in a worker)."""
     from .. import quality
 
+    if t.lock_path and not storage.exists(t.lock_path):
+        raise OutputNotSharedError(
+            f"a worker on host {_hostname()} cannot see {t.lock_path}, which the driver created: the output must be on a "
+            "filesystem every node mounts at the same path, or an object-store URL such as s3://bucket/shards"
+        )
     codecs = [s.build() for s in t.settings]
     samples: dict[str, list[dict]] = {v: [] for v in t.variants}
     sums: dict[str, dict[str, float]] = {v: {} for v in t.variants}
@@ -167,13 +184,16 @@ def encode_shard(t: ShardTask) -> dict:
     entries = {}
     for variant, vdir in t.variants.items():
         ss = samples[variant]
-        sha, size = write_tar_atomic(os.path.join(vdir, shard_name(t.index)), ss)
+        path = storage.join(vdir, shard_name(t.index))
+        sha, size = write_tar_atomic(path, ss)
+        st = storage.stat(path)
         entries[variant] = {
             "name": shard_name(t.index),
             "index": t.index,
             "count": len(ss),
             "sha256": sha,
             "size": size,
+            "stamp": st.stamp if st else None,
             "first_key": ss[0]["__key__"] if ss else None,
             "last_key": ss[-1]["__key__"] if ss else None,
             "sums": sums[variant],
@@ -186,27 +206,44 @@ def encode_shard(t: ShardTask) -> dict:
 # -- driver -------------------------------------------------------------------------------
 
 
-def _fingerprint(keys: list[str], crop: CropPolicy, shard_size: int, codec_info: dict | None, source: Source) -> str:
-    h = hashlib.sha256()
-    h.update(json.dumps({"crop": crop.to_dict(), "shard_size": shard_size, "codec": codec_info, "source": [source.name, getattr(source, "split", "")]}, sort_keys=True).encode())
+def _hostname() -> str:
+    import socket
+
+    return socket.gethostname()
+
+
+def _options_fingerprint(crop: CropPolicy, shard_size: int, codec_info: dict | None, source: Source) -> str:
+    blob = {"crop": crop.to_dict(), "shard_size": shard_size, "codec": codec_info, "source": [source.name, getattr(source, "split", "")]}
+    return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
+
+
+def _fingerprint(keys: list[str], options_fp: str) -> str:
+    """Options plus the sorted source keys: what fixes which image lands in which shard."""
+    h = hashlib.sha256(options_fp.encode())
     for k in keys:
         h.update(k.encode() + b"\0")
     return h.hexdigest()
 
 
-def _entry_done(vdir: str, entry: dict | None) -> bool:
-    """A shard is done when its file matches the manifest: same size and modification time as when
-    it was recorded (cheap, so a finished ImageNet job reruns as a no-op in seconds), else same sha256."""
+def _source_sig(items: list[Item]) -> str:
+    """What a shard was made from: keys, labels and the size/change stamp of every source file."""
+    h = hashlib.sha256()
+    for it in items:
+        h.update(f"{it.key}\0{it.label}\0{it.stamp}\n".encode())
+    return h.hexdigest()
+
+
+def _entry_done(entry: dict | None, vdir: str, found: dict[str, storage.FileStat]) -> bool:
+    """A shard is done when its file matches the manifest: same size and change stamp as when it was
+    recorded (one listing per variant, so a finished ImageNet job reruns as a no-op in seconds), else
+    same sha256 (a copied or touched file)."""
     if not entry:
         return False
-    p = os.path.join(vdir, entry["name"])
-    try:
-        st = os.stat(p)
-    except OSError:
+    st = found.get(entry["name"])
+    if st is None or st.size != entry["size"]:
         return False
-    if st.st_size != entry["size"]:
-        return False
-    return st.st_mtime_ns == entry.get("mtime_ns") or sha256_file(p) == entry["sha256"]
+    recorded = entry.get("stamp") or str(entry.get("mtime_ns"))
+    return st.stamp == recorded or sha256_file(storage.join(vdir, entry["name"])) == entry["sha256"]
 
 
 def _summarise(m: dict) -> None:
@@ -256,12 +293,16 @@ def validate(cfg: PrepareConfig) -> tuple[Source, CropPolicy, list[Codec]]:
     dup = sorted({s for s in specs if specs.count(s) > 1})
     if dup:
         raise PrepareError(f"codec setting(s) requested twice: {', '.join(dup)}")
+    for what, url in (("--src", cfg.src), ("--out", cfg.out)):
+        if url is not None and storage.is_remote(url):
+            _check_backend(what, url)
     if cfg.src is not None:
-        if not os.path.exists(cfg.src):
+        if not storage.exists(cfg.src):
             raise PrepareError(f"--src {cfg.src} does not exist")
-        src, out = os.path.realpath(cfg.src), os.path.realpath(cfg.out)
-        if out == src or out.startswith(src + os.sep):
-            raise PrepareError(f"--out {cfg.out} is inside --src {cfg.src}; write shards outside the source tree")
+        if not storage.is_remote(cfg.src) and not storage.is_remote(cfg.out):
+            src, out = os.path.realpath(storage.local_path(cfg.src)), os.path.realpath(storage.local_path(cfg.out))
+            if out == src or out.startswith(src + os.sep):
+                raise PrepareError(f"--out {cfg.out} is inside --src {cfg.src}; write shards outside the source tree")
     try:
         source = create_source(cfg.dataset, cfg.src, cfg.split)
     except SourceError as e:
@@ -269,39 +310,78 @@ def validate(cfg: PrepareConfig) -> tuple[Source, CropPolicy, list[Codec]]:
     return source, crop, codecs
 
 
+def _check_backend(what: str, url: str) -> None:
+    import fsspec
+
+    proto = url.split("://", 1)[0]
+    try:
+        fsspec.get_filesystem_class(proto)
+    except (ImportError, ValueError) as e:
+        extra = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}.get(proto)
+        hint = f"pip install 'lossyvision[{extra}]'" if extra else "install the fsspec backend for it"
+        raise PrepareError(f"{what} {url}: no filesystem for '{proto}://' ({e}); {hint}") from None
+
+
+def _source_change_message(vdir: str, old: dict, chunks: list[list[Item]], n_items: int) -> str:
+    """Say how the source list differs from the one a manifest was made from."""
+    old_n = old.get("num_sources")
+    first = None
+    for i, e in enumerate(old.get("shards", [])):
+        if e and (i >= len(chunks) or (e.get("first_key"), e.get("last_key")) != (chunks[i][0].key, chunks[i][-1].key)):
+            first = i
+            break
+    what = f"{old_n} images then, {n_items} now" if old_n is not None else f"{n_items} images now"
+    where = f"; the first shard that differs is {shard_name(first)}" if first is not None else ""
+    return (f"the source list changed since {vdir} was written ({what}{where}). Shards are cut from the sorted list, so every "
+            "later shard would hold other images; write to a new --out, or delete that folder to rebuild it")
+
+
 def prepare_shards(cfg: PrepareConfig) -> dict[str, dict]:
-    """Run the job; returns the final manifest of every variant. Resumes an interrupted run."""
+    """Run the job; returns the final manifest of every variant. Resumes an interrupted run.
+
+    ``cfg.src`` and ``cfg.out`` may be local paths or fsspec URLs (``s3://bucket/shards``). One job
+    per output at a time (a lock in ``<out>/<dataset>/<split>/``)."""
     t_start = time.perf_counter()
     source, crop, codecs = validate(cfg)
+    base = storage.join(cfg.out, cfg.dataset, cfg.split)
+    with JobLock(base, break_lock=cfg.break_lock) as lock:
+        return _prepare_locked(cfg, source, crop, codecs, base, lock.path, t_start)
+
+
+def _prepare_locked(cfg: PrepareConfig, source: Source, crop: CropPolicy, codecs: list[Codec], base: str, lock_path: str, t_start: float) -> dict[str, dict]:
     items = source.items()
     if cfg.limit:
         items = items[: cfg.limit]
     if not items:
         raise PrepareError(f"no images found for dataset '{cfg.dataset}' split '{cfg.split}' under {cfg.src}")
     keys = [it.key for it in items]
-    base = os.path.join(cfg.out, cfg.dataset, cfg.split)
     variants: dict[str, str] = {}
     infos: dict[str, dict | None] = {}
     if cfg.write_orig:
-        variants[ORIG] = os.path.join(base, ORIG)
+        variants[ORIG] = storage.join(base, ORIG)
         infos[ORIG] = None
     for c in codecs:
-        variants[c.spec] = os.path.join(base, c.spec)
+        variants[c.spec] = storage.join(base, c.spec)
         infos[c.spec] = c.info()
     chunks = [items[i : i + cfg.shard_size] for i in range(0, len(items), cfg.shard_size)]
     n = len(chunks)
+    sigs = [_source_sig(ch) for ch in chunks]
     versions = library_versions()
 
     manifests: dict[str, dict] = {}
+    found: dict[str, dict[str, storage.FileStat]] = {}
     for v, vdir in variants.items():
-        os.makedirs(vdir, exist_ok=True)
+        storage.makedirs(vdir)
         clean_temp_files(vdir)
-        fp = _fingerprint(keys, crop, cfg.shard_size, infos[v] if v != ORIG else {"orig_format": cfg.orig_format}, source)
+        ofp = _options_fingerprint(crop, cfg.shard_size, infos[v] if v != ORIG else {"orig_format": cfg.orig_format}, source)
+        fp = _fingerprint(keys, ofp)
         old = load_manifest(vdir)
         if old is not None and old.get("fingerprint") != fp:
+            if old.get("options_fingerprint") == ofp:
+                raise PrepareError(_source_change_message(vdir, old, chunks, len(items)))
             raise PrepareError(
-                f"{vdir} holds shards made from other sources or options (the source list, crop, shard size or codec "
-                "changed); write to a new --out, or delete that folder to rebuild it"
+                f"{vdir} holds shards made with other options (crop, shard size, codec or its library version) or from "
+                "another source; write to a new --out, or delete that folder to rebuild it"
             )
         m = old or {
             "format": FORMAT,
@@ -316,36 +396,52 @@ def prepare_shards(cfg: PrepareConfig) -> dict[str, dict]:
             "source": source.describe(),
             "shard_size": cfg.shard_size,
             "num_shards": n,
+            "num_sources": len(items),
             "fingerprint": fp,
+            "options_fingerprint": ofp,
             "shards": [None] * n,
         }
         m["config"] = {k: val for k, val in cfg.to_dict().items() if k not in ("progress",)}
         m["versions"] = {**versions, **((infos[v] or {}).get("versions") or {})}
         manifests[v] = m
+        found[v] = dict(storage.walk_files(vdir, (".tar",)))
 
-    pending = [i for i in range(n) if not all(_entry_done(variants[v], manifests[v]["shards"][i]) for v in variants)]
-    done_images = sum(len(chunks[i]) for i in range(n) if i not in set(pending))
+    changed = [i for i in range(n) if any((manifests[v]["shards"][i] or {}).get("source_sig", sigs[i]) != sigs[i] for v in variants)]
+    if changed:
+        # Unlist them before any rebuild starts: a job killed during the rebuild must not leave old and new mixed.
+        log.warning("%d shard(s) hold source images that changed since they were written (%s%s); rebuilding them",
+                    len(changed), ", ".join(shard_name(i) for i in changed[:5]), ", ..." if len(changed) > 5 else "")
+        for v, vdir in variants.items():
+            for i in changed:
+                manifests[v]["shards"][i] = None
+            _summarise(manifests[v])
+            write_json_atomic(storage.join(vdir, MANIFEST), manifests[v])
+    pending = [i for i in range(n) if not all(_entry_done(manifests[v]["shards"][i], variants[v], found[v]) for v in variants)]
+    pending_set = set(pending)
+    done_images = sum(len(chunks[i]) for i in range(n) if i not in pending_set)
     log.info("%d images in %d shards x %d variants; %d shards to do", len(items), n, len(variants), len(pending))
 
     def on_result(res: dict) -> None:
+        i = res["index"]
         for v, entry in res["entries"].items():
-            entry["mtime_ns"] = os.stat(os.path.join(variants[v], entry["name"])).st_mtime_ns
-            manifests[v]["shards"][res["index"]] = entry
+            entry["source_sig"] = sigs[i]
+            manifests[v]["shards"][i] = entry
             if source.classes is not None:
                 manifests[v]["classes"] = list(source.classes)
             _summarise(manifests[v])
-            write_json_atomic(os.path.join(variants[v], MANIFEST), manifests[v])
+            write_json_atomic(storage.join(variants[v], MANIFEST), manifests[v])
 
-    tasks = (ShardTask(i, chunks[i], source, crop, cfg.codecs, variants, cfg.write_orig, cfg.store_decoded, cfg.ms_ssim, cfg.orig_format)
+    tasks = (ShardTask(i, chunks[i], source, crop, cfg.codecs, variants, cfg.write_orig, cfg.store_decoded, cfg.ms_ssim, cfg.orig_format, lock_path)
              for i in pending)
     if pending:
         _run(cfg, tasks, len(pending), on_result, total_images=len(items), done_images=done_images)
     for v in variants:
+        clean_temp_files(variants[v])  # left by tasks whose worker or node died and that ran again elsewhere
         if source.classes is not None:
             manifests[v]["classes"] = list(source.classes)
         _summarise(manifests[v])
         manifests[v]["wall_s"] = round(time.perf_counter() - t_start, 3)
-        write_json_atomic(os.path.join(variants[v], MANIFEST), manifests[v])
+        write_json_atomic(storage.join(variants[v], MANIFEST), manifests[v])
     return manifests
 
 

@@ -1,7 +1,12 @@
 """Run picklable tasks on Ray: one task per item, ``num_cpus=1``, bounded in flight, completion order.
 
-``ray.init`` joins a cluster when ``address`` or ``RAY_ADDRESS`` is given and starts a quiet
-local instance otherwise (no dashboard, no usage stats, logs under the system temp dir).
+``ray.init`` joins a cluster when ``address`` or ``RAY_ADDRESS`` is given (``host:port`` of the
+head, or ``ray://host:10001`` through Ray Client) and starts a quiet local instance otherwise (no
+dashboard, no usage stats, logs under the system temp dir).
+
+Failures: a task whose worker process or node dies is retried by Ray (``max_retries``), and once
+more here if Ray gives up on it (the tasks must be idempotent, as shard writes are); an exception
+raised by the task itself is not retried and reaches the caller as the original exception.
 """
 
 from __future__ import annotations
@@ -14,6 +19,11 @@ log = logging.getLogger(__name__)
 
 # Set in the driver before ray.init so the local raylet and its workers inherit them.
 _QUIET_ENV = {"RAY_USAGE_STATS_ENABLED": "0", "RAY_DEDUP_LOGS": "1", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+# Storage settings a cluster's workers need to reach the same --src/--out (endpoint, not secrets).
+_FORWARD_PREFIXES = ("FSSPEC_",)
+
+MAX_RETRIES = 5  # per task, by Ray, for dead workers and nodes
+RESUBMITS = 2  # per task, by us, after Ray's retries are used up
 
 
 def init_ray(workers: int | None = None, address: str | None = None) -> int:
@@ -21,17 +31,23 @@ def init_ray(workers: int | None = None, address: str | None = None) -> int:
     import ray
 
     if ray.is_initialized():
-        return int(ray.cluster_resources().get("CPU", 1))
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        return min(cpus, workers) if workers else cpus
     for k, v in _QUIET_ENV.items():
         os.environ.setdefault(k, v)
     address = address or os.environ.get("RAY_ADDRESS")
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": True}
     if address:
+        env = {k: v for k, v in os.environ.items() if k.startswith(_FORWARD_PREFIXES)}
+        if env:
+            kwargs["runtime_env"] = {"env_vars": env}
+        kwargs.pop("include_dashboard")  # a setting of the cluster, not of a connecting driver
         ray.init(address=address, **kwargs)
     else:
         # A private local instance: its token-auth notice is noise, since nothing else can reach it.
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-        ray.init(num_cpus=workers or os.cpu_count(), **kwargs)
+        # "local": always a new instance, never one found through /tmp/ray (another user's, or a dead job's)
+        ray.init(address="local", num_cpus=workers or os.cpu_count(), **kwargs)
     cpus = int(ray.cluster_resources().get("CPU", 1))
     return min(cpus, workers) if workers else cpus
 
@@ -39,23 +55,38 @@ def init_ray(workers: int | None = None, address: str | None = None) -> int:
 def run_ray(fn: Callable[[Any], Any], tasks: Iterable[Any], workers: int | None = None, address: str | None = None) -> Iterator[Any]:
     """Yield ``fn(task)`` results in completion order, keeping about 2 tasks per CPU in flight."""
     import ray
+    from ray.exceptions import RayError, RayTaskError
 
     cpus = init_ray(workers, address)
-    remote = ray.remote(num_cpus=1, max_retries=3)(fn)
+    remote = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(fn)
     limit = max(1, 2 * cpus)
     it = iter(tasks)
-    in_flight: list = []
+    in_flight: dict = {}  # ref -> (task, resubmits so far)
     try:
         while True:
             while len(in_flight) < limit:
                 try:
-                    in_flight.append(remote.remote(next(it)))
+                    t = next(it)
                 except StopIteration:
                     break
+                in_flight[remote.remote(t)] = (t, 0)
             if not in_flight:
                 return
-            ready, in_flight = ray.wait(in_flight, num_returns=1)
-            yield ray.get(ready[0])
+            ready, _ = ray.wait(list(in_flight), num_returns=1)
+            t, tries = in_flight.pop(ready[0])
+            try:
+                res = ray.get(ready[0])
+            except RayTaskError as e:
+                if isinstance(e.cause, Exception):
+                    raise e.cause from None  # the task's own error (disk full, bad input), as itself
+                raise
+            except RayError as e:  # the worker or node died more often than Ray retries
+                if tries >= RESUBMITS:
+                    raise
+                log.warning("a task failed outside its code (%s); submitting it again", type(e).__name__)
+                in_flight[remote.remote(t)] = (t, tries + 1)
+                continue
+            yield res
     except BaseException:
         for ref in in_flight:
             ray.cancel(ref, force=True)

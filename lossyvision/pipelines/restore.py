@@ -12,20 +12,22 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from dataclasses import asdict, dataclass
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from lossyvision import storage
+
 log = logging.getLogger(__name__)
 
 @dataclass
 class RestoreConfig:
-    shards: str = ""              # ROOT/<dataset>, e.g. ROOT/cityscapes
+    shards: str = ""              # ROOT/<dataset>, e.g. ROOT/cityscapes (a local path or an fsspec URL)
     variant: str = ""             # source (compressed) variant, e.g. bpg-qp41
     generator: str = ""           # generator.pt written by train-restoration
     split: str = "train"
@@ -108,7 +110,7 @@ def _mean(values: list) -> float | None:
     return float(np.mean(v)) if v else None
 
 
-def _paired(source: Path, orig: Path | None) -> Iterator[tuple[dict, dict | None]]:
+def _paired(source: str, orig: str | None) -> Iterator[tuple[dict, dict | None]]:
     from lossyvision.pipelines.stream import ShardError, iter_tar_samples
 
     oit = iter_tar_samples(orig) if orig is not None else None
@@ -117,9 +119,16 @@ def _paired(source: Path, orig: Path | None) -> Iterator[tuple[dict, dict | None
         if oit is not None:
             o = next(oit, None)
             if o is None or o["__key__"] != s["__key__"]:
-                raise ShardError(f"{source.name}: key {s['__key__']!r} has no aligned sample in {orig} "
+                raise ShardError(f"{os.path.basename(source)}: key {s['__key__']!r} has no aligned sample in {orig} "
                                  f"(found {None if o is None else o['__key__']!r})")
         yield s, o
+
+
+def _intact(path: str, sha256: str) -> bool:
+    """True when a shard a previous run finished is still there with the sha256 its manifest records."""
+    from lossyvision.pipelines.shards import sha256_file
+
+    return storage.isfile(path) and sha256_file(path) == sha256
 
 
 def restore_shards(cfg: RestoreConfig, progress: bool = False) -> dict:
@@ -134,11 +143,11 @@ def restore_shards(cfg: RestoreConfig, progress: bool = False) -> dict:
         raise ValueError("shards, variant and generator are required")
     if cfg.variant == cfg.orig_variant:
         raise ValueError(f"variant {cfg.variant!r} is the original; restore a compressed variant")
-    split_dir = Path(cfg.shards) / cfg.split
+    split_dir = storage.join(cfg.shards, cfg.split)
     src = read_variant(variant_dir(split_dir, cfg.variant))
     orig = None
-    if (split_dir / cfg.orig_variant / "manifest.json").is_file():
-        orig = read_variant(split_dir / cfg.orig_variant)
+    if storage.isfile(storage.join(split_dir, cfg.orig_variant, "manifest.json")):
+        orig = read_variant(storage.join(split_dir, cfg.orig_variant))
         from lossyvision.pipelines.stream import check_aligned
         check_aligned(orig, src)
     else:
@@ -147,10 +156,10 @@ def restore_shards(cfg: RestoreConfig, progress: bool = False) -> dict:
     device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     generator, ckpt = load_generator(cfg.generator, device)
     gen_sha = sha256_file(str(cfg.generator))
-    out_dir = split_dir / cfg.output_variant
-    out_dir.mkdir(parents=True, exist_ok=True)
-    mpath = out_dir / "manifest.json"
-    previous = json.loads(mpath.read_text()) if mpath.is_file() else None
+    out_dir = storage.join(split_dir, cfg.output_variant)
+    storage.makedirs(out_dir)
+    mpath = storage.join(out_dir, "manifest.json")
+    previous = json.loads(storage.read_text(mpath)) if storage.isfile(mpath) else None
     done: dict[str, dict] = {}
     if previous is not None:
         prev_sha = (previous.get("restored_from") or {}).get("generator_sha256")
@@ -158,8 +167,7 @@ def restore_shards(cfg: RestoreConfig, progress: bool = False) -> dict:
             raise ValueError(f"{out_dir} was written by another generator (sha256 {str(prev_sha)[:12]}...); "
                              "pass overwrite=True (--overwrite) or choose another out_variant")
         if prev_sha == gen_sha:
-            done = {s["name"]: s for s in previous.get("shards", [])
-                    if (out_dir / s["name"]).is_file() and sha256_file(str(out_dir / s["name"])) == s["sha256"]}
+            done = {s["name"]: s for s in previous.get("shards", []) if _intact(storage.join(out_dir, s["name"]), s["sha256"])}
 
     src_codec = src.manifest.get("codec")
     manifest = {
@@ -187,14 +195,14 @@ def restore_shards(cfg: RestoreConfig, progress: bool = False) -> dict:
             entry = done[info.name]
             # the per-sample stats of a skipped shard come back from its own json members
             from lossyvision.pipelines.stream import iter_tar_samples
-            entry_stats = [json.loads(s["json"]) for s in iter_tar_samples(out_dir / info.name)]
+            entry_stats = [json.loads(s["json"]) for s in iter_tar_samples(storage.join(out_dir, info.name))]
         else:
             restore_ms, dec_ms, keys = [], [], []
 
             def samples() -> Iterator[dict]:
                 nonlocal codec
-                opath = orig.root / info.name if orig is not None else None
-                for s, o in _paired(src.root / info.name, opath):
+                opath = orig.shard_path(info.name) if orig is not None else None
+                for s, o in _paired(src.shard_path(info.name), opath):
                     key = s["__key__"]
                     keys.append(key)
                     meta = json.loads(s["json"]) if "json" in s else {}
@@ -230,9 +238,9 @@ def restore_shards(cfg: RestoreConfig, progress: bool = False) -> dict:
                     entry_stats.append(json.loads(out["json"]))
                     yield out
 
-            sha, size = write_tar_atomic(str(out_dir / info.name), samples())
+            sha, size = write_tar_atomic(storage.join(out_dir, info.name), samples())
             if len(keys) != info.count:
-                raise ValueError(f"{src.root / info.name}: holds {len(keys)} samples, manifest says {info.count}")
+                raise ValueError(f"{src.shard_path(info.name)}: holds {len(keys)} samples, manifest says {info.count}")
             entry = {"name": info.name, "index": index, "count": len(keys), "sha256": sha, "size": size, "first_key": keys[0] if keys else None,
                      "last_key": keys[-1] if keys else None, "enc_ms": _mean(restore_ms), "dec_ms": _mean(dec_ms),
                      "failures": 0}
@@ -245,9 +253,9 @@ def restore_shards(cfg: RestoreConfig, progress: bool = False) -> dict:
         manifest["means"] = {k: _mean(v) for k, v in per_sample.items()}
         manifest["means"]["enc_ms"] = _mean([s.get("enc_ms") for s in manifest["shards"]])
         manifest["means"]["dec_ms"] = _mean([s.get("dec_ms") for s in manifest["shards"]])
-        write_json_atomic(str(mpath), manifest)  # after every shard, so a killed run resumes
+        write_json_atomic(mpath, manifest)  # after every shard, so a killed run resumes
     manifest["complete"] = True
-    write_json_atomic(str(mpath), manifest)
+    write_json_atomic(mpath, manifest)
     log.info("wrote %s: %d samples, mean psnr %s (source %s)", out_dir, manifest["num_samples"],
              manifest["means"]["psnr"], manifest["means"]["source_psnr"])
     return manifest

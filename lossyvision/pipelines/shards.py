@@ -1,7 +1,8 @@
 """Shard files and manifests: deterministic tars written atomically, manifests rewritten atomically.
 
-See docs/shards.md for the format. A tar is written to ``<name>.tmp-<pid>`` and renamed when
-complete, so a reader (or a resumed job) never sees a half-written shard under its real name.
+See docs/shards.md for the format. Paths may be local or fsspec URLs (lossyvision.storage). A tar
+is written to ``<name>.tmp-<host>-<pid>-<random>`` and renamed when complete (on object stores the
+single upload is the commit), so a reader (or a resumed job) never sees a half-written shard under its real name.
 Tar members carry fixed metadata (mtime 0, fixed owner and mode) so the same samples always give
 the same bytes.
 """
@@ -9,13 +10,14 @@ the same bytes.
 from __future__ import annotations
 
 import glob
-import hashlib
 import io
 import json
 import math
 import os
 import tarfile
 from typing import Any, Iterable
+
+from .. import storage
 
 FORMAT = "lossyvision-shards/1"
 MANIFEST = "manifest.json"
@@ -28,89 +30,43 @@ def shard_name(index: int) -> str:
 
 
 def variant_dir(root: str, dataset: str, split: str, variant: str) -> str:
-    return os.path.join(root, dataset, split, variant)
+    return storage.join(root, dataset, split, variant)
 
 
 def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: str) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    return storage.sha256(path)
 
 
 def write_tar_atomic(path: str, samples: Iterable[dict[str, Any]]) -> tuple[str, int]:
-    """Write WebDataset samples (``{"__key__": k, "png": bytes, ...}``) to ``path``; return (sha256, size).
+    """Write WebDataset samples (``{"__key__": k, "png": bytes, ...}``) to ``path`` (a local path
+    or an fsspec URL) atomically; return (sha256, size). Raises storage.StorageError naming the
+    path when the disk is full or the store refuses the write; no partial shard is left behind.
 
     Member names are ``<key>.<ext>``; values must be bytes (or str, written as UTF-8).
     """
-    d = os.path.dirname(path) or "."
-    os.makedirs(d, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    h = hashlib.sha256()
 
-    class _Hashing(io.RawIOBase):
-        def __init__(self, f):
-            self.f = f
+    def write(f) -> tuple[str, int]:
+        tee = storage._Tee(f)
+        with tarfile.open(fileobj=tee, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
+            for s in samples:
+                key = s["__key__"]
+                for ext in sorted(k for k in s if not k.startswith("__")):
+                    v = s[ext]
+                    data = v.encode("utf-8") if isinstance(v, str) else bytes(v)
+                    ti = tarfile.TarInfo(f"{key}.{ext}")
+                    ti.size, ti.mtime, ti.mode = len(data), 0, 0o444
+                    ti.uname = ti.gname = "lossyvision"
+                    ti.uid = ti.gid = 0
+                    tar.addfile(ti, io.BytesIO(data))
+        return tee.h.hexdigest(), tee.n
 
-        def writable(self) -> bool:
-            return True
-
-        def write(self, b) -> int:
-            h.update(b)
-            return self.f.write(b)
-
-    try:
-        with open(tmp, "wb") as raw:
-            with tarfile.open(fileobj=_Hashing(raw), mode="w|", format=tarfile.USTAR_FORMAT) as tar:
-                for s in samples:
-                    key = s["__key__"]
-                    for ext in sorted(k for k in s if not k.startswith("__")):
-                        v = s[ext]
-                        data = v.encode("utf-8") if isinstance(v, str) else bytes(v)
-                        ti = tarfile.TarInfo(f"{key}.{ext}")
-                        ti.size, ti.mtime, ti.mode = len(data), 0, 0o444
-                        ti.uname = ti.gname = "lossyvision"
-                        ti.uid = ti.gid = 0
-                        tar.addfile(ti, io.BytesIO(data))
-            raw.flush()
-            os.fsync(raw.fileno())
-            size = raw.tell()
-        os.replace(tmp, path)
-        _fsync_dir(d)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-    return h.hexdigest(), size
+    return storage.write_atomic(path, write)
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
-    """Write JSON to ``path`` via a temp file + rename (NaN/inf written as null)."""
-    d = os.path.dirname(path) or "."
-    os.makedirs(d, exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(_finite(obj), f, indent=1, sort_keys=False, allow_nan=False)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Write JSON to ``path`` via a temp file + rename, or one PUT on a store (NaN/inf written as null)."""
+    data = (json.dumps(_finite(obj), indent=1, sort_keys=False, allow_nan=False) + "\n").encode()
+    storage.write_bytes_atomic(path, data)
 
 
 def _finite(o: Any) -> Any:
@@ -145,21 +101,23 @@ def library_versions(*extra: str) -> dict[str, str]:
 
 
 def load_manifest(vdir: str) -> dict | None:
-    """The manifest of a variant folder, or None when there is none yet."""
-    p = os.path.join(vdir, MANIFEST)
-    if not os.path.isfile(p):
+    """The manifest of a variant folder (local or URL), or None when there is none yet."""
+    p = storage.join(vdir, MANIFEST)
+    if not storage.isfile(p):
         return None
-    with open(p) as f:
-        m = json.load(f)
+    m = json.loads(storage.read_text(p))
     if m.get("format") != FORMAT:
         raise ValueError(f"{p}: unknown manifest format {m.get('format')!r}; expected {FORMAT}")
     return m
 
 
 def clean_temp_files(vdir: str) -> int:
-    """Remove temp files a killed job left behind; returns how many."""
+    """Remove temp files a killed job left behind in a local folder; returns how many.
+    (Object stores have none: an unfinished upload never becomes an object.)"""
+    if storage.is_remote(vdir):
+        return 0
     n = 0
-    for p in glob.glob(os.path.join(vdir, "*.tmp-*")):
+    for p in glob.glob(os.path.join(storage.local_path(vdir), "*.tmp-*")):
         try:
             os.unlink(p)
             n += 1

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import fnmatch
+import io
 import os
 import re
 from dataclasses import dataclass
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from .. import storage
 from .imageio import SourceError, read_rgb
 
 __all__ = ["Item", "Source", "SourceError", "register_source", "create_source", "source_names", "make_key"]
@@ -27,6 +29,7 @@ class Item:
     key: str  # stable, tar-safe key, e.g. "train/n01440764/n01440764_10026"
     ref: str  # what load() needs: a path relative to the source root, or an index
     label: Any = None  # int class index, relative path of a label map, or None
+    stamp: str = ""  # size and change stamp of the source file(s): a rerun rebuilds shards whose stamps changed
 
 
 def make_key(relpath: str) -> str:
@@ -96,24 +99,28 @@ def _unique_keys(items: list[Item]) -> list[Item]:
     return items
 
 
-def _walk_images(top: str, rel_to: str) -> list[str]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(top):
-        dirnames.sort()
-        for f in sorted(filenames):
-            if f.lower().endswith(IMAGE_EXTS):
-                out.append(os.path.relpath(os.path.join(dirpath, f), rel_to))
-    return out
+def _walk_images(top: str, rel_to: str) -> list[tuple[str, str]]:
+    """Sorted ``(path relative to rel_to, stamp)`` of the images under ``top`` (local or URL);
+    relative paths use '/' whatever the platform."""
+    return [(rel.replace(os.sep, "/"), f"{st.size}:{st.stamp}") for rel, st in storage.walk_files(top, IMAGE_EXTS, rel_to)]
 
 
 def _need_dir(path: str, what: str) -> None:
-    if not os.path.isdir(path):
+    if not storage.isdir(path):
         raise SourceError(f"{what} not found: {path}")
+
+
+def _root(root: str) -> str:
+    return root.rstrip("/") if storage.is_remote(root) else os.path.abspath(storage.local_path(root))
 
 
 class _FileSource(Source):
     def load(self, item: Item) -> tuple[np.ndarray, Any]:
-        return read_rgb(os.path.join(self.root, item.ref)), item.label
+        return read_rgb(storage.join(self.root, item.ref)), item.label
+
+    def __getstate__(self) -> dict:
+        # Ray tasks receive the source object; caches (ImageNet's 1.28 M items) stay in the driver.
+        return {k: (None if k.startswith("_") else v) for k, v in self.__dict__.items()}
 
 
 @register_source
@@ -132,21 +139,19 @@ class ImageNetSource(_FileSource):
     def __init__(self, root: str | None, split: str, **_: Any):
         if not root:
             raise SourceError("the imagenet dataset needs --src pointing at the ILSVRC2012 root (with train/ and/or val/)")
-        self.root = os.path.abspath(root)
+        self.root = _root(root)
         self.split = split
-        _need_dir(os.path.join(self.root, split), f"ImageNet split folder '{split}'")
+        _need_dir(storage.join(self.root, split), f"ImageNet split folder '{split}'")
         self._items: list[Item] | None = None
 
     def _class_dirs(self, split: str) -> list[str]:
-        d = os.path.join(self.root, split)
-        if not os.path.isdir(d):
-            return []
-        return sorted(e for e in os.listdir(d) if os.path.isdir(os.path.join(d, e)))
+        return storage.listdir(storage.join(self.root, split), dirs_only=True)
 
     def _find(self, name: str) -> str | None:
-        for d in (self.root, os.path.join(self.root, self.split), os.path.join(self.root, "ILSVRC2012_devkit_t12", "data"), os.path.dirname(self.root)):
-            p = os.path.join(d, name)
-            if os.path.isfile(p):
+        parent = self.root.rsplit("/", 1)[0] if storage.is_remote(self.root) else os.path.dirname(self.root)
+        for d in (self.root, storage.join(self.root, self.split), storage.join(self.root, "ILSVRC2012_devkit_t12", "data"), parent):
+            p = storage.join(d, name)
+            if storage.isfile(p):
                 return p
         return None
 
@@ -159,8 +164,8 @@ class ImageNetSource(_FileSource):
             index = {w: i for i, w in enumerate(wnids)}
             items = []
             for w in dirs:
-                for rel in _walk_images(os.path.join(self.root, self.split, w), self.root):
-                    items.append(Item(make_key(rel), rel, index[w]))
+                for rel, stamp in _walk_images(storage.join(self.root, self.split, w), self.root):
+                    items.append(Item(make_key(rel), rel, index[w], stamp))
             self.classes = wnids
         else:
             items = self._flat_items()
@@ -168,23 +173,21 @@ class ImageNetSource(_FileSource):
         return self._items
 
     def _flat_items(self) -> list[Item]:
-        files = _walk_images(os.path.join(self.root, self.split), self.root)
+        files = _walk_images(storage.join(self.root, self.split), self.root)
         labels: dict[str, str] = {}
         loc = self._find("LOC_val_solution.csv")
         gt = self._find("ILSVRC2012_validation_ground_truth.txt")
         if loc:
-            with open(loc, newline="") as f:
-                for row in csv.DictReader(f):
-                    labels[row["ImageId"]] = row["PredictionString"].split()[0]
+            for row in csv.DictReader(io.StringIO(storage.read_text(loc), newline="")):
+                labels[row["ImageId"]] = row["PredictionString"].split()[0]
         elif gt:
             meta = self._find("meta.mat")
             if not meta:
                 raise SourceError(f"found {gt} but not the devkit's meta.mat (ILSVRC2012_devkit_t12/data/meta.mat) that maps its ids to wnids")
             id2wnid = _devkit_ids(meta)
-            with open(gt) as f:
-                ids = [int(line) for line in f if line.strip()]
+            ids = [int(line) for line in storage.read_text(gt).splitlines() if line.strip()]
             # line i belongs to the i-th validation image in file-name order
-            names = sorted(os.path.splitext(os.path.basename(p))[0] for p in files)
+            names = sorted(os.path.splitext(os.path.basename(p))[0] for p, _ in files)
             labels = {n: id2wnid[i] for n, i in zip(names, ids)}
         else:
             raise SourceError(
@@ -195,15 +198,14 @@ class ImageNetSource(_FileSource):
         if not self._class_dirs("train"):
             syn = self._find("LOC_synset_mapping.txt")
             if syn:
-                with open(syn) as f:
-                    wnids = sorted(line.split()[0] for line in f if line.strip())
+                wnids = sorted(line.split()[0] for line in storage.read_text(syn).splitlines() if line.strip())
         index = {w: i for i, w in enumerate(wnids)}
         self.classes = wnids
         items = []
-        for rel in files:
+        for rel, stamp in files:
             stem = os.path.splitext(os.path.basename(rel))[0]
             w = labels.get(stem)
-            items.append(Item(make_key(rel), rel, index[w] if w in index else None))
+            items.append(Item(make_key(rel), rel, index[w] if w in index else None, stamp))
         return items
 
     def load(self, item: Item) -> tuple[np.ndarray, Any]:
@@ -215,7 +217,7 @@ class ImageNetSource(_FileSource):
 def _devkit_ids(meta_path: str) -> dict[int, str]:
     from scipy.io import loadmat
 
-    synsets = loadmat(meta_path, squeeze_me=True)["synsets"]
+    synsets = loadmat(io.BytesIO(storage.read_bytes(meta_path)), squeeze_me=True)["synsets"]
     return {int(s[0]): str(s[1]) for s in synsets if int(s[4]) == 0}
 
 
@@ -247,31 +249,34 @@ class CityscapesSource(_FileSource):
     def __init__(self, root: str | None, split: str, **_: Any):
         if not root:
             raise SourceError("the cityscapes dataset needs --src pointing at the root with leftImg8bit/ and gtFine/")
-        self.root = os.path.abspath(root)
+        self.root = _root(root)
         self.split = split
-        _need_dir(os.path.join(self.root, "leftImg8bit", split), f"Cityscapes folder leftImg8bit/{split}")
+        _need_dir(storage.join(self.root, "leftImg8bit", split), f"Cityscapes folder leftImg8bit/{split}")
         self._lut: np.ndarray | None = None
 
     def items(self) -> list[Item]:
+        labels = dict(_walk_images(storage.join(self.root, "gtFine", self.split), self.root))
         items = []
-        for rel in _walk_images(os.path.join(self.root, "leftImg8bit", self.split), self.root):
+        for rel, stamp in _walk_images(storage.join(self.root, "leftImg8bit", self.split), self.root):
             if not rel.endswith("_leftImg8bit.png"):
                 continue
-            parts = rel.split(os.sep)
-            base = os.path.basename(rel)[: -len("_leftImg8bit.png")]
-            lab = os.path.join("gtFine", self.split, parts[-2], base + "_gtFine_labelIds.png")
-            items.append(Item(make_key(f"{parts[-2]}/{base}"), rel, lab))
+            parts = rel.split("/")
+            base = parts[-1][: -len("_leftImg8bit.png")]
+            lab = "/".join(("gtFine", self.split, parts[-2], base + "_gtFine_labelIds.png"))
+            items.append(Item(make_key(f"{parts[-2]}/{base}"), rel, lab, f"{stamp}|{labels.get(lab, 'missing')}"))
         return _unique_keys(items)
 
     def load(self, item: Item) -> tuple[np.ndarray, Any]:
-        rgb = read_rgb(os.path.join(self.root, item.ref))
-        path = os.path.join(self.root, item.label)
-        if not os.path.isfile(path):
-            raise SourceError(f"label map missing: {item.label}")
+        rgb = read_rgb(storage.join(self.root, item.ref))
+        path = storage.join(self.root, item.label)
         import imagecodecs
 
         try:
-            ids = imagecodecs.png_decode(open(path, "rb").read())
+            data = storage.read_bytes(path)
+        except FileNotFoundError:
+            raise SourceError(f"label map missing: {item.label}") from None
+        try:
+            ids = imagecodecs.png_decode(data)
         except Exception as e:
             raise SourceError(f"corrupt label map {item.label}: {e}") from None
         if ids.ndim != 2 or ids.dtype != np.uint8:
@@ -292,12 +297,12 @@ class FolderSource(_FileSource):
     def __init__(self, root: str | None, split: str = "all", **_: Any):
         if not root:
             raise SourceError("the folder dataset needs --src DIR")
-        self.root = os.path.abspath(root)
+        self.root = _root(root)
         self.split = split
         _need_dir(self.root, "source folder")
 
     def items(self) -> list[Item]:
-        return _unique_keys([Item(make_key(rel), rel, None) for rel in _walk_images(self.root, self.root)])
+        return _unique_keys([Item(make_key(rel), rel, None, stamp) for rel, stamp in _walk_images(self.root, self.root)])
 
 
 # Real photographs that scikit-image ships in its wheel (no download needed), for the demo.
@@ -321,7 +326,8 @@ class SamplesSource(_FileSource):
         self.split = split
 
     def items(self) -> list[Item]:
-        have = [f for f in SAMPLE_PHOTOS if os.path.isfile(os.path.join(self.root, f))]
+        found = dict(_walk_images(self.root, self.root))
+        have = [f for f in SAMPLE_PHOTOS if f in found]
         if not have:
             raise SourceError(f"no sample photos found in {self.root}; is scikit-image installed?")
-        return _unique_keys([Item(make_key(f), f, None) for f in have])
+        return _unique_keys([Item(make_key(f), f, None, found[f]) for f in have])

@@ -17,16 +17,19 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import posixpath
 import random
 import re
 import tarfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
+
+from lossyvision import storage
 
 log = logging.getLogger(__name__)
 
@@ -51,7 +54,7 @@ class ShardInfo:
 class VariantInfo:
     """What a loader needs from `<variant_dir>/manifest.json`."""
 
-    root: Path
+    root: str                 # the variant folder: a local path or an fsspec URL
     variant: str
     spec: str | None          # codec spec (`jpeg-q10`); None for `orig`
     ext: str                  # member holding the image: `png` for orig, the codec ext otherwise
@@ -64,14 +67,22 @@ class VariantInfo:
     def num_samples(self) -> int:
         return sum(s.count for s in self.shards)
 
+    def shard_path(self, name: str) -> str:
+        """Path or URL of one of this variant's shards."""
+        return storage.join(self.root, name)
 
-def read_variant(variant_dir: str | Path) -> VariantInfo:
-    """Parse a variant's manifest.json; raise FileNotFoundError/ValueError naming the problem."""
-    root = Path(variant_dir)
-    path = root / "manifest.json"
-    if not path.is_file():
+
+def _basename(path: str) -> str:
+    return posixpath.basename(path.rstrip("/")) if storage.is_remote(path) else os.path.basename(os.path.normpath(path))
+
+
+def read_variant(variant_dir: str | os.PathLike) -> VariantInfo:
+    """Parse a variant's manifest.json (local path or URL); raise FileNotFoundError/ValueError naming the problem."""
+    root = os.fspath(variant_dir)
+    path = storage.join(root, "manifest.json")
+    if not storage.isfile(path):
         raise FileNotFoundError(f"no manifest.json in {root} (is this a variant folder written by prepare-shards?)")
-    m = json.loads(path.read_text())
+    m = json.loads(storage.read_text(path))
     codec = m.get("codec")
     done = [s for s in m.get("shards", []) if s]  # unfinished shards of an interrupted job are null
     shards = tuple(ShardInfo(s["name"], int(s["count"])) for s in sorted(done, key=lambda s: s["name"]))
@@ -81,7 +92,7 @@ def read_variant(variant_dir: str | Path) -> VariantInfo:
         log.warning("%s: manifest is not marked complete; reading the %d shards it lists", path, len(shards))
     classes = m.get("classes")
     return VariantInfo(
-        root=root, variant=m.get("variant", root.name),
+        root=root, variant=m.get("variant", _basename(root)),
         spec=codec["spec"] if codec else None, ext=codec["ext"] if codec else m.get("orig_format", "png"),
         shards=shards, task=m.get("task", "none"),
         classes=tuple(classes) if classes else None, manifest=m)
@@ -95,11 +106,12 @@ def check_aligned(a: VariantInfo, b: VariantInfo) -> None:
                          "prepare them from the same source list with the same --shard-size")
 
 
-def iter_tar_samples(path: Path) -> Iterator[dict]:
-    """Yield `{"__key__": key, ext: bytes, ...}` groups from a tar, in file order."""
+def iter_tar_samples(path: str | os.PathLike) -> Iterator[dict]:
+    """Yield `{"__key__": key, ext: bytes, ...}` groups from a tar (local path or URL), in file order."""
+    path = os.fspath(path)
     current: dict | None = None
     try:
-        with tarfile.open(path, mode="r|*") as tar:
+        with storage.open_read(path) as f, tarfile.open(fileobj=f, mode="r|*") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
@@ -178,7 +190,7 @@ class ShardStream(IterableDataset):
     `set_epoch(e)` before each epoch (workers must not be persistent, so they see it).
     """
 
-    def __init__(self, variant_dir: str | Path, orig_dir: str | Path | None = None, *,
+    def __init__(self, variant_dir: str | os.PathLike, orig_dir: str | os.PathLike | None = None, *,
                  shuffle: bool = False, seed: int = 0, buffer_size: int = 0,
                  rank: int | None = None, world_size: int | None = None,
                  drop_remainder: bool | None = None) -> None:
@@ -266,16 +278,16 @@ class ShardStream(IterableDataset):
 
     def _read_shard(self, i: int, first: int, stop: int) -> Iterator[tuple]:
         info = self.variant.shards[i]
-        vpath = self.variant.root / info.name
+        vpath = self.variant.shard_path(info.name)
         vit = iter_tar_samples(vpath)
-        oit = iter_tar_samples(self.orig.root / info.name) if self.orig is not None else None
+        oit = iter_tar_samples(self.orig.shard_path(info.name)) if self.orig is not None else None
         n = 0
         for vs in vit:
             os_ = None
             if oit is not None:
                 os_ = next(oit, None)
                 if os_ is None:
-                    raise ShardError(f"{self.orig.root / info.name}: ends after {n} samples but "
+                    raise ShardError(f"{self.orig.shard_path(info.name)}: ends after {n} samples but "
                                      f"{vpath} continues (key {vs['__key__']!r})")
                 if os_["__key__"] != vs["__key__"]:
                     raise ShardError(f"{info.name}: key mismatch at sample {n}: orig has {os_['__key__']!r}, "
@@ -287,8 +299,8 @@ class ShardStream(IterableDataset):
                 return
             key = vs["__key__"]
             has_label = "cls" in vs or "seg.png" in vs
-            y = _label(vs if has_label or os_ is None else os_, str(vpath))
-            x_tilde = _as_chw(self._decode_variant(vs, str(vpath)))
+            y = _label(vs if has_label or os_ is None else os_, vpath)
+            x_tilde = _as_chw(self._decode_variant(vs, vpath))
             if os_ is None:
                 yield x_tilde, y, key
             else:
@@ -329,15 +341,19 @@ def _dist_rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def variant_dir(shards: str | Path, variant: str) -> Path:
-    """`ROOT/<dataset>/<split>` + variant -> its folder, with a clear error if it is missing."""
-    path = Path(shards) / variant
-    if not (path / "manifest.json").is_file():
-        found = sorted(p.name for p in Path(shards).glob("*/") if (p / "manifest.json").is_file()) \
-            if Path(shards).is_dir() else []
+def variant_dir(shards: str | os.PathLike, variant: str) -> str:
+    """`ROOT/<dataset>/<split>` (local path or URL) + variant -> its folder, with a clear error if it is missing."""
+    shards = os.fspath(shards)
+    path = storage.join(shards, variant)
+    if not storage.isfile(storage.join(path, "manifest.json")):
         raise FileNotFoundError(f"variant {variant!r} not found under {shards}; "
-                                f"available: {', '.join(found) or 'none (wrong --shards path?)'}")
+                                f"available: {', '.join(available_variants(shards)) or 'none (wrong --shards path?)'}")
     return path
+
+
+def available_variants(shards: str) -> list[str]:
+    """Names of the variant folders (those holding a manifest.json) directly under `shards`."""
+    return [n for n in storage.listdir(shards, dirs_only=True) if storage.isfile(storage.join(shards, n, "manifest.json"))]
 
 
 def to_device(x: torch.Tensor, device: torch.device | str, mean=IMAGENET_MEAN, std=IMAGENET_STD,

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
 import os
+import posixpath
 from dataclasses import dataclass, field
 
+from .. import storage
 from ..eval.rates import COLUMNS, load_results, rate_table
 from .plots import rate_accuracy_plot, rd_plot
 from .tables import markdown, write_csv, write_json
+
+log = logging.getLogger(__name__)
 
 SHOWN = ["dataset", "split", "variant", "codec", "q", "images", "failures", "bytes_per_img", "bpp", "psnr", "ssim", "ms_ssim", "enc_ms", "dec_ms"]
 
@@ -20,7 +25,7 @@ class RateReport:
 
 
 def rate_report(root: str, out: str | None = None, results: list[str] | None = None, plot: bool = True) -> RateReport:
-    """Build the report for every variant under ``root``; files go to ``out`` (default ROOT/report)."""
+    """Build the report for every variant under ``root`` (a path or URL); files go to ``out`` (see default_out)."""
     rows = rate_table(root)
     if not rows:
         raise FileNotFoundError(f"no manifest.json under {root}; run prepare-shards first")
@@ -39,7 +44,7 @@ def rate_report(root: str, out: str | None = None, results: list[str] | None = N
         extra = [c for c in ("model", "top1", "top5") if any(c in r for r in rows)]
         columns += extra
         shown += extra
-    out = out or os.path.join(root, "report")
+    out = out or default_out(root)
     files = {"csv": os.path.join(out, "rates.csv"), "json": os.path.join(out, "rates.json")}
     write_csv(rows, columns, files["csv"])
     write_json(rows, files["json"])
@@ -52,3 +57,13 @@ def rate_report(root: str, out: str | None = None, results: list[str] | None = N
             if p:
                 files["rate_accuracy_plot"] = p
     return RateReport(rows, markdown(rows, shown), files)
+
+
+def default_out(root: str) -> str:
+    """ROOT/report for a local root; for a URL root, a local ./report-<last path component>."""
+    if not storage.is_remote(root):
+        return os.path.join(storage.local_path(root), "report")
+    # the report writers (CSV, JSON, matplotlib) need a local folder
+    out = os.path.join(".", f"report-{posixpath.basename(root.rstrip('/')) or 'root'}")
+    log.info("%s is not a local folder: writing the report to %s", root, out)
+    return out

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from lossyvision import storage
 from lossyvision.pipelines.stream import (IMAGENET_MEAN, IMAGENET_STD, ShardStream, make_loader, to_device,
                                           variant_dir)
 from lossyvision.train import models as model_lib
@@ -36,7 +37,7 @@ log = logging.getLogger(__name__)
 class TrainConfig:
     """Resolved training settings; defaults are the paper's MnasNet expert-training settings."""
 
-    shards: str                      # ROOT/<dataset>: holds <train_split>/ and <val_split>/ variant folders
+    shards: str                      # ROOT/<dataset> (path or fsspec URL): holds <train_split>/ and <val_split>/ variant folders
     variant: str                     # compressed variant to train on, e.g. "j2k-r200"
     out: str                         # run folder: config.json, log.jsonl, last.pt, best.pt
     recipe: str = "expert"
@@ -195,11 +196,11 @@ class Trainer:
         # same seed on every rank while building the model, so g and f start identical everywhere
         seed_everything(cfg.seed, cfg.deterministic)
 
-        root = Path(cfg.shards)
         self.dirs = {}
         for split in (cfg.train_split, cfg.val_split):
-            self.dirs[split] = {"variant": variant_dir(root / split, cfg.variant) if self.recipe.inputs != "orig" else None,
-                                "orig": variant_dir(root / split, cfg.orig_variant) if self._needs_orig_stream() or self.recipe.uses_teacher else None}
+            split_dir = storage.join(cfg.shards, split)
+            self.dirs[split] = {"variant": variant_dir(split_dir, cfg.variant) if self.recipe.inputs != "orig" else None,
+                                "orig": variant_dir(split_dir, cfg.orig_variant) if self._needs_orig_stream() or self.recipe.uses_teacher else None}
         first = self.dirs[cfg.train_split]["variant"] or self.dirs[cfg.train_split]["orig"]
         from lossyvision.pipelines.stream import read_variant
         info = read_variant(first)

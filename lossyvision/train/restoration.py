@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import IterableDataset
 
+from lossyvision import storage
 from lossyvision.train.networks.finenet import (
     GENERATOR_STRIDE, Generator, MultiScaleDiscriminator, VGGFeatures)
 
@@ -35,7 +36,7 @@ RECIPES = ("gan", "l1-msssim")
 class RestorationConfig:
     """Defaults are the paper's (Appendix B): batch 1, ~135k iterations, Adam(0.1, 0.9), lr/10 at 80k."""
 
-    shards: str = ""                 # ROOT/<dataset>, e.g. ROOT/cityscapes
+    shards: str = ""                 # ROOT/<dataset>, e.g. ROOT/cityscapes (a local path or an fsspec URL)
     variant: str = ""                # the compressed variant to learn to restore, e.g. bpg-qp41
     out_dir: str = "runs/restoration"
     split: str = "train"
@@ -102,7 +103,7 @@ class PatchPairs(IterableDataset):
     rank splitting) and cuts one random patch per image visit.
     """
 
-    def __init__(self, variant_dir: Path, orig_dir: Path, patch_size: int, *, seed: int = 0,
+    def __init__(self, variant_dir: str, orig_dir: str, patch_size: int, *, seed: int = 0,
                  shuffle: bool = True, buffer_size: int = 64, keys: frozenset[str] | None = None) -> None:
         super().__init__()
         from lossyvision.pipelines.stream import ShardStream
@@ -131,21 +132,21 @@ class PatchPairs(IterableDataset):
             yield x[:, top:top + p, left:left + p].clone(), xc[:, top:top + p, left:left + p].clone()
 
 
-def first_keys(variant_dir: Path, n: int) -> frozenset[str]:
+def first_keys(variant_dir: str, n: int) -> frozenset[str]:
     """The first ``n`` keys of a variant in shard order (which is sorted source order)."""
     from lossyvision.pipelines.stream import iter_tar_samples, read_variant
 
     info = read_variant(variant_dir)
     out: list[str] = []
     for s in info.shards:
-        for sample in iter_tar_samples(info.root / s.name):
+        for sample in iter_tar_samples(info.shard_path(s.name)):
             if len(out) >= n:
                 return frozenset(out)
             out.append(sample["__key__"])
     return frozenset(out)
 
 
-def fixed_pair(variant_dir: Path, orig_dir: Path, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def fixed_pair(variant_dir: str, orig_dir: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The first pair of the variant, centre-cropped to at most ``size`` (a multiple of 8): uint8 1x3xHxW."""
     from lossyvision.pipelines.stream import ShardStream
 
@@ -380,7 +381,7 @@ def train_restoration(cfg: RestorationConfig) -> dict:
 
     if not cfg.shards or not cfg.variant:
         raise ValueError("shards and variant are required (e.g. shards=ROOT/cityscapes, variant=bpg-qp41)")
-    split_dir = Path(cfg.shards) / cfg.split
+    split_dir = storage.join(cfg.shards, cfg.split)
     vdir, odir = variant_dir(split_dir, cfg.variant), variant_dir(split_dir, cfg.orig_variant)
     out = Path(cfg.out_dir)
     out.mkdir(parents=True, exist_ok=True)

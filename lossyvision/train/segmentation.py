@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import IterableDataset
 
+from lossyvision import storage
 from lossyvision.eval.segmentation import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
@@ -30,7 +31,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class SegmentationConfig:
-    shards: str = ""                 # ROOT/cityscapes
+    shards: str = ""                 # ROOT/cityscapes (a local path or an fsspec URL)
     train_variant: str = "orig"
     test_variant: str = "orig"
     train_split: str = "train"
@@ -157,7 +158,7 @@ def random_scale_crop_flip(image: torch.Tensor, label: torch.Tensor, crop: int, 
 class SegmentationCrops(IterableDataset):
     """Augmented (uint8 3xcxc image, uint8 cxc labels) from one variant, split over ranks and workers."""
 
-    def __init__(self, variant_dir: Path, cfg: SegmentationConfig) -> None:
+    def __init__(self, variant_dir: str, cfg: SegmentationConfig) -> None:
         super().__init__()
         from lossyvision.pipelines.stream import ShardStream
 
@@ -219,9 +220,9 @@ def train_segmentation(cfg: SegmentationConfig) -> dict:
 
     if not cfg.shards:
         raise ValueError("shards is required (ROOT/cityscapes)")
-    vdir = variant_dir(Path(cfg.shards) / cfg.train_split, cfg.train_variant)
+    vdir = variant_dir(storage.join(cfg.shards, cfg.train_split), cfg.train_variant)
     if cfg.evaluate:
-        variant_dir(Path(cfg.shards) / cfg.test_split, cfg.test_variant)  # fail before training, not after
+        variant_dir(storage.join(cfg.shards, cfg.test_split), cfg.test_variant)  # fail before training, not after
     rank, world, device = _dist_setup(cfg)
     out = Path(cfg.out_dir)
     if rank == 0:

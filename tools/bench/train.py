@@ -98,7 +98,7 @@ def make_imagefolder(orig_dir: Path, out: str, quality: int) -> int:
     total = 0
     v = read_variant(orig_dir)
     for s in v.shards:
-        for sample in iter_tar_samples(v.root / s.name):
+        for sample in iter_tar_samples(v.shard_path(s.name)):
             key = sample["__key__"]
             d = os.path.join(out, f"p{label_of(key):02d}")
             os.makedirs(d, exist_ok=True)

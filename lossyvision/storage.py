@@ -1,0 +1,333 @@
+"""Local paths and fsspec URLs behind one small API, for sources, shards and manifests.
+
+A local path (or ``file://`` URL) goes straight through ``os`` (the fast path: no fsspec overhead
+per ImageNet file); anything else (``s3://``, ``gs://``, ``memory://``, ...) goes through the
+fsspec filesystem its protocol names. Credentials and endpoints come from the usual places:
+the backend's own environment (``AWS_*``, ``GOOGLE_APPLICATION_CREDENTIALS``) or fsspec's
+``FSSPEC_<PROTOCOL>_<OPTION>`` variables (``FSSPEC_S3_ENDPOINT_URL=http://...``), which
+:func:`set_options` also sets so Ray workers inherit them.
+
+Atomic writes: locally a temp file in the target folder is fsynced and renamed over the target;
+on object stores a single PUT (or a multipart upload, which becomes visible only when it is
+completed) is the commit, so a reader never sees half an object under its real name.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import posixpath
+import socket
+import tempfile
+import uuid
+from dataclasses import dataclass
+from typing import IO, Any, Callable, Iterator
+
+__all__ = [
+    "is_remote", "local_path", "join", "exists", "isfile", "isdir", "listdir", "walk_files", "read_bytes",
+    "read_text", "open_read", "write_atomic", "write_bytes_atomic", "stat", "makedirs", "remove", "relpath",
+    "set_options", "StorageError", "FileStat", "temp_suffix",
+]
+
+
+class StorageError(OSError):
+    """An output could not be written (disk full, permission, unreachable store); names the path."""
+
+    def __str__(self) -> str:
+        return self.strerror or super().__str__()
+
+
+@dataclass(frozen=True)
+class FileStat:
+    size: int
+    stamp: str  # changes when the content may have changed: mtime_ns locally, ETag/mtime on stores
+
+
+def is_remote(path: str) -> bool:
+    p = str(path)
+    return "://" in p and not p.startswith(("file://", "local://"))
+
+
+def local_path(path: str) -> str:
+    p = str(path)
+    for pre in ("file://", "local://"):
+        if p.startswith(pre):
+            return p[len(pre):]
+    return p
+
+
+def _fs(url: str):
+    import fsspec
+
+    fs, path = fsspec.core.url_to_fs(url)
+    return fs, path
+
+
+def set_options(protocol: str, **options: Any) -> None:
+    """Options for one fsspec protocol (``set_options("s3", endpoint_url=...)``), for this process
+    and, through ``FSSPEC_<PROTOCOL>_<OPTION>`` variables, for Ray workers started after it."""
+    import fsspec.config
+
+    fsspec.config.conf.setdefault(protocol, {}).update(options)
+    for k, v in options.items():
+        os.environ[f"FSSPEC_{protocol.upper()}_{k.upper()}"] = str(v)
+
+
+def join(base: str, *parts: str) -> str:
+    if is_remote(base):
+        return posixpath.join(str(base).rstrip("/"), *parts)
+    return os.path.join(local_path(base), *parts)
+
+
+def relpath(path: str, start: str) -> str:
+    if is_remote(path):
+        return posixpath.relpath(_fs(path)[1], _fs(start)[1])
+    return os.path.relpath(local_path(path), local_path(start))
+
+
+def exists(path: str) -> bool:
+    if is_remote(path):
+        fs, p = _fs(path)
+        return fs.exists(p)
+    return os.path.exists(local_path(path))
+
+
+def isfile(path: str) -> bool:
+    if is_remote(path):
+        fs, p = _fs(path)
+        return fs.isfile(p)
+    return os.path.isfile(local_path(path))
+
+
+def isdir(path: str) -> bool:
+    if is_remote(path):
+        fs, p = _fs(path)
+        return fs.isdir(p)
+    return os.path.isdir(local_path(path))
+
+
+def listdir(path: str, dirs_only: bool = False) -> list[str]:
+    """Names (not paths) in a folder, sorted; [] when it does not exist."""
+    if is_remote(path):
+        fs, p = _fs(path)
+        try:
+            entries = fs.ls(p, detail=True)
+        except FileNotFoundError:
+            return []
+        return sorted(posixpath.basename(e["name"].rstrip("/")) for e in entries if not dirs_only or e["type"] == "directory")
+    p = local_path(path)
+    try:
+        names = os.listdir(p)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    return sorted(n for n in names if not dirs_only or os.path.isdir(os.path.join(p, n)))
+
+
+def walk_files(top: str, suffixes: tuple[str, ...], rel_to: str | None = None) -> list[tuple[str, FileStat]]:
+    """Every file under ``top`` whose lower-cased name ends with one of ``suffixes``, as sorted
+    ``(path relative to rel_to (default top), FileStat)`` pairs; one listing call per folder."""
+    rel_to = top if rel_to is None else rel_to
+    out: list[tuple[str, FileStat]] = []
+    if is_remote(top):
+        fs, p = _fs(top)
+        _, base = _fs(rel_to)
+        try:
+            found = fs.find(p, detail=True)
+        except FileNotFoundError:
+            return []
+        for name, info in found.items():
+            if info.get("type") == "file" and name.lower().endswith(suffixes):
+                out.append((posixpath.relpath(name, base), _remote_stat(info)))
+        return sorted(out)
+    top, rel_to = local_path(top), local_path(rel_to)
+
+    def scan(d: str) -> None:
+        try:
+            entries = sorted(os.scandir(d), key=lambda e: e.name)
+        except OSError:
+            return
+        for e in entries:
+            if e.is_dir():
+                scan(e.path)
+            elif e.name.lower().endswith(suffixes):
+                st = e.stat()
+                out.append((os.path.relpath(e.path, rel_to), FileStat(st.st_size, str(st.st_mtime_ns))))
+
+    scan(top)
+    return out
+
+
+def _remote_stat(info: dict) -> FileStat:
+    stamp = info.get("ETag") or info.get("etag") or info.get("md5Hash") or info.get("LastModified") or info.get("mtime") or info.get("updated") or ""
+    return FileStat(int(info.get("size") or 0), str(stamp).strip('"'))
+
+
+def stat(path: str) -> FileStat | None:
+    """Size and change stamp of a file, or None when it does not exist."""
+    if is_remote(path):
+        fs, p = _fs(path)
+        try:
+            fs.invalidate_cache(p)
+            return _remote_stat(fs.info(p))
+        except FileNotFoundError:
+            return None
+    try:
+        st = os.stat(local_path(path))
+    except OSError:
+        return None
+    return FileStat(st.st_size, str(st.st_mtime_ns))
+
+
+def read_bytes(path: str) -> bytes:
+    if is_remote(path):
+        fs, p = _fs(path)
+        return fs.cat_file(p)
+    with open(local_path(path), "rb") as f:
+        return f.read()
+
+
+def read_text(path: str) -> str:
+    return read_bytes(path).decode("utf-8")
+
+
+def open_read(path: str) -> IO[bytes]:
+    """A binary file object for streaming reads (a tar shard); close it (or use ``with``)."""
+    if is_remote(path):
+        fs, p = _fs(path)
+        return fs.open(p, "rb", block_size=8 << 20)
+    return open(local_path(path), "rb")
+
+
+def makedirs(path: str) -> None:
+    if is_remote(path):
+        fs, p = _fs(path)
+        fs.makedirs(p, exist_ok=True)  # a no-op on object stores, where folders are key prefixes
+        return
+    os.makedirs(local_path(path), exist_ok=True)
+
+
+def remove(path: str) -> bool:
+    """Delete a file; False when it was not there."""
+    if is_remote(path):
+        fs, p = _fs(path)
+        try:
+            fs.rm_file(p)
+            return True
+        except FileNotFoundError:
+            return False
+    try:
+        os.unlink(local_path(path))
+        return True
+    except FileNotFoundError:
+        return False
+
+
+def temp_suffix() -> str:
+    """``.tmp-<host>-<pid>-<random>``: unique across the nodes of a cluster sharing one folder."""
+    return f".tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def _fsync_dir(path: str) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _storage_error(e: OSError, path: str) -> StorageError:
+    if e.errno == errno.ENOSPC:
+        why = "no space left on the device"
+        hint = "free space there or choose another --out, then rerun the same command to resume"
+    elif e.errno == errno.EDQUOT:
+        why = "disk quota exceeded"
+        hint = "free space or raise the quota, then rerun the same command to resume"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        why = "not allowed to write there"
+        hint = "choose a writable --out"
+    else:
+        why = e.strerror or str(e)
+        hint = "rerun the same command to resume once the storage is reachable"
+    err = StorageError(e.errno or errno.EIO, f"cannot write {path}: {why}; {hint}")
+    err.filename = path
+    return err
+
+
+def write_atomic(path: str, write: Callable[[IO[bytes]], Any]) -> Any:
+    """Call ``write(f)`` on a temporary file and commit it to ``path`` only when it returns;
+    returns what ``write`` returned. Raises :class:`StorageError` (with the path) on failure,
+    leaving no temporary file behind and the previous ``path`` (if any) untouched."""
+    if is_remote(path):
+        fs, p = _fs(path)
+        # Spool locally (in memory up to 64 MiB) and upload once: the upload is the commit.
+        with tempfile.SpooledTemporaryFile(max_size=64 << 20) as tmp:
+            res = write(tmp)
+            tmp.seek(0)
+            try:
+                with fs.open(p, "wb") as f:
+                    for block in iter(lambda: tmp.read(8 << 20), b""):
+                        f.write(block)
+            except OSError as e:
+                raise _storage_error(e, path) from e
+        return res
+    p = local_path(path)
+    d = os.path.dirname(p) or "."
+    tmp = p + temp_suffix()
+    try:
+        os.makedirs(d, exist_ok=True)
+        with open(tmp, "wb") as f:
+            res = write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+        _fsync_dir(d)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError) and not isinstance(e, StorageError):
+            raise _storage_error(e, path) from e
+        raise
+    return res
+
+
+def write_bytes_atomic(path: str, data: bytes) -> None:
+    write_atomic(path, lambda f: f.write(data))
+
+
+def iter_blocks(f: IO[bytes], size: int = 1 << 20) -> Iterator[bytes]:
+    return iter(lambda: f.read(size), b"")
+
+
+def sha256(path: str) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    with open_read(path) as f:
+        for block in iter_blocks(f):
+            h.update(block)
+    return h.hexdigest()
+
+
+class _Tee(io.RawIOBase):
+    """Write-through wrapper that hashes and counts what passes (sha256 without a second read)."""
+
+    def __init__(self, f: IO[bytes]):
+        import hashlib
+
+        self.f, self.h, self.n = f, hashlib.sha256(), 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:
+        self.h.update(b)
+        self.n += len(b)
+        return self.f.write(b) or len(b)
