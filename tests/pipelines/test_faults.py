@@ -194,3 +194,17 @@ def test_added_or_removed_source_images_are_refused(tmp_path):
         os.remove(os.path.join(src, "img05.png"))
         prepare_shards(PrepareConfig(dataset="folder", src=src, out=str(tmp_path / "out"), codecs=[CodecSetting("jpeg", 10)],
                                      shard_size=2, executor="local", progress=False))
+
+
+def test_tasks_carry_their_items_not_the_dataset(imagenet_root):
+    """Ray ships each task its source object: the listing the driver cached must not travel with it."""
+    import pickle
+
+    from lossyvision.pipelines.sources import create_source
+
+    src = create_source("imagenet", imagenet_root, "val")
+    items = src.items()
+    assert len(items) > 10 and src._items is not None
+    clone = pickle.loads(pickle.dumps(src))
+    assert clone._items is None and len(pickle.dumps(src)) < 1000
+    assert clone.load(items[0])[0].shape == src.load(items[0])[0].shape  # and the clone still loads

@@ -1,0 +1,457 @@
+"""prepare-shards at scale: per-image CPU cost of every stage at the paper settings, turned into wall times.
+
+    python tools/bench/scale.py [--quick] [--json scale.json] [--cores 16,128,1024]
+                                [--fs-gbps 1] [--object-gbps 10] [--imagenet-images 24] [--cityscapes-frames 3]
+
+Measures on this machine, one process, codecs single-threaded (as in prepare-shards' Ray tasks):
+
+- ImageNet (paper 1): read + decode of a typical ILSVRC2012 training JPEG (500x375, quality 90; the
+  train set averages ~400x350 px and ~110 KB: built here from scikit-image's real photos, nothing is
+  downloaded), the imagenet crop (resize 256 bicubic + centre 224), each of the 9 settings
+  (jpeg q75/10/5, j2k r75/200/400, bpg QP 41/46/51: encode + decode), PSNR + SSIM + MS-SSIM against
+  the crop, and the lossless `orig` PNG (zlib level 1); bytes per image per variant.
+- Cityscapes (paper 2): read + decode of a 2048x1024 frame PNG and its label map (real Cityscapes
+  frames are ~2 MB PNGs; built here from real photos resized to 2048x1024), BPG QP 41/46/51 on the
+  full frame (docs/restoration.md), the metrics, and the `orig` PNG + label PNG. MSH (paper 2's learned
+  codec) is left out: it needs CompressAI's pretrained weights, which cannot be downloaded here.
+- The same images through `prepare_shards` (1 worker, in-process: tar shards, manifests), which checks
+  that the stages add up and gives the real bytes written per image (tar headers included), and the
+  driver's manifest rewrite at full job size (it rewrites every variant's manifest after each shard).
+
+Then for each (dataset, split) and core count: CPU-hours, wall time with perfect scaling over the
+cores, the Ray bound (one task per shard: the last wave leaves cores idle), the storage bound (bytes
+read + written / aggregate bandwidth of a shared filesystem or an object store), and what limits the
+row. Markdown to stdout; --json writes every number. `--quick` measures fewer images (~20 s).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import shutil
+import statistics
+import tempfile
+import time
+
+import numpy as np
+from PIL import Image
+
+IMAGENET_SPECS = ["jpeg-q75", "jpeg-q10", "jpeg-q5", "j2k-r75", "j2k-r200", "j2k-r400", "bpg-qp41", "bpg-qp46", "bpg-qp51"]
+CITYSCAPES_SPECS = ["bpg-qp41", "bpg-qp46", "bpg-qp51"]
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "motorcycle_right")  # natural colour photos
+
+# images per split (ILSVRC2012; Cityscapes leftImg8bit fine + train_extra)
+SPLITS = [("imagenet", "train", 1_281_167), ("imagenet", "val", 50_000),
+          ("cityscapes", "train", 2_975), ("cityscapes", "val", 500), ("cityscapes", "train_extra", 19_998)]
+SHARD_SIZE = 1000  # prepare-shards' default
+# Average source file sizes of the real datasets, used for the storage bound (the photos built here are
+# smaller or larger than the average): ILSVRC2012 train ~138 GB / 1.28 M files; Cityscapes leftImg8bit
+# ~11 GB / 5000 frames (its label maps are counted as measured here).
+REAL_SOURCE_BYTES = {"imagenet": 110e3, "cityscapes": 2.2e6}
+LABEL_IDS = np.array([7, 8, 11, 17, 21, 23, 24, 26], dtype=np.uint8)  # road, sidewalk, building, pole, vegetation, sky, person, car
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+# -- inputs -------------------------------------------------------------------------------------
+
+
+def photos() -> list[np.ndarray]:
+    from lossyvision.pipelines.sources import create_source
+
+    src = create_source("samples", None, "all")
+    out = [src.load(it)[0] for it in src.items() if it.key in PHOTOS]
+    if not out:
+        raise SystemExit("scikit-image's sample photos are missing")
+    return out
+
+
+def fit(a: np.ndarray, w: int, h: int) -> np.ndarray:
+    """Centre-crop to the aspect w:h, then resize (bicubic) to w x h."""
+    im = Image.fromarray(a)
+    s = min(im.width / w, im.height / h)
+    cw, ch = int(w * s), int(h * s)
+    x, y = (im.width - cw) // 2, (im.height - ch) // 2
+    return np.asarray(im.crop((x, y, x + cw, y + ch)).resize((w, h), Image.BICUBIC))
+
+
+def make_imagenet(root: str, n: int, pics: list[np.ndarray]) -> None:
+    """ROOT/train/<wnid>/<wnid>_<i>.JPEG: 500x375 quality-90 JPEGs (flipped/mirrored variants of the photos)."""
+    for i in range(n):
+        a = fit(pics[i % len(pics)], 500, 375)
+        k = i // len(pics)
+        a = a[:, ::-1] if k % 2 else a
+        a = a[::-1] if (k // 2) % 2 else a
+        wnid = f"n{(i % 4):08d}"
+        os.makedirs(os.path.join(root, "train", wnid), exist_ok=True)
+        Image.fromarray(np.ascontiguousarray(a)).save(os.path.join(root, "train", wnid, f"{wnid}_{i}.JPEG"), quality=90)
+
+
+def make_cityscapes(root: str, n: int, pics: list[np.ndarray]) -> None:
+    """leftImg8bit/train/<city>/*_leftImg8bit.png (2048x1024, Pillow's default zlib level, as the
+    dataset's PNGs) + gtFine/train/<city>/*_gtFine_labelIds.png (region-like label ids)."""
+    order = [4, 5, 2, 3, 0, 1]  # street-like photos first (motorcycles, coffee, rocket)
+    for i in range(n):
+        a = fit(pics[order[i % len(order)] % len(pics)], 2048, 1024)
+        g = np.asarray(Image.fromarray(a).convert("L").resize((128, 64), Image.BILINEAR))
+        ids = LABEL_IDS[np.minimum(g // 32, len(LABEL_IDS) - 1)]
+        ids = np.asarray(Image.fromarray(ids).resize((2048, 1024), Image.NEAREST))
+        base = f"city_{i:06d}_000019"
+        for sub, name, arr in (("leftImg8bit", f"{base}_leftImg8bit.png", a), ("gtFine", f"{base}_gtFine_labelIds.png", ids)):
+            d = os.path.join(root, sub, "train", "city")
+            os.makedirs(d, exist_ok=True)
+            Image.fromarray(arr).save(os.path.join(d, name))
+
+
+# -- stage timings ------------------------------------------------------------------------------
+
+
+def timed(fn, repeat: int = 1):
+    """(median ms over `repeat` calls, last result)."""
+    ts, out = [], None
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        ts.append((time.perf_counter() - t) * 1e3)
+    return statistics.median(ts), out
+
+
+def warm_up(specs: list[str]) -> None:
+    from lossyvision import codecs, quality
+
+    a = fit(photos()[0], 256, 192)
+    for s in specs:
+        codecs.from_spec(s).roundtrip(a)
+    quality.Reference(a).scores(a, True)
+    codecs.png_encode(a, level=1)
+
+
+def measure_stages(dataset: str, root: str, specs: list[str], repeat: int) -> dict:
+    """Per-image ms and bytes of each stage, averaged over the images under ROOT (split train)."""
+    from lossyvision import codecs, quality
+    from lossyvision.pipelines.crops import parse_crop
+    from lossyvision.pipelines.imageio import read_rgb
+    from lossyvision.pipelines.sources import create_source
+
+    src = create_source(dataset, root, "train")
+    crop = parse_crop("imagenet" if dataset == "imagenet" else "full")
+    cs = [codecs.from_spec(s) for s in specs]
+    acc: dict[str, list[float]] = {}
+
+    def add(k: str, v: float) -> None:
+        acc.setdefault(k, []).append(v)
+
+    for it in src.items():
+        path = os.path.join(root, it.ref)
+        add("source_bytes", os.path.getsize(path))
+        if dataset == "cityscapes":
+            add("label_source_bytes", os.path.getsize(os.path.join(root, it.label)))
+            ms, _ = timed(lambda: read_rgb(path), repeat)
+            add("image_decode_ms", ms)
+        ms, (rgb, label) = timed(lambda: src.load(it), repeat)
+        add("source_decode_ms", ms)  # read + decode (+ label map for cityscapes)
+        ms, (rgb, label) = timed(lambda: crop(rgb, label), repeat)
+        add("crop_ms", ms)
+        add("pixels", rgb.shape[0] * rgb.shape[1])
+        ms, ref = timed(lambda: quality.Reference(rgb), repeat)
+        add("metrics_reference_ms", ms)  # reference statistics + MS-SSIM pyramid, once per image
+        for c in cs:
+            t = time.perf_counter()
+            r = c.roundtrip(rgb)
+            add(f"{c.spec}:codec_ms", (time.perf_counter() - t) * 1e3)
+            add(f"{c.spec}:enc_ms", r.enc_ms)
+            add(f"{c.spec}:dec_ms", r.dec_ms)
+            add(f"{c.spec}:bytes", r.bytes)
+            ms, _ = timed(lambda: (quality.psnr(rgb, r.decoded), ref.scores(r.decoded, True)), repeat)
+            add(f"{c.spec}:metrics_ms", ms)
+        ms, png = timed(lambda: codecs.png_encode(rgb, level=1), repeat)
+        add("orig_png_ms", ms)
+        add("orig_bytes", len(png))
+        if isinstance(label, np.ndarray):
+            ms, seg = timed(lambda: codecs.png_encode(np.ascontiguousarray(label, dtype=np.uint8), level=1), repeat)
+            add("label_png_ms", ms)
+            add("label_bytes", len(seg))
+    return {k: float(np.mean(v)) for k, v in acc.items()} | {"images": len(src.items())}
+
+
+def summarise(m: dict, specs: list[str]) -> dict:
+    """Stage totals per image (ms) from measure_stages' output."""
+    fam = {}
+    for s in specs:
+        f = s.split("-")[0]
+        fam[f] = fam.get(f, 0.0) + m[f"{s}:codec_ms"]
+    stages = {"source read + decode": m["source_decode_ms"], "crop": m["crop_ms"]}
+    for f, v in fam.items():
+        stages[f"{f} encode + decode ({sum(s.startswith(f + '-') for s in specs)} settings)"] = v
+    stages["metrics (PSNR, SSIM, MS-SSIM)"] = m["metrics_reference_ms"] + sum(m[f"{s}:metrics_ms"] for s in specs)
+    stages["orig PNG (+ label PNG)"] = m["orig_png_ms"] + m.get("label_png_ms", 0.0)
+    return stages
+
+
+def run_pipeline(dataset: str, root: str, specs: list[str]) -> dict | None:
+    """prepare_shards on the same images, 1 worker in-process, one shard, and once more on the first image
+    only: the difference is the marginal cost per image (the job's fixed start-up cost, paid once per job
+    and not per image, drops out); also the bytes written per image."""
+    from lossyvision.codecs import parse_spec
+    from lossyvision.pipelines.prepare import CodecSetting, PrepareConfig, prepare_shards
+
+    out = tempfile.mkdtemp(prefix="lv-scale-out-")
+    try:
+        settings = [CodecSetting(n, q=q, bpp=b, options=o) for n, q, b, o in map(parse_spec, specs)]
+
+        def run(limit: int | None, where: str):
+            cfg = PrepareConfig(dataset=dataset, src=root, split="train", out=os.path.join(out, where), codecs=settings,
+                                executor="local", workers=1, shard_size=SHARD_SIZE, progress=False, limit=limit)
+            t = time.perf_counter()
+            res = prepare_shards(cfg)
+            return time.perf_counter() - t, res
+
+        wall1, _ = run(1, "one")
+        shutil.rmtree(os.path.join(out, "one"), ignore_errors=True)
+        wall, manifests = run(None, "all")
+        n = next(iter(manifests.values()))["num_samples"]
+        tar_bytes, manifest_bytes, variants = 0, 0, 0
+        for dirpath, _, files in os.walk(out):
+            for f in files:
+                size = os.path.getsize(os.path.join(dirpath, f))
+                if f.endswith(".tar"):
+                    tar_bytes += size
+                elif f == "manifest.json":
+                    manifest_bytes += size
+                    variants += 1
+        entry = json.dumps(next(iter(manifests.values()))["shards"][0], indent=1)
+        marginal = (wall - wall1) / (n - 1) if n > 1 else wall
+        return {"images": n, "wall_s": wall, "wall_1_image_s": wall1, "fixed_s": max(0.0, wall1 - marginal),
+                "ms_per_image": marginal * 1e3, "tar_bytes_per_image": tar_bytes / n,
+                "variants": variants, "manifest_entry_bytes": len(entry), "manifests": manifests}
+    except Exception as e:  # the pipeline is under active development: report, fall back to the stage sum
+        print(f"(prepare_shards run for {dataset} failed: {type(e).__name__}: {e}; using the stage sum)")
+        return None
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+
+def manifest_rewrite_ms(manifest: dict, n_shards: int) -> tuple[float, int]:
+    """Time to rewrite one variant's manifest when it lists n_shards shards (the driver does this for
+    every variant after every finished shard); returns (ms, bytes)."""
+    from lossyvision.pipelines.shards import write_json_atomic
+
+    m = json.loads(json.dumps(manifest))
+    m["shards"] = [dict(m["shards"][0], index=i, name=f"shard-{i:06d}.tar") for i in range(n_shards)]
+    m["num_shards"] = n_shards
+    d = tempfile.mkdtemp(prefix="lv-scale-man-")
+    try:
+        p = os.path.join(d, "manifest.json")
+        ms, _ = timed(lambda: write_json_atomic(p, m), 3)
+        return ms, os.path.getsize(p)
+    finally:
+        shutil.rmtree(d, ignore_errors=True)
+
+
+# -- the model ----------------------------------------------------------------------------------
+
+
+def waves(n_tasks: int, cores: int) -> int:
+    return math.ceil(n_tasks / cores)
+
+
+def best_shard_size(n: int, cores: int, limit: int = SHARD_SIZE) -> int:
+    """The --shard-size (<= limit) with the shortest Ray wall time ceil(tasks / cores) * shard size
+    (in image-times); ties go to the largest size (fewer, larger files)."""
+    best, best_t = limit, None
+    for s in range(limit, 0, -1):
+        t = waves(math.ceil(n / s), cores) * s
+        if best_t is None or t < best_t:
+            best, best_t = s, t
+    return best
+
+
+def fmt_h(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 90 * 60:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def project(per_image: dict, cores_list: list[int], fs_bps: float, obj_bps: float) -> list[dict]:
+    """One row per (dataset, split, cores): CPU-hours and the wall-time bounds (see the module docstring)."""
+    rows = []
+    for ds, split, n in SPLITS:
+        p = per_image[ds]
+        t_img = p["cpu_s"]
+        n_tasks = math.ceil(n / SHARD_SIZE)
+        # every variant's manifest is rewritten after each finished shard: sizes 1..n_tasks entries
+        manifest_bytes = p["variants"] * p["manifest_entry_bytes"] * n_tasks * (n_tasks + 1) / 2
+        io_bytes = n * (p["read_bytes"] + p["write_bytes"]) + manifest_bytes
+        full_ms = p["manifest_rewrite_ms"].get(n_tasks)
+        driver_s = 0.0 if full_ms is None else p["variants"] * full_ms / 1e3 * n_tasks / 2
+        for cores in cores_list:
+            cpu_s = n * t_img
+            perfect = max(cpu_s / cores, t_img)  # no faster than one image on one core
+            eff = n_tasks / (waves(n_tasks, cores) * cores)
+            ray_wall = waves(n_tasks, cores) * min(SHARD_SIZE, n) * t_img
+            fs_s, obj_s = io_bytes / fs_bps, io_bytes / obj_bps
+            s_best = best_shard_size(n, cores)
+            best_wall = waves(math.ceil(n / s_best), cores) * s_best * t_img
+            wall_fs, wall_obj = max(ray_wall, fs_s, driver_s), max(ray_wall, obj_s, driver_s)
+            if fs_s > ray_wall and fs_s >= driver_s:
+                limit = f"storage on the shared FS ({fs_s / ray_wall:.1f}x the CPU time); CPU ({p['top']}) on object storage"
+            elif driver_s > ray_wall:
+                limit = f"driver: manifest rewrites ({driver_s / ray_wall:.1f}x the CPU time)"
+            elif eff < 0.5:
+                limit = f"too few shards ({n_tasks} for {cores} cores)"
+            else:
+                limit = f"CPU: {p['top']}" + (f"; last wave {1 - eff:.0%} idle" if eff < 0.9 else "")
+            rows.append({"dataset": ds, "split": split, "images": n, "cores": cores, "cpu_hours": cpu_s / 3600,
+                         "wall_perfect_s": perfect, "tasks": n_tasks, "wave_efficiency": eff, "wall_ray_s": ray_wall,
+                         "storage_fs_s": fs_s, "storage_object_s": obj_s, "driver_s": driver_s,
+                         "wall_expected_fs_s": wall_fs, "wall_expected_object_s": wall_obj, "limit": limit,
+                         "best_shard_size": s_best, "wall_best_shard_size_s": best_wall, "io_bytes": io_bytes})
+    return rows
+
+
+# -- report -------------------------------------------------------------------------------------
+
+
+STAGE_NAMES = {"bpg": "BPG placebo", "j2k": "J2K", "jpe": "JPEG", "met": "metrics", "sou": "source decode",
+               "ori": "orig PNG", "cro": "crop"}
+
+
+def report_dataset(ds: str, specs: list[str], m: dict, p: dict | None) -> tuple[dict, dict]:
+    """Print the per-variant and per-stage tables of one dataset; return (model inputs, JSON record)."""
+    stages = summarise(m, specs)
+    stage_sum = sum(stages.values())
+    size = "224x224 crop" if ds == "imagenet" else "2048x1024 frame"
+    label = f" + label map {m['label_source_bytes'] / 1e3:.0f} KB" if "label_source_bytes" in m else ""
+    print(f"### {ds}: {m['images']} images, source {m['source_bytes'] / 1e3:.0f} KB{label}, coded as {size}\n")
+    print("| variant | bytes/img | bpp | encode ms | decode ms | metrics ms |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: |")
+    print(f"| orig (PNG level 1) | {m['orig_bytes']:.0f} | {m['orig_bytes'] * 8 / m['pixels']:.3f} | {m['orig_png_ms']:.2f} | - | - |")
+    for s in specs:
+        print(f"| {s} | {m[s + ':bytes']:.0f} | {m[s + ':bytes'] * 8 / m['pixels']:.4f} | {m[s + ':enc_ms']:.2f} | "
+              f"{m[s + ':dec_ms']:.2f} | {m[s + ':metrics_ms']:.2f} |")
+    print("\n| stage | ms/image | share |")
+    print("| --- | ---: | ---: |")
+    for k, v in stages.items():
+        print(f"| {k} | {v:.1f} | {v / stage_sum:.0%} |")
+    print(f"| **sum of stages** | **{stage_sum:.1f}** | 100% |")
+    if p:
+        print(f"| prepare_shards, 1 worker, per image (tars, manifests; marginal) | {p['ms_per_image']:.1f} | "
+              f"{p['ms_per_image'] / stage_sum:.2f} x sum |")
+        print(f"| prepare_shards start-up, once per job (not per image) | {p['fixed_s'] * 1e3:.0f} | - |")
+    print()
+
+    cpu_ms = p["ms_per_image"] if p else stage_sum
+    top_name, top_ms = max(stages.items(), key=lambda kv: kv[1])
+    n_var = len(specs) + 1
+    if p:
+        write_bytes, entry = p["tar_bytes_per_image"], p["manifest_entry_bytes"]
+        manifest = next(iter(p["manifests"].values()))
+        rewrite_ms = {}
+        for n_img in sorted({n for d, _, n in SPLITS if d == ds}):
+            n_tasks = math.ceil(n_img / SHARD_SIZE)
+            rewrite_ms[n_tasks] = manifest_rewrite_ms(manifest, n_tasks)[0]
+    else:  # no pipeline run: payload + ~1 KB of tar header, padding and JSON per member (3 members per sample)
+        write_bytes = m["orig_bytes"] + sum(m[s + ":bytes"] for s in specs) + n_var * (3 * 1024 + m.get("label_bytes", 0))
+        entry, rewrite_ms = 900, {}
+    read_bytes = REAL_SOURCE_BYTES[ds] + m.get("label_source_bytes", 0)
+    print(f"per image: CPU {cpu_ms:.0f} ms ({'prepare_shards, marginal' if p else 'sum of stages'}), read "
+          f"{read_bytes / 1e3:.0f} KB (the real dataset's average), write {write_bytes / 1e3:.0f} KB "
+          f"({n_var} variants, {'measured tar bytes' if p else 'estimated'})\n")
+    model = {"cpu_s": cpu_ms / 1e3, "read_bytes": read_bytes, "write_bytes": write_bytes, "variants": n_var,
+             "manifest_entry_bytes": entry, "manifest_rewrite_ms": rewrite_ms,
+             "top": f"{STAGE_NAMES[top_name[:3]]} {top_ms / stage_sum:.0%}"}
+    record = {"measured": m, "stages_ms": stages, "stage_sum_ms": stage_sum,
+              "pipeline": {k: v for k, v in p.items() if k != "manifests"} if p else None, **model}
+    return model, record
+
+
+def print_table(rows: list[dict], args: argparse.Namespace) -> None:
+    print(f"### Expected wall time (one Ray task per shard of {SHARD_SIZE}; cores = concurrent tasks)\n")
+    print(f"Assumptions: per-image CPU cost as measured above, the same on every core; perfect scaling = CPU time / cores; "
+          f"Ray = ceil(shards / cores) waves x one shard's time; storage = (source bytes read + shard bytes written + "
+          f"manifest rewrites) / aggregate bandwidth, shared filesystem {args.fs_gbps:g} GB/s, object store "
+          f"{args.object_gbps:g} GB/s; source files of the real datasets' average size ({REAL_SOURCE_BYTES['imagenet'] / 1e3:.0f} KB "
+          f"ImageNet, {REAL_SOURCE_BYTES['cityscapes'] / 1e6:.1f} MB Cityscapes); driver = the serial manifest rewrites of the "
+          f"whole job; expected = max(Ray, storage, driver). Not modelled: Ray/cluster start-up (~1 min), file-system metadata "
+          f"rates (1.28 M opens), hyperthreads (a vCPU is not a core), clock speed under full load.\n")
+    print("| dataset | split | images | cores | CPU-h | wall, perfect | shards | wave eff. | wall, Ray | storage FS / object | "
+          "driver | expected (FS / object) | limited by | best --shard-size: wall |")
+    print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
+    for r in rows:
+        print(f"| {r['dataset']} | {r['split']} | {r['images']:,} | {r['cores']} | {r['cpu_hours']:.1f} | {fmt_h(r['wall_perfect_s'])} | "
+              f"{r['tasks']} | {r['wave_efficiency']:.2f} | {fmt_h(r['wall_ray_s'])} | {fmt_h(r['storage_fs_s'])} / "
+              f"{fmt_h(r['storage_object_s'])} | {fmt_h(r['driver_s'])} | {fmt_h(r['wall_expected_fs_s'])} / "
+              f"{fmt_h(r['wall_expected_object_s'])} | {r['limit']} | {r['best_shard_size']}: {fmt_h(r['wall_best_shard_size_s'])} |")
+
+
+# -- main ---------------------------------------------------------------------------------------
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="8 ImageNet images, 1 Cityscapes frame, no Cityscapes pipeline run")
+    ap.add_argument("--imagenet-images", type=int, default=None, help="[24; quick 8]")
+    ap.add_argument("--cityscapes-frames", type=int, default=None, help="[3; quick 1]")
+    ap.add_argument("--repeat", type=int, default=None, help="repeats of the cheap stages, median [3; quick 1]")
+    ap.add_argument("--cores", default="16,128,1024")
+    ap.add_argument("--fs-gbps", type=float, default=1.0, help="aggregate bandwidth of a shared filesystem, GB/s [1]")
+    ap.add_argument("--object-gbps", type=float, default=10.0, help="aggregate bandwidth of an object store, GB/s [10]")
+    ap.add_argument("--json", default=None, help="write all numbers here")
+    args = ap.parse_args()
+    n_in = args.imagenet_images or (8 if args.quick else 24)
+    n_cs = args.cityscapes_frames or (1 if args.quick else 3)
+    repeat = args.repeat or (1 if args.quick else 3)
+    cores_list = [int(c) for c in args.cores.split(",")]
+    t_start = time.perf_counter()
+
+    datasets = (("imagenet", IMAGENET_SPECS, n_in, make_imagenet), ("cityscapes", CITYSCAPES_SPECS, n_cs, make_cityscapes))
+    meas, pipe = {}, {}
+    tmp = tempfile.mkdtemp(prefix="lv-scale-src-")
+    try:
+        pics = photos()
+        warm_up(IMAGENET_SPECS)
+        for ds, specs, n, make in datasets:
+            root = os.path.join(tmp, ds)
+            make(root, n, pics)
+            meas[ds] = measure_stages(ds, root, specs, repeat)
+            pipe[ds] = None if (args.quick and ds == "cityscapes") else run_pipeline(ds, root, specs)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"prepare-shards at scale: per-image cost measured on this machine ({cpu_name()}, {os.cpu_count()} CPUs, one thread; "
+          f"load average {load:.2f} at the end: other processes slow the numbers down), paper settings\n")
+    per_image, records = {}, {}
+    for ds, specs, _, _ in datasets:
+        per_image[ds], records[ds] = report_dataset(ds, specs, meas[ds], pipe[ds])
+    rows = project(per_image, cores_list, args.fs_gbps * 1e9, args.object_gbps * 1e9)
+    print_table(rows, args)
+    print(f"\nbenchmark took {time.perf_counter() - t_start:.0f} s")
+    if args.json:
+        out = {"machine": {"cpu": cpu_name(), "cpus": os.cpu_count(), "platform": platform.platform(), "load_average": load},
+               "quick": args.quick, "benchmark_s": round(time.perf_counter() - t_start, 1),
+               "assumptions": {"shared_fs_bytes_per_s": args.fs_gbps * 1e9, "object_store_bytes_per_s": args.object_gbps * 1e9,
+                               "source_bytes": REAL_SOURCE_BYTES, "shard_size": SHARD_SIZE, "cores": cores_list,
+                               "splits": SPLITS},
+               "datasets": records, "rows": rows}
+        with open(args.json, "w") as f:
+            json.dump(out, f, indent=1)
+        print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+#!/bin/bash
+# Multi-node segmentation training (paper 2: DeepLabv3+ on Cityscapes) with torchrun + DDP.
+# Run the SAME command on every node:
+#
+#   HEAD=gpu-node-0 NNODES=2 tools/cluster/torchrun-train-segmentation.sh \
+#       --shards /shared/shards/cityscapes --train-variant bpg-qp41 --out /shared/runs/seg-CO
+#
+# (SLURM: tools/cluster/slurm-train-segmentation.sbatch does exactly this with srun.)
+#
+# Settings (environment):
+#   HEAD      host name or IP of the rendezvous node (any one of the nodes; required)
+#   NNODES    number of nodes (required)
+#   GPUS      processes per node (default: the GPUs nvidia-smi lists)
+#   PORT      rendezvous port on HEAD (default 29500)
+#   RDZV_ID   job id shared by the nodes of one run (default lv-seg)
+#   GLOBAL_BATCH  images per optimiser step over all GPUs (default 8, the paper's)
+#   VENV      a venv with lossyvision installed (optional)
+# Everything after the script name goes to `train-segmentation` and overrides what the script sets.
+#
+# Paper settings: the command's defaults ARE paper 2's recipe (DeepLabv3+, resnet101, output
+# stride 16, 768x768 crops, scale 0.5-2.0, SGD lr 0.01 poly 0.9, 90k iterations, batch 8); there is
+# no preset to pass. Under DDP `--batch-size` is per process, so this script sets
+# GLOBAL_BATCH / (NNODES * GPUS): 8 GPUs -> 1 image each, with SyncBatchNorm over all of them (on
+# by default under DDP). More than 8 GPUs cannot keep the paper's batch; a larger GLOBAL_BATCH is
+# a different recipe (scale --lr and --steps yourself).
+#
+# Data and run folder: --shards and --out must be on a filesystem all nodes mount (or --shards an
+# s3:// URL). Resume: rerun the same command; when <out>/checkpoints/last.pt exists the script
+# adds --resume (checkpoints every --ckpt-every steps, 2000 by default).
+set -euo pipefail
+
+: "${HEAD:?set HEAD to the host name or IP of the rendezvous node}"
+: "${NNODES:?set NNODES to the number of nodes}"
+if [[ -n "${VENV:-}" ]]; then
+    # shellcheck disable=SC1091
+    source "$VENV/bin/activate"
+fi
+GPUS=${GPUS:-$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)}
+if [[ -z "$GPUS" || "$GPUS" -lt 1 ]]; then
+    echo "no GPUs found (nvidia-smi); set GPUS=N (processes per node)" >&2
+    exit 2
+fi
+PORT=${PORT:-29500}
+RDZV_ID=${RDZV_ID:-lv-seg}
+GLOBAL_BATCH=${GLOBAL_BATCH:-8}
+WORLD=$((NNODES * GPUS))
+if (( GLOBAL_BATCH % WORLD != 0 )); then
+    echo "GLOBAL_BATCH=$GLOBAL_BATCH is not a multiple of $WORLD processes ($NNODES nodes x $GPUS); the paper's batch 8 fits 1, 2, 4 or 8 GPUs" >&2
+    exit 2
+fi
+args=(--batch-size $((GLOBAL_BATCH / WORLD)))
+
+# --resume when this run's folder already holds a checkpoint (a rerun after a failure).
+out=""
+prev=""
+for a in "$@"; do
+    case "$a" in
+        --out=*) out=${a#--out=} ;;
+        *) [[ "$prev" == --out ]] && out=$a ;;
+    esac
+    prev=$a
+done
+if [[ -n "$out" && -f "$out/checkpoints/last.pt" ]]; then
+    args+=(--resume)
+fi
+
+echo "$(hostname): torchrun $NNODES nodes x $GPUS processes, rendezvous $HEAD:$PORT ($RDZV_ID); train-segmentation ${args[*]} $*" >&2
+# --max-restarts=0: a failed process ends the run; rerunning this script resumes from last.pt.
+exec torchrun --nnodes="$NNODES" --nproc-per-node="$GPUS" \
+    --rdzv-backend=c10d --rdzv-endpoint="$HEAD:$PORT" --rdzv-id="$RDZV_ID" --max-restarts=0 \
+    -m lossyvision.cli train-segmentation "${args[@]}" "$@"
