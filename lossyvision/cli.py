@@ -216,7 +216,7 @@ def parse_codec_settings(codecs: tuple[str, ...], qs: tuple[str, ...], bpps: tup
 @click.option("--bpp", "bpps", multiple=True, help="Comma-separated target rates (bits/pixel) for the matching --codec.")
 @click.option("--codec-opt", "codec_opts", multiple=True, metavar="CODEC.KEY=VALUE", help="Codec option, e.g. j2k.mct=false.")
 @click.option("--crop", default=None, help="imagenet | full | crop:WxH[+X+Y] | scale:WxH | scale:F (default per dataset).")
-@click.option("--shard-size", type=int, default=None, help="Samples per shard (default 1000).")
+@click.option("--shard-size", type=int, default=None, help="Samples per shard (default 1000; 100 for cityscapes). Aim for several shards per core of the cluster.")
 @click.option("--workers", type=int, default=None, help="Parallel tasks (default: all CPUs).")
 @click.option("--address", default=None, help="Ray cluster to join: HEAD:6379 or ray://HEAD:10001 (default: RAY_ADDRESS, else a local Ray).")
 @click.option("--break-lock", is_flag=True, help="Take over the output's lock from a job known to be dead on another host.")

@@ -35,7 +35,9 @@ def test_encode_one_image(photo, tmp_path):
 def test_encode_user_errors(photo, tmp_path):
     src = tmp_path / "p.png"
     Image.fromarray(np.ascontiguousarray(photo[:101, :101])).save(src)
-    r = CliRunner().invoke(main, ["encode", str(src), "--codec", "hevc", "--q", "30"])
-    assert r.exit_code == 2 and "even width and height" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["encode", str(src), "--codec", "hevc", "--q", "60"])
+    assert r.exit_code == 2 and "out of range" in r.output and "Traceback" not in r.output
+    r = CliRunner().invoke(main, ["encode", str(src), "--codec", "hevc", "--q", "30"])  # odd size: padded, cropped back
+    assert r.exit_code == 0, r.output
     r = CliRunner().invoke(main, ["encode", str(tmp_path / "missing.png"), "--codec", "jpeg", "--q", "30"])
     assert r.exit_code == 2 and "does not exist" in r.output

@@ -24,7 +24,11 @@ Deviations, each small and documented:
 4. x265 runs single-threaded (``pools=none``, ``frame-threads=1``) so that output does not depend
    on the machine, and so that one task uses one core; parallelism comes from the pipeline.
 
-Width and height must be even (4:2:0); pad or crop odd-sized images first.
+Odd widths or heights, which 4:2:0 HEVC cannot code, are handled the way bpgenc handles them: the
+picture is padded to even size by repeating its last row/column, and the true size travels in a
+header. BPG's file header always carries it; here an 8-byte prefix (``LVHS`` + width and height as
+big-endian uint16) is added to odd-sized images only, and the decoder crops back. Even-sized images
+(every paper setting) are plain Annex-B.
 
 ``hevc`` is plain x265 at its own QP (no +1) with a choice of preset (default ``medium``, which
 encodes about 2x faster than ``veryslow`` for about 10 % more bytes on scikit-image's photos) and no tune.
@@ -33,12 +37,14 @@ encodes about 2x faster than ``veryslow`` for about 10 % more bytes on scikit-im
 from __future__ import annotations
 
 import fractions
+import struct
 
 import numpy as np
 
 from .base import Codec, CodecError
 from .registry import register_codec
 
+_SIZE_MAGIC = b"LVHS"  # cannot start an Annex-B stream, which begins with a 00 00 01 start code
 X265_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
 
 # BT.601 full range (JPEG/JFIF) coefficients, as bpgenc's default '-c ycbcr'.
@@ -95,14 +101,18 @@ class _X265Codec(Codec):
         return int(self.q)
 
     def _encode(self, rgb: np.ndarray) -> bytes:
+        h, w = rgb.shape[:2]
+        if h % 2 or w % 2:
+            if h > 0xFFFF or w > 0xFFFF:
+                raise CodecError(f"codec '{self.name}': {w}x{h} is too large for the size header (65535 at most)")
+            padded = np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+            return _SIZE_MAGIC + struct.pack(">HH", w, h) + self._encode_even(padded)
+        return self._encode_even(rgb)
+
+    def _encode_even(self, rgb: np.ndarray) -> bytes:
         import av
 
         h, w = rgb.shape[:2]
-        if h % 2 or w % 2:
-            raise CodecError(
-                f"codec '{self.name}': HEVC 4:2:0 needs even width and height, got {w}x{h}; "
-                f"crop or pad to {w + w % 2}x{h + h % 2} first"
-            )
         ctx = av.CodecContext.create("libx265", "w")
         ctx.width, ctx.height = w, h
         ctx.pix_fmt = "yuv420p"
@@ -128,6 +138,17 @@ class _X265Codec(Codec):
         return b"".join(bytes(p) for p in packets)
 
     def _decode(self, data: bytes) -> np.ndarray:
+        if data[:4] == _SIZE_MAGIC:
+            if len(data) < 8:
+                raise CodecError(f"{self.spec}: truncated size header")
+            w, h = struct.unpack(">HH", data[4:8])
+            rgb = self._decode_even(data[8:])
+            if rgb.shape[0] != h + h % 2 or rgb.shape[1] != w + w % 2:
+                raise CodecError(f"{self.spec}: size header says {w}x{h} but the stream holds {rgb.shape[1]}x{rgb.shape[0]}")
+            return np.ascontiguousarray(rgb[:h, :w])
+        return self._decode_even(data)
+
+    def _decode_even(self, data: bytes) -> np.ndarray:
         import av
 
         ctx = av.CodecContext.create("hevc", "r")

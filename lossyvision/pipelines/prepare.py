@@ -28,6 +28,12 @@ from .sources import Item, Source, SourceError, create_source
 log = logging.getLogger(__name__)
 
 DEFAULT_CROPS = {"imagenet": IMAGENET, "samples": IMAGENET}
+# Cityscapes frames cost ~4 s of CPU and ~2.3 MB of output each: 100 per shard still gives
+# 30 tasks for train (docs/scale.md), where 1000 would give 3.
+DEFAULT_SHARD_SIZES = {"cityscapes": 100}
+# The driver rewrites the manifests at most this often (and at the end, and when interrupted):
+# rewriting all of them after every shard costs O(shards^2), minutes for ImageNet train at 1024 cores.
+MANIFEST_EVERY_S = 2.0
 ORIG = "orig"
 
 
@@ -60,7 +66,7 @@ class PrepareConfig:
     split: str | None = None  # None: "all" for folder/samples, else "val"
     codecs: list[CodecSetting] = field(default_factory=list)
     crop: str | None = None  # None: the dataset's default (imagenet/samples: resize256-center224; others: full)
-    shard_size: int = 1000
+    shard_size: int | None = None  # None: 100 for cityscapes (2 MB frames, seconds each), else 1000
     workers: int | None = None  # None: all CPUs of the machine or cluster
     address: str | None = None  # Ray cluster address; None: RAY_ADDRESS or a local Ray
     executor: str = "auto"  # auto: a named cluster, else in-process unless the work pays Ray's start | ray | local
@@ -75,6 +81,8 @@ class PrepareConfig:
     def __post_init__(self) -> None:
         if self.split is None:
             self.split = "all" if self.dataset in ("folder", "samples") else "val"
+        if self.shard_size is None:
+            self.shard_size = DEFAULT_SHARD_SIZES.get(self.dataset, 1000)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -421,20 +429,35 @@ def _prepare_locked(cfg: PrepareConfig, source: Source, crop: CropPolicy, codecs
     done_images = sum(len(chunks[i]) for i in range(n) if i not in pending_set)
     log.info("%d images in %d shards x %d variants; %d shards to do", len(items), n, len(variants), len(pending))
 
+    last_write = [time.monotonic()]
+
+    def write_manifests() -> None:
+        for v, vdir in variants.items():
+            if source.classes is not None:
+                manifests[v]["classes"] = list(source.classes)
+            _summarise(manifests[v])
+            write_json_atomic(storage.join(vdir, MANIFEST), manifests[v])
+        last_write[0] = time.monotonic()
+
     def on_result(res: dict) -> None:
         i = res["index"]
         for v, entry in res["entries"].items():
             entry["source_sig"] = sigs[i]
             manifests[v]["shards"][i] = entry
-            if source.classes is not None:
-                manifests[v]["classes"] = list(source.classes)
-            _summarise(manifests[v])
-            write_json_atomic(storage.join(variants[v], MANIFEST), manifests[v])
+        if time.monotonic() - last_write[0] >= MANIFEST_EVERY_S:
+            write_manifests()
 
     tasks = (ShardTask(i, chunks[i], source, crop, cfg.codecs, variants, cfg.write_orig, cfg.store_decoded, cfg.ms_ssim, cfg.orig_format, lock_path)
              for i in pending)
     if pending:
-        _run(cfg, tasks, len(pending), on_result, total_images=len(items), done_images=done_images)
+        try:
+            _run(cfg, tasks, len(pending), on_result, total_images=len(items), done_images=done_images)
+        except BaseException:
+            try:  # record what did finish, so a rerun does not redo it (a full disk may refuse this too)
+                write_manifests()
+            except Exception as e:
+                log.warning("could not record the finished shards in the manifests: %s", e)
+            raise
     for v in variants:
         clean_temp_files(variants[v])  # left by tasks whose worker or node died and that ran again elsewhere
         if source.classes is not None:

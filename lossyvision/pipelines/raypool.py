@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from typing import Any, Callable, Iterable, Iterator
 
 log = logging.getLogger(__name__)
@@ -33,6 +34,13 @@ def init_ray(workers: int | None = None, address: str | None = None) -> int:
     if ray.is_initialized():
         cpus = int(ray.cluster_resources().get("CPU", 1))
         return min(cpus, workers) if workers else cpus
+    import signal
+    import threading
+
+    # ray.init installs its own SIGTERM handler (log and exit 1); the caller's one (cancel in-flight
+    # work, say how to resume, exit 130) must stay in charge.
+    main_thread = threading.current_thread() is threading.main_thread()
+    term = signal.getsignal(signal.SIGTERM) if main_thread else None
     for k, v in _QUIET_ENV.items():
         os.environ.setdefault(k, v)
     address = address or os.environ.get("RAY_ADDRESS")
@@ -48,8 +56,20 @@ def init_ray(workers: int | None = None, address: str | None = None) -> int:
         os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         # "local": always a new instance, never one found through /tmp/ray (another user's, or a dead job's)
         ray.init(address="local", num_cpus=workers or os.cpu_count(), **kwargs)
+    if main_thread and callable(term):
+        signal.signal(signal.SIGTERM, term)
+    return _cpus(workers)
+
+
+def _cpus(workers: int | None) -> int:
+    import ray
+
     cpus = int(ray.cluster_resources().get("CPU", 1))
-    return min(cpus, workers) if workers else cpus
+    return max(1, min(cpus, workers) if workers else cpus)
+
+
+# How often the in-flight limit follows the cluster's CPU count (an autoscaler adding nodes mid-job).
+RESIZE_EVERY_S = 15.0
 
 
 def run_ray(fn: Callable[[Any], Any], tasks: Iterable[Any], workers: int | None = None, address: str | None = None) -> Iterator[Any]:
@@ -60,10 +80,16 @@ def run_ray(fn: Callable[[Any], Any], tasks: Iterable[Any], workers: int | None 
     cpus = init_ray(workers, address)
     remote = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(fn)
     limit = max(1, 2 * cpus)
+    resized = time.monotonic()
     it = iter(tasks)
     in_flight: dict = {}  # ref -> (task, resubmits so far)
     try:
         while True:
+            if time.monotonic() - resized > RESIZE_EVERY_S:
+                resized, new = time.monotonic(), 2 * _cpus(workers)
+                if new != limit:
+                    log.info("cluster now has %d CPUs for this job: %d tasks in flight", new // 2, new)
+                    limit = new
             while len(in_flight) < limit:
                 try:
                     t = next(it)

@@ -159,9 +159,20 @@ def test_unknown_option():
 
 
 @pytest.mark.parametrize("name", ["bpg", "hevc"])
-def test_hevc_rejects_odd_sizes_with_a_fix(name, photo):
-    with pytest.raises(CodecError, match="even width and height.*crop or pad to 224x224"):
-        codecs.create(name).encode(photo[:223, :223])
+@pytest.mark.parametrize("h,w", [(223, 223), (101, 58), (100, 57)])
+def test_hevc_odd_sizes_are_padded_and_cropped_back(name, h, w, photo):
+    """As bpgenc does: pad to even by edge repetition, carry the true size in an 8-byte header."""
+    a = np.ascontiguousarray(photo[:h, :w])
+    c = codecs.create(name, 30)
+    data = c.encode(a)
+    assert data[:4] == b"LVHS" and int.from_bytes(data[4:6], "big") == w and int.from_bytes(data[6:8], "big") == h
+    out = c.decode(data)
+    assert out.shape == a.shape
+    even = np.pad(a, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+    assert np.array_equal(out, c.decode(c.encode(even))[:h, :w])  # exactly the even-size picture, cropped
+    assert c.encode(photo)[:4] == b"\x00\x00\x00\x01"  # even sizes stay plain Annex-B
+    with pytest.raises(CodecError):
+        c.decode(data[:6])
 
 
 @pytest.mark.parametrize("name", [n for n in codecs.names() if n not in ("bpg", "hevc", "msh")])

@@ -16,12 +16,16 @@ Measures on this machine, one process, codecs single-threaded (as in prepare-sha
   codec) is left out: it needs CompressAI's pretrained weights, which cannot be downloaded here.
 - The same images through `prepare_shards` (1 worker, in-process: tar shards, manifests), which checks
   that the stages add up and gives the real bytes written per image (tar headers included), and the
-  driver's manifest rewrite at full job size (it rewrites every variant's manifest after each shard).
+  cost of one rewrite of a manifest as a function of the shards it lists (the driver rewrites every
+  variant's manifest at most every MANIFEST_EVERY_S = 2 s while shards finish, and once at the end).
 
-Then for each (dataset, split) and core count: CPU-hours, wall time with perfect scaling over the
+Then for each (dataset, split) and core count, at prepare-shards' default --shard-size for the dataset
+(DEFAULT_SHARD_SIZES: cityscapes 100, else 1000): CPU-hours, wall time with perfect scaling over the
 cores, the Ray bound (one task per shard: the last wave leaves cores idle), the storage bound (bytes
-read + written / aggregate bandwidth of a shared filesystem or an object store), and what limits the
-row. Markdown to stdout; --json writes every number. `--quick` measures fewer images (~20 s).
+read + written / aggregate bandwidth of a shared filesystem or an object store), the driver's serial
+work (its manifest rewrites), what limits the row, and the --shard-size (up to the default) that would
+be fastest. Markdown to stdout; --json writes every number. ~45 s on a 2-core machine; `--quick` measures fewer images (~10 s).
+Results and discussion: docs/scale.md.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ import time
 import numpy as np
 from PIL import Image
 
+from lossyvision.pipelines.prepare import DEFAULT_SHARD_SIZES, MANIFEST_EVERY_S, PrepareConfig
+
 IMAGENET_SPECS = ["jpeg-q75", "jpeg-q10", "jpeg-q5", "j2k-r75", "j2k-r200", "j2k-r400", "bpg-qp41", "bpg-qp46", "bpg-qp51"]
 CITYSCAPES_SPECS = ["bpg-qp41", "bpg-qp46", "bpg-qp51"]
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "motorcycle_right")  # natural colour photos
@@ -46,11 +52,18 @@ PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "motorc
 # images per split (ILSVRC2012; Cityscapes leftImg8bit fine + train_extra)
 SPLITS = [("imagenet", "train", 1_281_167), ("imagenet", "val", 50_000),
           ("cityscapes", "train", 2_975), ("cityscapes", "val", 500), ("cityscapes", "train_extra", 19_998)]
-SHARD_SIZE = 1000  # prepare-shards' default
+
+
+def default_shard_size(dataset: str) -> int:
+    """prepare-shards' default --shard-size for the dataset (PrepareConfig fills it from DEFAULT_SHARD_SIZES)."""
+    return PrepareConfig(dataset=dataset, out="").shard_size
+
+
 # Average source file sizes of the real datasets, used for the storage bound (the photos built here are
 # smaller or larger than the average): ILSVRC2012 train ~138 GB / 1.28 M files; Cityscapes leftImg8bit
 # ~11 GB / 5000 frames (its label maps are counted as measured here).
 REAL_SOURCE_BYTES = {"imagenet": 110e3, "cityscapes": 2.2e6}
+REWRITE_FIT = (200, 2000)  # manifest sizes (shards listed) timed to fit the driver's cost per manifest rewrite
 LABEL_IDS = np.array([7, 8, 11, 17, 21, 23, 24, 26], dtype=np.uint8)  # road, sidewalk, building, pole, vegetation, sky, person, car
 
 
@@ -200,10 +213,11 @@ def summarise(m: dict, specs: list[str]) -> dict:
     return stages
 
 
-def run_pipeline(dataset: str, root: str, specs: list[str]) -> dict | None:
-    """prepare_shards on the same images, 1 worker in-process, one shard, and once more on the first image
-    only: the difference is the marginal cost per image (the job's fixed start-up cost, paid once per job
-    and not per image, drops out); also the bytes written per image."""
+def run_pipeline(dataset: str, root: str, specs: list[str], warm_up: bool) -> dict | None:
+    """prepare_shards on the same images, 1 worker in-process, the default --shard-size (one shard for
+    the default numbers of images): wall time per image (after a
+    warm-up run on the first image, so first-time imports are not counted; the job's remaining start-up,
+    tens of ms, is spread over the images) and bytes written per image."""
     from lossyvision.codecs import parse_spec
     from lossyvision.pipelines.prepare import CodecSetting, PrepareConfig, prepare_shards
 
@@ -213,13 +227,13 @@ def run_pipeline(dataset: str, root: str, specs: list[str]) -> dict | None:
 
         def run(limit: int | None, where: str):
             cfg = PrepareConfig(dataset=dataset, src=root, split="train", out=os.path.join(out, where), codecs=settings,
-                                executor="local", workers=1, shard_size=SHARD_SIZE, progress=False, limit=limit)
+                                executor="local", workers=1, shard_size=None, progress=False, limit=limit)
             t = time.perf_counter()
             res = prepare_shards(cfg)
             return time.perf_counter() - t, res
 
-        wall1, _ = run(1, "one")
-        shutil.rmtree(os.path.join(out, "one"), ignore_errors=True)
+        warm_s = run(1, "warm-up")[0] if warm_up else None
+        shutil.rmtree(os.path.join(out, "warm-up"), ignore_errors=True)
         wall, manifests = run(None, "all")
         n = next(iter(manifests.values()))["num_samples"]
         tar_bytes, manifest_bytes, variants = 0, 0, 0
@@ -232,9 +246,8 @@ def run_pipeline(dataset: str, root: str, specs: list[str]) -> dict | None:
                     manifest_bytes += size
                     variants += 1
         entry = json.dumps(next(iter(manifests.values()))["shards"][0], indent=1)
-        marginal = (wall - wall1) / (n - 1) if n > 1 else wall
-        return {"images": n, "wall_s": wall, "wall_1_image_s": wall1, "fixed_s": max(0.0, wall1 - marginal),
-                "ms_per_image": marginal * 1e3, "tar_bytes_per_image": tar_bytes / n,
+        return {"images": n, "wall_s": wall, "warm_up_s": warm_s, "ms_per_image": wall / n * 1e3,
+                "tar_bytes_per_image": tar_bytes / n,
                 "variants": variants, "manifest_entry_bytes": len(entry), "manifests": manifests}
     except Exception as e:  # the pipeline is under active development: report, fall back to the stage sum
         print(f"(prepare_shards run for {dataset} failed: {type(e).__name__}: {e}; using the stage sum)")
@@ -245,7 +258,7 @@ def run_pipeline(dataset: str, root: str, specs: list[str]) -> dict | None:
 
 def manifest_rewrite_ms(manifest: dict, n_shards: int) -> tuple[float, int]:
     """Time to rewrite one variant's manifest when it lists n_shards shards (the driver does this for
-    every variant after every finished shard); returns (ms, bytes)."""
+    every variant at most every MANIFEST_EVERY_S while shards finish, and at the end); returns (ms, bytes)."""
     from lossyvision.pipelines.shards import write_json_atomic
 
     m = json.loads(json.dumps(manifest))
@@ -267,15 +280,58 @@ def waves(n_tasks: int, cores: int) -> int:
     return math.ceil(n_tasks / cores)
 
 
-def best_shard_size(n: int, cores: int, limit: int = SHARD_SIZE) -> int:
-    """The --shard-size (<= limit) with the shortest Ray wall time ceil(tasks / cores) * shard size
-    (in image-times); ties go to the largest size (fewer, larger files)."""
-    best, best_t = limit, None
-    for s in range(limit, 0, -1):
-        t = waves(math.ceil(n / s), cores) * s
-        if best_t is None or t < best_t:
+def driver_work(n_tasks: int, wall_s: float, variants: int, rewrite: tuple[float, float]) -> dict:
+    """The driver's manifest work over a job of n_tasks shards that run for wall_s seconds.
+
+    prepare.py's on_result rewrites every variant's manifest when a result arrives at least
+    MANIFEST_EVERY_S after the previous rewrite ended, and once more at the end. So there are
+    R = min(n_tasks, ceil(wall_s / (MANIFEST_EVERY_S + W))) periodic rewrites plus the final one, W the
+    time of one full rewrite (`variants` manifests listing n_tasks shards, c0 + b * n_tasks ms each;
+    `rewrite` = (c0, b), measured). With the shards finishing evenly over the job, the j-th periodic
+    rewrite lists about n_tasks * j / R shards: n_tasks * (R + 1) / 2 listed in all, plus n_tasks in
+    the final one. (R = n_tasks, one rewrite per result, gives the old quadratic count back: it
+    happens when shards finish less often than every 2 s, i.e. on few cores.)"""
+    c0, b = rewrite
+    full_s = variants * (c0 + b * n_tasks) / 1e3
+    periodic = min(n_tasks, math.ceil(wall_s / (MANIFEST_EVERY_S + full_s)))
+    listed = n_tasks * (periodic + 1) / 2 + n_tasks  # shard entries written, per variant, over the job
+    return {"rewrites": periodic + 1, "listed": listed, "rewrite_s": full_s,
+            "serial_s": variants * (c0 * (periodic + 1) + b * listed) / 1e3}
+
+
+def driver_done_s(n_tasks: int, cores: int, shard_s: float, variants: int, rewrite: tuple[float, float]) -> float:
+    """When the driver has written the last manifest. Shards run in ceil(n_tasks / cores) waves of
+    `shard_s` seconds. The driver keeps 2 tasks per core in flight (raypool.run_ray), so a core that
+    finishes starts its queued task even while the driver is writing manifests; only a rewrite longer
+    than a shard (W > shard_s: many tiny shards) leaves cores idle, stretching every
+    MANIFEST_EVERY_S + W period by W - shard_s. After the last result the driver may still write twice
+    (the rewrite that result triggers, or the one in progress, and the final one): 2 W."""
+    ray_wall = waves(n_tasks, cores) * shard_s
+    w = driver_work(n_tasks, ray_wall, variants, rewrite)["rewrite_s"]
+    stretch = (MANIFEST_EVERY_S + w) / (MANIFEST_EVERY_S + min(w, shard_s))
+    return ray_wall * stretch + 2 * w
+
+
+def best_shard_size(n: int, cores: int, t_img: float, variants: int, rewrite: tuple[float, float],
+                    limit: int) -> tuple[int, float]:
+    """The --shard-size (<= limit, the dataset's default) with the shortest wall time (waves of shards
+    plus the driver's tail, see driver_done_s); returns (size, seconds). For k waves the smallest size
+    that fits is the best of its kind, so only those are tried, from the fewest waves up; a smaller size
+    must be 0.1 % faster to be chosen (per-task costs that the model leaves out, Ray scheduling and
+    the tar files each shard creates, favour fewer, larger shards). The driver's cost hardly depends
+    on the shard count any more (about one rewrite per 2 s), so this mostly fills the last wave."""
+    k_min = waves(math.ceil(n / limit), cores)
+    best, best_t = limit, driver_done_s(math.ceil(n / limit), cores, min(limit, n) * t_img, variants, rewrite)
+    for k in range(k_min, k_min + 64):
+        s = max(1, math.ceil(n / (k * cores)))
+        if s > limit:
+            continue
+        t = driver_done_s(math.ceil(n / s), cores, min(s, n) * t_img, variants, rewrite)
+        if t < best_t * 0.999:
             best, best_t = s, t
-    return best
+        if s == 1:
+            break
+    return best, best_t
 
 
 def fmt_h(seconds: float) -> str:
@@ -291,35 +347,50 @@ def project(per_image: dict, cores_list: list[int], fs_bps: float, obj_bps: floa
     rows = []
     for ds, split, n in SPLITS:
         p = per_image[ds]
-        t_img = p["cpu_s"]
-        n_tasks = math.ceil(n / SHARD_SIZE)
-        # every variant's manifest is rewritten after each finished shard: sizes 1..n_tasks entries
-        manifest_bytes = p["variants"] * p["manifest_entry_bytes"] * n_tasks * (n_tasks + 1) / 2
-        io_bytes = n * (p["read_bytes"] + p["write_bytes"]) + manifest_bytes
-        full_ms = p["manifest_rewrite_ms"].get(n_tasks)
-        driver_s = 0.0 if full_ms is None else p["variants"] * full_ms / 1e3 * n_tasks / 2
+        t_img, nv = p["cpu_s"], p["variants"]
+        rewrite = p["rewrite"] or per_image["imagenet"]["rewrite"] or (0.0, 0.0)
+        size = default_shard_size(ds)
+
+        def job(size: int, cores: int) -> dict:
+            """Ray waves, driver and storage of the job at this --shard-size on this many cores."""
+            n_tasks = math.ceil(n / size)
+            shard_s = min(size, n) * t_img
+            ray_wall = waves(n_tasks, cores) * shard_s
+            # the driver rewrites every variant's manifest about every 2 s while shards finish, and at the end
+            drv = driver_work(n_tasks, ray_wall, nv, rewrite)
+            manifest_bytes = nv * p["manifest_entry_bytes"] * drv["listed"]
+            io_bytes = n * (p["read_bytes"] + p["write_bytes"]) + manifest_bytes
+            return {"tasks": n_tasks, "ray_wall": ray_wall, "drv": drv, "manifest_bytes": manifest_bytes, "io_bytes": io_bytes,
+                    "fs_s": io_bytes / fs_bps, "obj_s": io_bytes / obj_bps,
+                    "done": driver_done_s(n_tasks, cores, shard_s, nv, rewrite)}
+
         for cores in cores_list:
             cpu_s = n * t_img
             perfect = max(cpu_s / cores, t_img)  # no faster than one image on one core
+            j = job(size, cores)
+            n_tasks, ray_wall, done, fs_s, obj_s = j["tasks"], j["ray_wall"], j["done"], j["fs_s"], j["obj_s"]
             eff = n_tasks / (waves(n_tasks, cores) * cores)
-            ray_wall = waves(n_tasks, cores) * min(SHARD_SIZE, n) * t_img
-            fs_s, obj_s = io_bytes / fs_bps, io_bytes / obj_bps
-            s_best = best_shard_size(n, cores)
-            best_wall = waves(math.ceil(n / s_best), cores) * s_best * t_img
-            wall_fs, wall_obj = max(ray_wall, fs_s, driver_s), max(ray_wall, obj_s, driver_s)
-            if fs_s > ray_wall and fs_s >= driver_s:
-                limit = f"storage on the shared FS ({fs_s / ray_wall:.1f}x the CPU time); CPU ({p['top']}) on object storage"
-            elif driver_s > ray_wall:
-                limit = f"driver: manifest rewrites ({driver_s / ray_wall:.1f}x the CPU time)"
+            # the best size is chosen on the cores' side (storage hardly depends on it), then bounded by storage too
+            s_best, best_wall = best_shard_size(n, cores, t_img, nv, rewrite, size)
+            jb = job(s_best, cores)
+            wall_fs, wall_obj = max(done, fs_s), max(done, obj_s)
+            if fs_s > done:
+                limit = f"storage on the shared FS ({fs_s / done:.1f}x the CPU time); CPU ({p['top']}) on object storage"
             elif eff < 0.5:
                 limit = f"too few shards ({n_tasks} for {cores} cores)"
             else:
                 limit = f"CPU: {p['top']}" + (f"; last wave {1 - eff:.0%} idle" if eff < 0.9 else "")
-            rows.append({"dataset": ds, "split": split, "images": n, "cores": cores, "cpu_hours": cpu_s / 3600,
-                         "wall_perfect_s": perfect, "tasks": n_tasks, "wave_efficiency": eff, "wall_ray_s": ray_wall,
-                         "storage_fs_s": fs_s, "storage_object_s": obj_s, "driver_s": driver_s,
+            if done > 1.05 * ray_wall:
+                limit += f"; driver +{fmt_h(done - ray_wall)} after the last wave"
+            rows.append({"dataset": ds, "split": split, "images": n, "cores": cores, "shard_size": size,
+                         "cpu_hours": cpu_s / 3600, "wall_perfect_s": perfect, "tasks": n_tasks, "wave_efficiency": eff,
+                         "wall_ray_s": ray_wall, "storage_fs_s": fs_s, "storage_object_s": obj_s,
+                         "manifest_rewrites": j["drv"]["rewrites"], "manifest_bytes": j["manifest_bytes"],
+                         "manifest_rewrite_s": j["drv"]["rewrite_s"], "driver_s": j["drv"]["serial_s"], "driver_done_s": done,
                          "wall_expected_fs_s": wall_fs, "wall_expected_object_s": wall_obj, "limit": limit,
-                         "best_shard_size": s_best, "wall_best_shard_size_s": best_wall, "io_bytes": io_bytes})
+                         "best_shard_size": s_best, "wall_best_shard_size_s": best_wall,
+                         "wall_best_shard_size_fs_s": max(best_wall, jb["fs_s"]),
+                         "wall_best_shard_size_object_s": max(best_wall, jb["obj_s"]), "io_bytes": j["io_bytes"]})
     return rows
 
 
@@ -349,9 +420,8 @@ def report_dataset(ds: str, specs: list[str], m: dict, p: dict | None) -> tuple[
         print(f"| {k} | {v:.1f} | {v / stage_sum:.0%} |")
     print(f"| **sum of stages** | **{stage_sum:.1f}** | 100% |")
     if p:
-        print(f"| prepare_shards, 1 worker, per image (tars, manifests; marginal) | {p['ms_per_image']:.1f} | "
+        print(f"| prepare_shards, 1 worker: wall / images (tars, manifests) | {p['ms_per_image']:.1f} | "
               f"{p['ms_per_image'] / stage_sum:.2f} x sum |")
-        print(f"| prepare_shards start-up, once per job (not per image) | {p['fixed_s'] * 1e3:.0f} | - |")
     print()
 
     cpu_ms = p["ms_per_image"] if p else stage_sum
@@ -360,19 +430,20 @@ def report_dataset(ds: str, specs: list[str], m: dict, p: dict | None) -> tuple[
     if p:
         write_bytes, entry = p["tar_bytes_per_image"], p["manifest_entry_bytes"]
         manifest = next(iter(p["manifests"].values()))
-        rewrite_ms = {}
-        for n_img in sorted({n for d, _, n in SPLITS if d == ds}):
-            n_tasks = math.ceil(n_img / SHARD_SIZE)
-            rewrite_ms[n_tasks] = manifest_rewrite_ms(manifest, n_tasks)[0]
+        # one manifest rewrite costs c0 + b * (shards listed) ms: fitted through two sizes
+        lo, hi = REWRITE_FIT
+        ms_lo, ms_hi = manifest_rewrite_ms(manifest, lo)[0], manifest_rewrite_ms(manifest, hi)[0]
+        b = max(0.0, (ms_hi - ms_lo) / (hi - lo))
+        rewrite = (max(0.0, ms_lo - b * lo), b)
     else:  # no pipeline run: payload + ~1 KB of tar header, padding and JSON per member (3 members per sample)
         write_bytes = m["orig_bytes"] + sum(m[s + ":bytes"] for s in specs) + n_var * (3 * 1024 + m.get("label_bytes", 0))
-        entry, rewrite_ms = 900, {}
+        entry, rewrite = 500, None
     read_bytes = REAL_SOURCE_BYTES[ds] + m.get("label_source_bytes", 0)
-    print(f"per image: CPU {cpu_ms:.0f} ms ({'prepare_shards, marginal' if p else 'sum of stages'}), read "
+    print(f"per image: CPU {cpu_ms:.0f} ms ({'prepare_shards' if p else 'sum of stages'}), read "
           f"{read_bytes / 1e3:.0f} KB (the real dataset's average), write {write_bytes / 1e3:.0f} KB "
           f"({n_var} variants, {'measured tar bytes' if p else 'estimated'})\n")
     model = {"cpu_s": cpu_ms / 1e3, "read_bytes": read_bytes, "write_bytes": write_bytes, "variants": n_var,
-             "manifest_entry_bytes": entry, "manifest_rewrite_ms": rewrite_ms,
+             "manifest_entry_bytes": entry, "rewrite": rewrite,
              "top": f"{STAGE_NAMES[top_name[:3]]} {top_ms / stage_sum:.0%}"}
     record = {"measured": m, "stages_ms": stages, "stage_sum_ms": stage_sum,
               "pipeline": {k: v for k, v in p.items() if k != "manifests"} if p else None, **model}
@@ -380,22 +451,28 @@ def report_dataset(ds: str, specs: list[str], m: dict, p: dict | None) -> tuple[
 
 
 def print_table(rows: list[dict], args: argparse.Namespace) -> None:
-    print(f"### Expected wall time (one Ray task per shard of {SHARD_SIZE}; cores = concurrent tasks)\n")
+    sizes = ", ".join(f"{ds} {default_shard_size(ds)}" for ds in dict.fromkeys(r["dataset"] for r in rows))
+    print(f"### Expected wall time (one Ray task per shard, default --shard-size: {sizes}; cores = concurrent tasks)\n")
     print(f"Assumptions: per-image CPU cost as measured above, the same on every core; perfect scaling = CPU time / cores; "
           f"Ray = ceil(shards / cores) waves x one shard's time; storage = (source bytes read + shard bytes written + "
           f"manifest rewrites) / aggregate bandwidth, shared filesystem {args.fs_gbps:g} GB/s, object store "
           f"{args.object_gbps:g} GB/s; source files of the real datasets' average size ({REAL_SOURCE_BYTES['imagenet'] / 1e3:.0f} KB "
-          f"ImageNet, {REAL_SOURCE_BYTES['cityscapes'] / 1e6:.1f} MB Cityscapes); driver = the serial manifest rewrites of the "
-          f"whole job; expected = max(Ray, storage, driver). Not modelled: Ray/cluster start-up (~1 min), file-system metadata "
-          f"rates (1.28 M opens), hyperthreads (a vCPU is not a core), clock speed under full load.\n")
-    print("| dataset | split | images | cores | CPU-h | wall, perfect | shards | wave eff. | wall, Ray | storage FS / object | "
-          "driver | expected (FS / object) | limited by | best --shard-size: wall |")
+          f"ImageNet, {REAL_SOURCE_BYTES['cityscapes'] / 1e6:.1f} MB Cityscapes); driver = its manifest rewrites over the "
+          f"whole job (every variant's manifest at most every {MANIFEST_EVERY_S:g} s while shards finish, at most one per "
+          f"shard, plus a final one), serial but overlapped with the encoding, so only its last rewrites add to the wall "
+          f"time; expected = max(Ray + driver tail, storage); best --shard-size = the size up to the default with the "
+          f"shortest Ray + driver time (a smaller one only if 0.1 % faster), and its expected wall time. Not modelled: "
+          f"Ray/cluster start-up (~1 min), file-system metadata rates (1.28 M opens), hyperthreads (a vCPU is not a "
+          f"core), clock speed under full load, per-task costs (Ray scheduling, the tar files each shard creates).\n")
+    print("| dataset | split | images | cores | CPU-h | wall, perfect | shards x size | wave eff. | wall, Ray | storage FS / object | "
+          "driver: rewrites, serial | expected (FS / object) | limited by | best --shard-size: FS / object |")
     print("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |")
     for r in rows:
         print(f"| {r['dataset']} | {r['split']} | {r['images']:,} | {r['cores']} | {r['cpu_hours']:.1f} | {fmt_h(r['wall_perfect_s'])} | "
-              f"{r['tasks']} | {r['wave_efficiency']:.2f} | {fmt_h(r['wall_ray_s'])} | {fmt_h(r['storage_fs_s'])} / "
-              f"{fmt_h(r['storage_object_s'])} | {fmt_h(r['driver_s'])} | {fmt_h(r['wall_expected_fs_s'])} / "
-              f"{fmt_h(r['wall_expected_object_s'])} | {r['limit']} | {r['best_shard_size']}: {fmt_h(r['wall_best_shard_size_s'])} |")
+              f"{r['tasks']} x {r['shard_size']} | {r['wave_efficiency']:.2f} | {fmt_h(r['wall_ray_s'])} | {fmt_h(r['storage_fs_s'])} / "
+              f"{fmt_h(r['storage_object_s'])} | {r['manifest_rewrites']}, {fmt_h(r['driver_s'])} | {fmt_h(r['wall_expected_fs_s'])} / "
+              f"{fmt_h(r['wall_expected_object_s'])} | {r['limit']} | {r['best_shard_size']}: {fmt_h(r['wall_best_shard_size_fs_s'])} / "
+              f"{fmt_h(r['wall_best_shard_size_object_s'])} |")
 
 
 # -- main ---------------------------------------------------------------------------------------
@@ -428,7 +505,8 @@ def main() -> None:
             root = os.path.join(tmp, ds)
             make(root, n, pics)
             meas[ds] = measure_stages(ds, root, specs, repeat)
-            pipe[ds] = None if (args.quick and ds == "cityscapes") else run_pipeline(ds, root, specs)
+            # the first run warms up the pipeline's own imports; later ones are warm already
+            pipe[ds] = None if (args.quick and ds == "cityscapes") else run_pipeline(ds, root, specs, warm_up=not pipe)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -445,8 +523,10 @@ def main() -> None:
         out = {"machine": {"cpu": cpu_name(), "cpus": os.cpu_count(), "platform": platform.platform(), "load_average": load},
                "quick": args.quick, "benchmark_s": round(time.perf_counter() - t_start, 1),
                "assumptions": {"shared_fs_bytes_per_s": args.fs_gbps * 1e9, "object_store_bytes_per_s": args.object_gbps * 1e9,
-                               "source_bytes": REAL_SOURCE_BYTES, "shard_size": SHARD_SIZE, "cores": cores_list,
-                               "splits": SPLITS},
+                               "source_bytes": REAL_SOURCE_BYTES, "cores": cores_list, "splits": SPLITS,
+                               # prepare.py's DEFAULT_SHARD_SIZES and its fallback, as PrepareConfig applies them
+                               "shard_size": {ds: default_shard_size(ds) for ds in dict.fromkeys(d for d, _, _ in SPLITS)},
+                               "default_shard_sizes": DEFAULT_SHARD_SIZES, "manifest_every_s": MANIFEST_EVERY_S},
                "datasets": records, "rows": rows}
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
