@@ -29,6 +29,18 @@ RESUBMITS = 2  # per task, by us, after Ray's retries are used up
 
 def init_ray(workers: int | None = None, address: str | None = None) -> int:
     """Start or join Ray; returns the number of CPUs tasks may use."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    # Ray reads these when it is imported, so they are settled first.
+    for k, v in _QUIET_ENV.items():
+        os.environ.setdefault(k, v)
+    if not address:
+        # A private local instance: its token-auth notice is noise, since nothing else can reach it.
+        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    elif "RAY_AUTH_MODE" not in os.environ and _have_token():
+        # A head started with `ray start` turns token auth on when it finds a token, but a driver
+        # joining it sends none unless told to, and is refused (InvalidAuthToken). Sending the
+        # token to a cluster without auth is harmless (tried both ways).
+        os.environ["RAY_AUTH_MODE"] = "token"
     import ray
 
     if ray.is_initialized():
@@ -41,9 +53,6 @@ def init_ray(workers: int | None = None, address: str | None = None) -> int:
     # work, say how to resume, exit 130) must stay in charge.
     main_thread = threading.current_thread() is threading.main_thread()
     term = signal.getsignal(signal.SIGTERM) if main_thread else None
-    for k, v in _QUIET_ENV.items():
-        os.environ.setdefault(k, v)
-    address = address or os.environ.get("RAY_ADDRESS")
     kwargs: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING, "log_to_driver": True}
     if address:
         env = {k: v for k, v in os.environ.items() if k.startswith(_FORWARD_PREFIXES)}
@@ -52,13 +61,16 @@ def init_ray(workers: int | None = None, address: str | None = None) -> int:
         kwargs.pop("include_dashboard")  # a setting of the cluster, not of a connecting driver
         ray.init(address=address, **kwargs)
     else:
-        # A private local instance: its token-auth notice is noise, since nothing else can reach it.
-        os.environ.setdefault("RAY_AUTH_MODE", "disabled")
         # "local": always a new instance, never one found through /tmp/ray (another user's, or a dead job's)
         ray.init(address="local", num_cpus=workers or os.cpu_count(), **kwargs)
     if main_thread and callable(term):
         signal.signal(signal.SIGTERM, term)
     return _cpus(workers)
+
+
+def _have_token() -> bool:
+    path = os.environ.get("RAY_AUTH_TOKEN_PATH") or os.path.expanduser("~/.ray/auth_token")
+    return bool(os.environ.get("RAY_AUTH_TOKEN")) or os.path.isfile(path)
 
 
 def _cpus(workers: int | None) -> int:
@@ -74,10 +86,10 @@ RESIZE_EVERY_S = 15.0
 
 def run_ray(fn: Callable[[Any], Any], tasks: Iterable[Any], workers: int | None = None, address: str | None = None) -> Iterator[Any]:
     """Yield ``fn(task)`` results in completion order, keeping about 2 tasks per CPU in flight."""
+    cpus = init_ray(workers, address)  # first: it sets the environment Ray reads on import
     import ray
     from ray.exceptions import RayError, RayTaskError
 
-    cpus = init_ray(workers, address)
     remote = ray.remote(num_cpus=1, max_retries=MAX_RETRIES)(fn)
     limit = max(1, 2 * cpus)
     resized = time.monotonic()

@@ -24,7 +24,13 @@ def cluster():
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     from ray.cluster_utils import Cluster
 
-    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+    import socket
+
+    with socket.socket() as sock:  # a free port for the Ray Client server
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False, "ray_client_server_port": port})
+    c.client_port = port
     nodes = [c.add_node(num_cpus=1), c.add_node(num_cpus=1)]
     c.wait_for_nodes()
     yield c, nodes
@@ -43,6 +49,16 @@ def test_cluster_run_is_byte_identical_to_a_local_run(cluster, reference, tmp_pa
     c, _ = cluster
     out = str(tmp_path / "out")
     p = subprocess.run(CLI + JOB + ["--shard-size", "1", "--out", out, "--address", c.address], capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stderr
+    assert digest(out) == reference
+
+
+def test_ray_client_address_works_too(cluster, reference, tmp_path):
+    """`--address ray://HEAD:10001`: the driver runs through Ray Client, the work on the cluster."""
+    c, _ = cluster
+    out = str(tmp_path / "out")
+    p = subprocess.run(CLI + JOB + ["--shard-size", "1", "--out", out, "--address", f"ray://127.0.0.1:{c.client_port}"],
+                       capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     assert digest(out) == reference
 

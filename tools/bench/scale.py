@@ -24,7 +24,8 @@ Then for each (dataset, split) and core count, at prepare-shards' default --shar
 cores, the Ray bound (one task per shard: the last wave leaves cores idle), the storage bound (bytes
 read + written / aggregate bandwidth of a shared filesystem or an object store), the driver's serial
 work (its manifest rewrites), what limits the row, and the --shard-size (up to the default) that would
-be fastest. Markdown to stdout; --json writes every number. ~45 s on a 2-core machine; `--quick` measures fewer images (~10 s).
+be fastest. Markdown to stdout; --json writes every number. ~45 s on a 2-core machine; `--quick`
+measures fewer images (~10 s).
 Results and discussion: docs/scale.md.
 """
 
