@@ -26,8 +26,8 @@ from typing import IO, Any, Callable, Iterator
 
 __all__ = [
     "is_remote", "local_path", "join", "exists", "isfile", "isdir", "listdir", "walk_files", "read_bytes",
-    "read_text", "open_read", "write_atomic", "write_bytes_atomic", "stat", "makedirs", "remove", "relpath",
-    "set_options", "StorageError", "FileStat", "temp_suffix",
+    "read_text", "open_read", "write_atomic", "write_bytes_atomic", "stat", "makedirs", "sha256", "set_options",
+    "StorageError", "FileStat", "temp_suffix", "HashingWriter",
 ]
 
 
@@ -78,12 +78,6 @@ def join(base: str, *parts: str) -> str:
     if is_remote(base):
         return posixpath.join(str(base).rstrip("/"), *parts)
     return os.path.join(local_path(base), *parts)
-
-
-def relpath(path: str, start: str) -> str:
-    if is_remote(path):
-        return posixpath.relpath(_fs(path)[1], _fs(start)[1])
-    return os.path.relpath(local_path(path), local_path(start))
 
 
 def exists(path: str) -> bool:
@@ -207,22 +201,6 @@ def makedirs(path: str) -> None:
     os.makedirs(local_path(path), exist_ok=True)
 
 
-def remove(path: str) -> bool:
-    """Delete a file; False when it was not there."""
-    if is_remote(path):
-        fs, p = _fs(path)
-        try:
-            fs.rm_file(p)
-            return True
-        except FileNotFoundError:
-            return False
-    try:
-        os.unlink(local_path(path))
-        return True
-    except FileNotFoundError:
-        return False
-
-
 def temp_suffix() -> str:
     """``.tmp-<host>-<pid>-<random>``: unique across the nodes of a cluster sharing one folder."""
     return f".tmp-{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
@@ -265,14 +243,13 @@ def write_atomic(path: str, write: Callable[[IO[bytes]], Any]) -> Any:
     leaving no temporary file behind and the previous ``path`` (if any) untouched."""
     if is_remote(path):
         fs, p = _fs(path)
-        # Spool locally (in memory up to 64 MiB) and upload once: the upload is the commit.
-        with tempfile.SpooledTemporaryFile(max_size=64 << 20) as tmp:
+        # Spool to a local temp file and upload it in one call: put_file aborts a failed multipart
+        # upload, whereas closing a half-written fs.open() handle would commit what was sent.
+        with tempfile.NamedTemporaryFile(prefix="lossyvision-", suffix=".part") as tmp:
             res = write(tmp)
-            tmp.seek(0)
+            tmp.flush()
             try:
-                with fs.open(p, "wb") as f:
-                    for block in iter(lambda: tmp.read(8 << 20), b""):
-                        f.write(block)
+                fs.put_file(tmp.name, p)
             except OSError as e:
                 raise _storage_error(e, path) from e
         return res
@@ -302,7 +279,7 @@ def write_bytes_atomic(path: str, data: bytes) -> None:
     write_atomic(path, lambda f: f.write(data))
 
 
-def iter_blocks(f: IO[bytes], size: int = 1 << 20) -> Iterator[bytes]:
+def _blocks(f: IO[bytes], size: int = 1 << 20) -> Iterator[bytes]:
     return iter(lambda: f.read(size), b"")
 
 
@@ -311,12 +288,12 @@ def sha256(path: str) -> str:
 
     h = hashlib.sha256()
     with open_read(path) as f:
-        for block in iter_blocks(f):
+        for block in _blocks(f):
             h.update(block)
     return h.hexdigest()
 
 
-class _Tee(io.RawIOBase):
+class HashingWriter(io.RawIOBase):
     """Write-through wrapper that hashes and counts what passes (sha256 without a second read)."""
 
     def __init__(self, f: IO[bytes]):

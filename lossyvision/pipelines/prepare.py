@@ -21,7 +21,7 @@ import numpy as np
 from .. import storage
 from ..codecs import Codec, CodecError, create, png_encode
 from .crops import FULL, IMAGENET, CropError, CropPolicy, parse_crop
-from .joblock import LOCK, JobLock
+from .joblock import JobLock
 from .shards import FORMAT, MANIFEST, clean_temp_files, library_versions, load_manifest, sample_json, sha256_file, shard_name, write_json_atomic, write_tar_atomic
 from .sources import Item, Source, SourceError, create_source
 

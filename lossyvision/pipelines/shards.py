@@ -46,7 +46,7 @@ def write_tar_atomic(path: str, samples: Iterable[dict[str, Any]]) -> tuple[str,
     """
 
     def write(f) -> tuple[str, int]:
-        tee = storage._Tee(f)
+        tee = storage.HashingWriter(f)
         with tarfile.open(fileobj=tee, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
             for s in samples:
                 key = s["__key__"]
