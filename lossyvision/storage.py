@@ -196,7 +196,15 @@ def open_read(path: str) -> IO[bytes]:
 def makedirs(path: str) -> None:
     if is_remote(path):
         fs, p = _fs(path)
-        fs.makedirs(p, exist_ok=True)  # a no-op on object stores, where folders are key prefixes
+        split = getattr(fs, "split_path", None)  # object stores (s3fs, gcsfs): folders are key prefixes
+        if split is None:
+            fs.makedirs(p, exist_ok=True)
+            return
+        bucket = split(p)[0]
+        # fs.makedirs would create a missing bucket: a typo in --out must not create one
+        if not fs.exists(bucket):
+            raise StorageError(errno.ENOENT, f"cannot write {path}: the bucket '{bucket}' does not exist; create it first "
+                               "(lossyvision never creates buckets) or fix the URL")
         return
     os.makedirs(local_path(path), exist_ok=True)
 

@@ -83,3 +83,12 @@ def test_ray_workers_write_to_s3_themselves(s3_bucket, tmp_path):
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     assert s3_digest(url) == digest(local)
+
+
+def test_a_missing_bucket_is_an_error_not_created(s3_endpoint, tmp_path):
+    import fsspec
+
+    p = subprocess.run([sys.executable, "-m", "lossyvision.cli", "prepare-shards", "--dataset", "samples", "--out", "s3://no-such-bucket-lv/x",
+                        "--codec", "jpeg", "--q", "10", "--limit", "2", "--quiet"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1 and "bucket 'no-such-bucket-lv' does not exist" in p.stderr and "Traceback" not in p.stderr
+    assert "no-such-bucket-lv" not in fsspec.filesystem("s3", skip_instance_cache=True).ls("")
