@@ -2,14 +2,13 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 import torchvision
 
 from .classifier_shards import make_dataset
 from lossyvision.pipelines.stream import ShardStream, make_loader, to_device
 from lossyvision.train import teacher_cache as tc
 from lossyvision.train.classifier import Trainer, TrainConfig
-from lossyvision.train.models import create_model, head_module
+from lossyvision.train.models import head_module
 from lossyvision.train.recipes import Batch, create_recipe, kl_term, list_recipes
 
 

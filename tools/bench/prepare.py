@@ -19,7 +19,6 @@ import shutil
 import tempfile
 import time
 
-import numpy as np
 from PIL import Image
 
 
