@@ -59,13 +59,30 @@ def init_ray(workers: int | None = None, address: str | None = None) -> int:
         if env:
             kwargs["runtime_env"] = {"env_vars": env}
         kwargs.pop("include_dashboard")  # a setting of the cluster, not of a connecting driver
-        ray.init(address=address, **kwargs)
+        _connect(ray, address, kwargs)
     else:
         # "local": always a new instance, never one found through /tmp/ray (another user's, or a dead job's)
         ray.init(address="local", num_cpus=workers or os.cpu_count(), **kwargs)
     if main_thread and callable(term):
         signal.signal(signal.SIGTERM, term)
     return _cpus(workers)
+
+
+def _connect(ray, address: str, kwargs: dict) -> None:
+    """ray.init on a cluster. Through Ray Client (ray://), the head starts a server process per
+    driver, and that start sometimes fails at once with nothing in its logs (seen in about 1 of 4
+    first connections to a fresh cluster here); a second attempt gets a new server."""
+    tries = 3 if address.startswith("ray://") else 1
+    for attempt in range(1, tries + 1):
+        try:
+            ray.init(address=address, **kwargs)
+            return
+        except ConnectionError as e:
+            if attempt == tries or "Initialization failure from server" not in str(e):
+                raise
+            log.warning("Ray Client could not start a server for this driver (attempt %d of %d); trying again", attempt, tries)
+            ray.shutdown()
+            time.sleep(2.0)
 
 
 def _have_token() -> bool:
