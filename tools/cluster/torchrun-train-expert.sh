@@ -72,23 +72,5 @@ if [[ "$preset_kl" == sum && "$WORLD" -gt 1 ]]; then
     args+=(--kl-reduction batchmean --alpha "$alpha")
 fi
 
-# --resume when this run's folder already holds a checkpoint (a rerun after a failure).
-out=""
-prev=""
-for a in "$@"; do
-    case "$a" in
-        --out=*) out=${a#--out=} ;;
-        *) [[ "$prev" == --out ]] && out=$a ;;
-    esac
-    prev=$a
-done
-if [[ -n "$out" && -f "$out/last.pt" ]]; then
-    args+=(--resume)
-fi
-
-echo "$(hostname): torchrun $NNODES nodes x $GPUS processes, rendezvous $HEAD:$PORT ($RDZV_ID); train-expert ${args[*]} $*" >&2
-# --max-restarts=0: a failed process ends the run on every node; rerunning this script (or the
-# SLURM requeue) resumes from last.pt, which a torchrun restart would not (same argv, no --resume).
-exec torchrun --nnodes="$NNODES" --nproc-per-node="$GPUS" \
-    --rdzv-backend=c10d --rdzv-endpoint="$HEAD:$PORT" --rdzv-id="$RDZV_ID" --max-restarts=0 \
-    -m lossyvision.cli train-expert "${args[@]}" "$@"
+source "$(dirname "${BASH_SOURCE[0]}")/torchrun-common.sh"
+launch train-expert last.pt "$@"

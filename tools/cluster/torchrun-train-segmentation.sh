@@ -50,22 +50,5 @@ if (( GLOBAL_BATCH % WORLD != 0 )); then
 fi
 args=(--batch-size $((GLOBAL_BATCH / WORLD)))
 
-# --resume when this run's folder already holds a checkpoint (a rerun after a failure).
-out=""
-prev=""
-for a in "$@"; do
-    case "$a" in
-        --out=*) out=${a#--out=} ;;
-        *) [[ "$prev" == --out ]] && out=$a ;;
-    esac
-    prev=$a
-done
-if [[ -n "$out" && -f "$out/checkpoints/last.pt" ]]; then
-    args+=(--resume)
-fi
-
-echo "$(hostname): torchrun $NNODES nodes x $GPUS processes, rendezvous $HEAD:$PORT ($RDZV_ID); train-segmentation ${args[*]} $*" >&2
-# --max-restarts=0: a failed process ends the run; rerunning this script resumes from last.pt.
-exec torchrun --nnodes="$NNODES" --nproc-per-node="$GPUS" \
-    --rdzv-backend=c10d --rdzv-endpoint="$HEAD:$PORT" --rdzv-id="$RDZV_ID" --max-restarts=0 \
-    -m lossyvision.cli train-segmentation "${args[@]}" "$@"
+source "$(dirname "${BASH_SOURCE[0]}")/torchrun-common.sh"
+launch train-segmentation checkpoints/last.pt "$@"
