@@ -226,14 +226,18 @@ def parse_codec_settings(codecs: tuple[str, ...], qs: tuple[str, ...], bpps: tup
               help="Format of the orig crops: png (default, every reader knows it) or qoi (decodes ~5x faster).")
 @click.option("--store-decoded", is_flag=True, default=None, help="Also store decoded images as lossless PNG.")
 @click.option("--no-ms-ssim", is_flag=True, help="Skip MS-SSIM (saves ~3 ms per image and setting).")
-@click.option("--limit", type=int, default=None, help="Only the first N images (sorted by key).")
+@click.option("--order", type=click.Choice(["shuffled", "sorted"]), default=None,
+              help="Sample order across shards: shuffled (default for train* splits: a seeded permutation, so a shard "
+                   "holds a random mix of classes) or sorted by key (default for other splits).")
+@click.option("--order-seed", type=int, default=None, help="Seed of the shuffled order [0].")
+@click.option("--limit", type=int, default=None, help="Only the first N images in shard order (sorted: the first keys; shuffled: a seeded random subset).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @verbose_option
 @user_errors
 def prepare_shards(dataset: str, src: str | None, split: str | None, out: str, codecs: tuple, qs: tuple, bpps: tuple,
                    codec_opts: tuple, crop: str | None, shard_size: int | None, workers: int | None, address: str | None,
-                   break_lock: bool, executor: str | None, no_orig: bool, orig_format: str | None, store_decoded: bool | None, no_ms_ssim: bool, limit: int | None,
-                   quiet: bool) -> None:
+                   break_lock: bool, executor: str | None, no_orig: bool, orig_format: str | None, store_decoded: bool | None, no_ms_ssim: bool,
+                   order: str | None, order_seed: int | None, limit: int | None, quiet: bool) -> None:
     """Crop, encode with every codec setting, measure, and write aligned WebDataset shards + manifests.
 
     \b
@@ -253,7 +257,8 @@ def prepare_shards(dataset: str, src: str | None, split: str | None, out: str, c
     cfg = PrepareConfig(dataset=dataset, out=out, src=src, split=split, codecs=settings,
                         write_orig=not no_orig, ms_ssim=not no_ms_ssim, progress=not quiet, break_lock=break_lock,
                         **drop_none(crop=crop, shard_size=shard_size, workers=workers, address=address,
-                                    executor=executor, store_decoded=store_decoded, limit=limit, orig_format=orig_format))
+                                    executor=executor, store_decoded=store_decoded, limit=limit, orig_format=orig_format,
+                                    order=order, order_seed=order_seed))
     manifests = run(cfg)
     n_fail = max((m.get("num_failures", 0) for m in manifests.values()), default=0)
     first = next(iter(manifests.values()))

@@ -53,7 +53,7 @@ def accuracy(model: nn.Module, vdir: str | os.PathLike, *, device: torch.device 
     loader = make_loader(ds, batch_size, workers, pin_memory=dev.type == "cuda")
     correct1 = correct5 = n = 0
     for xt, y, _ in tqdm(loader, desc=f"eval {info.variant}", disable=not progress,
-                         total=ds.num_batches(batch_size, workers)):
+                         total=len(loader)):
         if max_samples is not None and n >= max_samples:
             break
         if not torch.is_tensor(y) or y.dim() != 1:

@@ -12,6 +12,7 @@ import hashlib
 import json
 import logging
 import os
+import random
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable
@@ -35,6 +36,24 @@ DEFAULT_SHARD_SIZES = {"cityscapes": 100}
 # rewriting all of them after every shard costs O(shards^2), minutes for ImageNet train at 1024 cores.
 MANIFEST_EVERY_S = 2.0
 ORIG = "orig"
+ORDERS = ("shuffled", "sorted")
+
+
+def is_training_split(split: str) -> bool:
+    """`train`, `train_extra`, `train-small`, ...: splits whose shards feed training batches."""
+    return split.lower().startswith("train")
+
+
+def shard_order(keys: list[str], policy: str, seed: int) -> list[int]:
+    """Positions of the sorted key list in shard order: itself (sorted) or a seeded permutation of it.
+
+    Python's Mersenne Twister `random.Random(seed).shuffle` has been the same algorithm since Python
+    3.2 and depends only on the seed and the number of keys, so the order (and the shards' bytes) is
+    the same run to run, on any worker count and on any machine."""
+    order = list(range(len(keys)))
+    if policy == "shuffled":
+        random.Random(seed).shuffle(order)
+    return order
 
 
 class PrepareError(ValueError):
@@ -74,7 +93,11 @@ class PrepareConfig:
     orig_format: str = "png"  # png (every reader knows it) | qoi (decodes ~5x faster: for training loaders)
     store_decoded: bool = False
     ms_ssim: bool = True
-    limit: int | None = None  # first N images (sorted by key), for quick runs
+    # training splits are written in a seeded random order (a shard of sorted ImageNet keys holds one
+    # or two classes, and so would every batch); other splits stay sorted (docs/shards.md)
+    order: str | None = None  # None: "shuffled" for training splits (train*), else "sorted"
+    order_seed: int = 0
+    limit: int | None = None  # first N images in shard order (sorted: by key; shuffled: a seeded random subset)
     break_lock: bool = False  # take over a lease lock left by a job known to be dead on another host
     progress: bool = True
 
@@ -83,6 +106,8 @@ class PrepareConfig:
             self.split = "all" if self.dataset in ("folder", "samples") else "val"
         if self.shard_size is None:
             self.shard_size = DEFAULT_SHARD_SIZES.get(self.dataset, 1000)
+        if self.order is None:
+            self.order = "shuffled" if is_training_split(self.split) else "sorted"
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -220,13 +245,19 @@ def _hostname() -> str:
     return socket.gethostname()
 
 
-def _options_fingerprint(crop: CropPolicy, shard_size: int, codec_info: dict | None, source: Source) -> str:
+def _order_info(cfg: PrepareConfig) -> dict:
+    return {"policy": cfg.order, "seed": cfg.order_seed if cfg.order == "shuffled" else None}
+
+
+def _options_fingerprint(crop: CropPolicy, shard_size: int, codec_info: dict | None, source: Source, order: dict) -> str:
     blob = {"crop": crop.to_dict(), "shard_size": shard_size, "codec": codec_info, "source": [source.name, getattr(source, "split", "")]}
+    if order["policy"] != "sorted":  # sorted shards keep the fingerprint they had before orders existed
+        blob["order"] = order
     return hashlib.sha256(json.dumps(blob, sort_keys=True).encode()).hexdigest()
 
 
 def _fingerprint(keys: list[str], options_fp: str) -> str:
-    """Options plus the sorted source keys: what fixes which image lands in which shard."""
+    """Options plus the source keys in shard order: what fixes which image lands in which shard."""
     h = hashlib.sha256(options_fp.encode())
     for k in keys:
         h.update(k.encode() + b"\0")
@@ -288,6 +319,10 @@ def validate(cfg: PrepareConfig) -> tuple[Source, CropPolicy, list[Codec]]:
         raise PrepareError(f"--workers must be at least 1, got {cfg.workers}")
     if cfg.executor not in ("auto", "ray", "local"):
         raise PrepareError(f"executor must be auto, ray or local, got {cfg.executor!r}")
+    if cfg.order not in ORDERS:
+        raise PrepareError(f"--order must be one of {', '.join(ORDERS)}, got {cfg.order!r}")
+    if cfg.limit is not None and cfg.limit < 1:
+        raise PrepareError(f"--limit must be at least 1, got {cfg.limit}")
     if cfg.orig_format not in ORIG_FORMATS:
         raise PrepareError(f"--orig-format must be one of {', '.join(ORIG_FORMATS)}, got {cfg.orig_format!r}")
     if not cfg.codecs and not cfg.write_orig:
@@ -340,7 +375,7 @@ def _source_change_message(vdir: str, old: dict, chunks: list[list[Item]], n_ite
             break
     what = f"{old_n} images then, {n_items} now" if old_n is not None else f"{n_items} images now"
     where = f"; the first shard that differs is {shard_name(first)}" if first is not None else ""
-    return (f"the source list changed since {vdir} was written ({what}{where}). Shards are cut from the sorted list, so every "
+    return (f"the source list changed since {vdir} was written ({what}{where}). Shards are cut from the (sorted or seeded-shuffled) key list, so every "
             "later shard would hold other images; write to a new --out, or delete that folder to rebuild it")
 
 
@@ -357,7 +392,8 @@ def prepare_shards(cfg: PrepareConfig) -> dict[str, dict]:
 
 
 def _prepare_locked(cfg: PrepareConfig, source: Source, crop: CropPolicy, codecs: list[Codec], base: str, lock_path: str, t_start: float) -> dict[str, dict]:
-    items = source.items()
+    items = sorted(source.items(), key=lambda it: it.key)  # sources list sorted already; the order must not depend on it
+    items = [items[i] for i in shard_order([it.key for it in items], cfg.order, cfg.order_seed)]
     if cfg.limit:
         items = items[: cfg.limit]
     if not items:
@@ -381,7 +417,8 @@ def _prepare_locked(cfg: PrepareConfig, source: Source, crop: CropPolicy, codecs
     for v, vdir in variants.items():
         storage.makedirs(vdir)
         clean_temp_files(vdir)
-        ofp = _options_fingerprint(crop, cfg.shard_size, infos[v] if v != ORIG else {"orig_format": cfg.orig_format}, source)
+        ofp = _options_fingerprint(crop, cfg.shard_size, infos[v] if v != ORIG else {"orig_format": cfg.orig_format}, source,
+                                   _order_info(cfg))
         fp = _fingerprint(keys, ofp)
         old = load_manifest(vdir)
         if old is not None and old.get("fingerprint") != fp:
@@ -403,6 +440,7 @@ def _prepare_locked(cfg: PrepareConfig, source: Source, crop: CropPolicy, codecs
             "crop": crop.to_dict(),
             "source": source.describe(),
             "shard_size": cfg.shard_size,
+            "order": _order_info(cfg),
             "num_shards": n,
             "num_sources": len(items),
             "fingerprint": fp,

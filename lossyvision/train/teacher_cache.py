@@ -105,7 +105,7 @@ def build_cache(path: str | Path, teacher: nn.Module, orig_dir: str | Path, meta
     keys: list[str] = []
     chunks: list[np.ndarray] = []
     dev = torch.device(device)
-    for x, _, k in tqdm(loader, desc="teacher cache", disable=not progress, total=ds.num_batches(batch_size, workers)):
+    for x, _, k in tqdm(loader, desc="teacher cache", disable=not progress, total=len(loader)):
         with torch.autocast(dev.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
             logits = teacher(to_device(x, dev, mean, std))
         chunks.append(logits.float().cpu().numpy().astype(np.float16))

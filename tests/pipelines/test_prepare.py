@@ -165,14 +165,54 @@ def test_rate_controlled_variant(tmp_path):
 
 @pytest.mark.ray
 @pytest.mark.slow
-def test_one_and_two_ray_workers_give_identical_shards(imagenet_root, tmp_path):
+@pytest.mark.parametrize("split,n_tars", [("val", 4 * 5), ("train", 4 * 3)])
+def test_one_and_two_ray_workers_give_identical_shards(imagenet_root, tmp_path, split, n_tars):
     local = str(tmp_path / "local")
     two = str(tmp_path / "two")
-    common = dict(dataset="imagenet", src=imagenet_root, split="val", codecs=SETTINGS, shard_size=3, progress=False)
+    common = dict(dataset="imagenet", src=imagenet_root, split=split, codecs=SETTINGS, shard_size=3, progress=False)
     prepare_shards(PrepareConfig(out=local, workers=1, executor="local", **common))
     prepare_shards(PrepareConfig(out=two, workers=2, executor="ray", **common))
     a, b = digest(local), digest(two)
-    assert len(a) == 4 * 5 and a == b
+    assert len(a) == n_tars and a == b
+
+
+def _keys_in_shard_order(vdir):
+    return [s["__key__"] for s in read_wds(vdir)]
+
+
+def test_training_split_is_a_seeded_permutation(tmp_path):
+    import random
+
+    from tests.conftest import make_imagenet
+
+    root = make_imagenet(str(tmp_path / "src"), per_class=6)
+    common = dict(dataset="imagenet", src=root, codecs=[CodecSetting("jpeg", 10)], shard_size=4, executor="local",
+                  progress=False)
+    m = prepare_shards(PrepareConfig(out=str(tmp_path / "a"), split="train", **common))
+    prepare_shards(PrepareConfig(out=str(tmp_path / "b"), split="train", **common))
+    assert digest(str(tmp_path / "a")) == digest(str(tmp_path / "b"))  # same bytes twice
+    assert m["orig"]["order"] == {"policy": "shuffled", "seed": 0}
+    base = os.path.join(str(tmp_path / "a"), "imagenet", "train")
+    keys = _keys_in_shard_order(os.path.join(base, "orig"))
+    assert keys == _keys_in_shard_order(os.path.join(base, "jpeg-q10"))  # variants stay aligned
+    perm = list(range(len(keys)))
+    random.Random(0).shuffle(perm)
+    assert keys == [sorted(keys)[i] for i in perm] and keys != sorted(keys)
+    wnids = [k.split("/")[1] for k in keys[:4]]
+    assert len(set(wnids)) > 1  # the first shard is no longer one class
+
+    other = prepare_shards(PrepareConfig(out=str(tmp_path / "c"), split="train", order_seed=1, **common))
+    assert other["orig"]["order"]["seed"] == 1
+    assert _keys_in_shard_order(os.path.join(str(tmp_path / "c"), "imagenet", "train", "orig")) != keys
+    sub = prepare_shards(PrepareConfig(out=str(tmp_path / "d"), split="train", limit=5, **common))
+    assert _keys_in_shard_order(os.path.join(str(tmp_path / "d"), "imagenet", "train", "orig")) == keys[:5]
+    assert sub["orig"]["num_samples"] == 5
+
+    val = prepare_shards(PrepareConfig(out=str(tmp_path / "a"), split="val", **common))
+    vkeys = _keys_in_shard_order(os.path.join(str(tmp_path / "a"), "imagenet", "val", "orig"))
+    assert val["orig"]["order"]["policy"] == "sorted" and vkeys == sorted(vkeys)
+    with pytest.raises(PrepareError, match="other options"):  # a rerun with another order is refused
+        prepare_shards(PrepareConfig(out=str(tmp_path / "a"), split="train", order="sorted", **common))
 
 
 # -- command line --------------------------------------------------------------------------

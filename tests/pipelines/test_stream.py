@@ -47,10 +47,71 @@ def test_ranks_and_workers_split_evenly_without_overlap(toy, workers):
         keys = [k for _, _, batch_keys in make_loader(ds, 4, workers) for k in batch_keys]
         assert len(keys) == len(ds) == 12  # 25 // 2, remainder dropped on every rank
         seen.append(set(keys))
-        batches.append(sum(1 for _ in make_loader(ds, 4, workers)))
-        assert batches[-1] == ds.num_batches(4, workers)
+        loader = make_loader(ds, 4, workers)
+        batches.append(sum(1 for _ in loader))
+        assert batches[-1] == len(loader) == ds.num_batches(4)
     assert not seen[0] & seen[1]
     assert batches[0] == batches[1]
+
+
+@pytest.mark.parametrize("n,batch,workers,world", [(18, 4, 2, 1), (25, 4, 2, 2), (25, 3, 3, 1), (25, 5, 0, 3),
+                                                   (25, 7, 4, 1), (10, 4, 3, 2)])
+@pytest.mark.parametrize("drop_last", [True, False])
+def test_len_of_the_loader_is_what_it_yields(tmp_path, n, batch, workers, world, drop_last):
+    """The issue's case: 18 samples, batch 4, 2 workers gave len 5 and yielded 6 batches (two of size 1)."""
+    vdir = write_variant(tmp_path / "train", "jpeg-q10", toy_images(n, 16, 2, 5), shard_size=6,
+                         classes=["a", "b"], spec="jpeg-q10")
+    counts, sizes = [], []
+    for rank in range(world):
+        ds = ShardStream(vdir, shuffle=True, seed=1, buffer_size=5, rank=rank, world_size=world)
+        loader = make_loader(ds, batch, workers, drop_last=drop_last)
+        got = [len(keys) for *_, keys in loader]
+        assert len(got) == len(loader)
+        counts.append(len(got))
+        sizes += got
+    assert len(set(counts)) == 1  # equal batch counts on every rank
+    per_rank = n // world if world > 1 else n
+    if drop_last:
+        assert set(sizes) == {batch} and counts[0] == per_rank // batch  # no short batch, ragged tail dropped
+    else:
+        assert sum(sizes) == per_rank * world and sizes.count(batch) >= len(sizes) - world  # one short batch per rank at most
+
+
+def test_batch_count_does_not_depend_on_workers(toy):
+    ds = ShardStream(toy / "train" / "jpeg-q10", shuffle=True, seed=0)
+    assert {len(make_loader(ds, 4, w, drop_last=True)) for w in (0, 1, 2, 3)} == {6}
+    assert {sum(1 for _ in make_loader(ds, 4, w, drop_last=True)) for w in (0, 2, 3)} == {6}
+
+
+def test_mixture_draws_every_variant_aligned_with_orig(tmp_path):
+    samples = toy_images(40, 16, 2, 4)
+    split = tmp_path / "train"
+    for v in ("jpeg-q10", "jpeg-q50"):
+        write_variant(split, v, samples, shard_size=8, classes=["a", "b"], spec=v)
+    write_variant(split, "orig", samples, shard_size=8, classes=["a", "b"])
+    codecs = {v: from_spec(v) for v in ("jpeg-q10", "jpeg-q50")}
+    by_key = {k: (img, y) for k, img, y in samples}
+    decoded = {v: {k: torch.from_numpy(c.decode(c.encode(img))).permute(2, 0, 1) for k, (img, _) in by_key.items()}
+               for v, c in codecs.items()}
+
+    def draws(epoch):
+        ds = ShardStream([split / "jpeg-q10", split / "jpeg-q50"], split / "orig", shuffle=True, seed=2, buffer_size=6)
+        ds.set_epoch(epoch)
+        out = {}
+        for x, xt, y, keys in make_loader(ds, 4, 2, drop_last=True):
+            for i, k in enumerate(keys):
+                img, label = by_key[k]
+                assert torch.equal(x[i], torch.from_numpy(img).permute(2, 0, 1)) and y[i] == label
+                which = [v for v in decoded if torch.equal(xt[i], decoded[v][k])]
+                assert len(which) == 1, k
+                out[k] = which[0]
+        return out
+
+    e0, e0_again, e1 = draws(0), draws(0), draws(1)
+    assert e0 == e0_again  # seeded
+    counts = {v: list(e0.values()).count(v) for v in decoded}
+    assert min(counts.values()) >= 10, counts  # every variant drawn, about half each
+    assert e0 != e1  # a new draw each epoch
 
 
 def test_shuffle_is_seeded_and_changes_every_epoch(toy):
