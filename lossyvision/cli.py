@@ -222,7 +222,7 @@ def parse_codec_settings(codecs: tuple[str, ...], qs: tuple[str, ...], bpps: tup
 @click.option("--break-lock", is_flag=True, help="Take over the output's lock from a job known to be dead on another host.")
 @click.option("--executor", type=click.Choice(["auto", "ray", "local"]), default=None, help="auto: Ray when it pays (several shards and workers).")
 @click.option("--no-orig", is_flag=True, help="Do not write the lossless orig variant.")
-@click.option("--orig-format", type=click.Choice(["png", "qoi"]), default=None,
+@click.option("--orig-format", type=click.Choice(["png", "qoi", "npy"]), default=None,
               help="Format of the orig crops: png (default, every reader knows it) or qoi (decodes ~5x faster).")
 @click.option("--store-decoded", is_flag=True, default=None, help="Also store decoded images as lossless PNG.")
 @click.option("--no-ms-ssim", is_flag=True, help="Skip MS-SSIM (saves ~3 ms per image and setting).")

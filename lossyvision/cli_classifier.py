@@ -48,27 +48,36 @@ def _logging(quiet: bool) -> None:
 
 _TRAIN_OPTIONS = [
     click.option("--shards", required=True, type=str, help="ROOT/<dataset> holding <split>/<variant>/ folders (a path or an fsspec URL such as s3://bucket/root)."),
-    click.option("--variant", default=None, help="Compressed variant to train on, e.g. j2k-r200 (not needed for stability)."),
+    click.option("--variant", "variant", multiple=True, help="Compressed variant to train on, e.g. j2k-r200 (not needed for "
+                 "stability). Repeat it to train one universal model on their mixture (each sample draws one)."),
     click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder (config.json, log.jsonl, last.pt, best.pt)."),
-    click.option("--preset", default=None, help="Paper settings, e.g. marie2022-mnasnet-expert (explicit options override it)."),
+    click.option("--preset", default=None, help="Paper settings, e.g. marie2022-resnet50-expert-bpg-qp51 (a Table I cell, "
+                 "variant included) or marie2022-mnasnet-expert; --list-presets shows them. Explicit options override it."),
     click.option("--model", default=None, help="torchvision:NAME[:WEIGHTS], a registered name, or a checkpoint [mnasnet1_0]."),
     click.option("--weights", default=None, help="State dict PATH (or a weights enum name) for --model."),
     click.option("--num-classes", type=int, default=None, help="Default: the manifest's class count."),
     click.option("--epochs", type=int, default=None, help="[45]"),
-    click.option("--batch-size", type=int, default=None, help="Per process [64]; the paper used 320 (MnasNet) / 384 (ResNet50)."),
+    click.option("--batch-size", type=int, default=None, help="Per process [320, the paper's MnasNet batch; ResNet50: 384]."),
     click.option("--lr", type=float, default=None, help="[1e-5]"),
-    click.option("--alpha", type=float, default=None, help="Weight of the KL term [1e-2]."),
-    click.option("--kl-reduction", type=click.Choice(["batchmean", "sum"]), default=None, help="[batchmean]; sum = paper code."),
+    click.option("--alpha", type=float, default=None, help="Weight of the KL term [3.2 with batchmean = the paper's 1e-2 "
+                 "with reduction 'sum' at batch 320, at any batch size]."),
+    click.option("--kl-reduction", type=click.Choice(["batchmean", "sum"]), default=None,
+                 help="[batchmean]; sum = the paper code's form (alpha_sum = alpha_batchmean / batch)."),
     click.option("--temperature", type=float, default=None, help="KL temperature [1]."),
-    click.option("--sigma", type=float, default=None, help="Stability: AWGN std in [0,1] pixel units [0.04]."),
+    click.option("--sigma", type=float, default=None, help="Stability: noise std [0.04; x 256 levels with uint8 noise]."),
+    click.option("--stability-noise", type=click.Choice(["uint8", "gaussian"]), default=None,
+                 help="[uint8]: the authors' clipped, truncated pixel noise; gaussian: unclipped, in normalised space."),
     click.option("--patience", "plateau_patience", type=int, default=None, help="Epochs without a better val loss before lr/5, minus one [2]."),
-    click.option("--max-lr-cuts", type=int, default=None, help="Stop after this many lr cuts [3]."),
+    click.option("--max-lr-cuts", type=int, default=None, help="Stop rule's number of lr cuts [3]."),
+    click.option("--stop-rule", type=click.Choice(["authors", "cuts"]), default=None,
+                 help="[authors]: stop once lr <= lr0/5^cuts in the authors' float arithmetic (4 cuts at lr0 1e-5 and "
+                      "5e-6, 3 at 1e-6); cuts: after exactly --max-lr-cuts cuts."),
     click.option("--teacher-cache", default=None, help="'auto' (<out>/teacher-<split>.h5), 'off', or a path [auto]."),
     click.option("--train-split", default=None, help="[train]"),
     click.option("--val-split", default=None, help="[val]"),
     click.option("--workers", type=int, default=None, help="DataLoader workers per process [4]."),
     click.option("--seed", type=int, default=None, help="[0]"),
-    click.option("--amp/--no-amp", default=None, help="bf16 autocast [on with CUDA]."),
+    click.option("--amp/--no-amp", default=None, help="bf16 autocast [on with CUDA]; --no-amp: fp32 with TF32 off, as the paper."),
     click.option("--channels-last/--no-channels-last", default=None, help="[on with CUDA]"),
     click.option("--device", default=None, help="cuda, cuda:1, cpu [cuda if available]."),
     click.option("--resume", is_flag=True, default=None, help="Continue from <out>/last.pt."),
@@ -77,10 +86,21 @@ _TRAIN_OPTIONS = [
 ]
 
 
+def _list_presets(ctx, param, value):
+    if not value or ctx.resilient_parsing:
+        return
+    from lossyvision.train.classifier import PRESETS
+    for name in sorted(PRESETS):
+        p = PRESETS[name]
+        click.echo(f"{name}\t{p['recipe']}\t{p.get('variant', '-')}\tlr {p['lr']:g}\talpha {p.get('alpha', 0):g}\tbatch {p['batch_size']}")
+    ctx.exit()
+
+
 def _train_options(fn):
     for opt in reversed(_TRAIN_OPTIONS):
         fn = opt(fn)
-    return fn
+    return click.option("--list-presets", is_flag=True, expose_value=False, is_eager=True, callback=_list_presets,
+                        help="List the presets (name, recipe, variant, lr, alpha, batch) and exit.")(fn)
 
 
 def _run_training(recipe: str | None, quiet: bool, **options) -> None:
@@ -91,9 +111,13 @@ def _run_training(recipe: str | None, quiet: bool, **options) -> None:
         if preset is not None and PRESETS.get(preset, {}).get("recipe", recipe) != recipe:
             raise click.UsageError(f"preset {preset!r} is not an {recipe} preset")
         options["recipe"] = recipe
-    if options.get("variant") is None and (options.get("recipe") or (PRESETS.get(preset or "", {}).get("recipe"))) != "stability":
-        raise click.UsageError("--variant is required (the compressed variant to train on, e.g. jpeg-q10)")
-    if options.get("variant") is None:
+    variants = list(options.pop("variant") or ())
+    if variants:
+        options["variant"] = variants[0] if len(variants) == 1 else variants
+    elif "variant" not in PRESETS.get(preset or "", {}):
+        if (options.get("recipe") or PRESETS.get(preset or "", {}).get("recipe")) != "stability":
+            raise click.UsageError("--variant is required (the compressed variant to train on, e.g. jpeg-q10), "
+                                   "or a preset of a Table I cell (--list-presets)")
         options["variant"] = "orig"
     cfg = preset_config(preset, progress=not quiet, **options)
     summary = train(cfg)

@@ -201,11 +201,16 @@ def decode_png(data: bytes, mode: str = "RGB") -> np.ndarray:
 
 
 def decode_lossless(data: bytes, ext: str) -> np.ndarray:
-    """An `orig` image (or a restored one): PNG, or QOI when prepared with --orig-format qoi."""
+    """An `orig` image (or a restored one): PNG, QOI (--orig-format qoi) or NumPy .npy (--orig-format npy)."""
     if ext == "qoi":
         import imagecodecs
 
         return imagecodecs.qoi_decode(data)
+    if ext == "npy":
+        a = np.load(io.BytesIO(data), allow_pickle=False)
+        if a.dtype != np.uint8 or a.ndim != 3 or a.shape[2] != 3:
+            raise ValueError(f"an orig .npy must be uint8 HxWx3, got {a.dtype} {a.shape}")
+        return a
     return decode_png(data)
 
 
@@ -437,8 +442,29 @@ class ShardStream(IterableDataset):
         nb = self.num_batches(batch_size, drop_last)
         blo, bhi = split_range(0, nb, nw, wid)
         lo, hi = a + blo * batch_size, min(a + bhi * batch_size, b)
-        yield from _batched(self._iter_range(lo, hi, wid), batch_size, collation_fn=torch.utils.data.default_collate,
+        yield from _batched(self._iter_range(lo, hi, wid), batch_size, collation_fn=collate,
                             partial=not drop_last)
+
+
+def collate(samples: list) -> list:
+    """`default_collate`, except that CHW image views of HWC arrays (what `_as_chw` makes) are stacked as
+    HWC and returned as a permuted view: a channels_last Bx3xHxW batch from one contiguous copy.
+    Stacking the permuted views instead is a strided gather, measured at ~0.19 ms per 224x224 sample
+    (6 ms per batch of 32 pairs), a third of a JPEG decode. In a worker the batch is written straight
+    into shared memory, as default_collate does, so it reaches the main process without another copy."""
+    out = []
+    for col in zip(*samples):
+        first = col[0]
+        if torch.is_tensor(first) and first.dim() == 3 and first.permute(1, 2, 0).is_contiguous() and not first.is_contiguous():
+            hwc = [t.permute(1, 2, 0) for t in col]
+            buf = None
+            if get_worker_info() is not None:
+                storage = hwc[0].untyped_storage()._new_shared(sum(t.nbytes for t in hwc), device=hwc[0].device)
+                buf = hwc[0].new(storage).resize_(len(hwc), *hwc[0].shape)
+            out.append(torch.stack(hwc, 0, out=buf).permute(0, 3, 1, 2))
+        else:
+            out.append(torch.utils.data.default_collate(list(col)))
+    return out
 
 
 class ShardBatches(IterableDataset):

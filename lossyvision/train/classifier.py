@@ -1,11 +1,15 @@
 """Classifier training loop for the fine-tune / expert / stability recipes (Marie et al. 2022).
 
-`train(TrainConfig(...))` streams `<shards>/<split>/<variant>` (and `<split>/orig` when the recipe
-needs clean images), trains with Adam, cuts the learning rate on a validation-loss plateau and
-stops after `max_lr_cuts` cuts or `epochs` epochs. On CUDA it uses bf16 autocast and
-channels_last; under `torchrun` (WORLD_SIZE > 1) it runs DDP (NCCL on GPU, gloo on CPU).
-Every epoch writes `last.pt` (everything needed to resume), `best.pt` (lowest validation loss)
-and a line of `log.jsonl`; `config.json` holds the resolved config.
+`train(TrainConfig(...))` streams `<shards>/<split>/<variant>` (or a mixture of several variants: a
+universal expert), and `<split>/orig` when the recipe needs clean images, trains with Adam, cuts the
+learning rate on a validation-loss plateau exactly as the authors' code did (best loss seeded from the
+pretrained model's, epoch 0 left out, lr/5 on the third epoch in a row without a new best, Adam
+rebuilt, stop once lr <= lr0 / 5**3 in their float arithmetic) or after `epochs` epochs. On CUDA it
+uses bf16 autocast and channels_last (`amp=False`: fp32 with TF32 off, as the paper trained); under
+`torchrun` (WORLD_SIZE > 1) it runs DDP (NCCL on GPU, gloo on CPU). Every epoch writes `last.pt`
+(everything needed to resume), `best.pt` (lowest validation loss, the pretrained model included) and
+a line of `log.jsonl`; `config.json` holds the resolved config. docs/classifier.md maps every setting
+to the paper and the authors' code.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from lossyvision import storage
 from lossyvision.pipelines.stream import (IMAGENET_MEAN, IMAGENET_STD, ShardStream, make_loader, to_device,
                                           variant_dir)
 from lossyvision.train import models as model_lib
-from lossyvision.train.recipes import Batch, Recipe, create_recipe
+from lossyvision.train.recipes import PAPER_ALPHA_BATCHMEAN, Batch, Recipe, create_recipe
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +42,7 @@ class TrainConfig:
     """Resolved training settings; defaults are the paper's MnasNet expert-training settings."""
 
     shards: str                      # ROOT/<dataset> (path or fsspec URL): holds <train_split>/ and <val_split>/ variant folders
-    variant: str                     # compressed variant to train on, e.g. "j2k-r200"
+    variant: str | list[str]         # compressed variant to train on, e.g. "j2k-r200"; several: their mixture
     out: str                         # run folder: config.json, log.jsonl, last.pt, best.pt
     recipe: str = "expert"
     model: str = "mnasnet1_0"        # torchvision:NAME[:WEIGHTS], registered name, or checkpoint
@@ -48,23 +52,30 @@ class TrainConfig:
     val_split: str = "val"
     orig_variant: str = "orig"
     epochs: int = 45
-    batch_size: int = 64             # paper: 320 (MnasNet), 384 (ResNet50): "as large as fits"
+    batch_size: int = 320            # per process; paper: 320 (MnasNet), 384 (ResNet50)
     lr: float = 1e-5
     betas: tuple[float, float] = (0.5, 0.99)
-    alpha: float = 1e-2
-    kl_reduction: str = "batchmean"  # "sum" = paper code; alpha_batchmean = alpha_sum * batch_size
+    # batchmean alpha 3.2 = the paper's alpha 1e-2 with KLDivLoss(reduction='sum') at B = 320, at any batch size
+    alpha: float = PAPER_ALPHA_BATCHMEAN
+    kl_reduction: str = "batchmean"  # "sum" = paper code's form; alpha_batchmean = alpha_sum * batch_size
     temperature: float = 1.0
-    sigma: float = 4e-2              # stability: AWGN std in [0, 1] pixel units
+    sigma: float = 4e-2              # stability: noise std (x 256 levels for "uint8", [0, 1] units for "gaussian")
+    stability_noise: str = "uint8"   # "uint8": the authors' clipped, truncated pixel noise; "gaussian": unclipped, normalised
     plateau_factor: float = 0.2      # lr / 5
     # the paper's code cuts on the 3rd epoch in a row without a new best val loss: patience 2
     plateau_patience: int = 2
     max_lr_cuts: int = 3
-    reset_optimizer_on_cut: bool = False  # the paper's code rebuilt Adam (fresh moments) at each cut
+    # "authors": stop at the cut where lr <= lr0 * (1/5**max_lr_cuts), in the code's float arithmetic (a
+    # rounding quirk makes that the 4th cut for lr0 1e-5 and 5e-6, the 3rd for 1e-6); "cuts": after max_lr_cuts cuts
+    stop_rule: str = "authors"
+    reset_optimizer_on_cut: bool = True   # the paper's code rebuilt Adam (fresh moments) at each cut
+    seed_best_from_initial: bool = True   # the code's epoch -1: the pretrained model's val loss is the first best
+    plateau_skip_first_epoch: bool = True  # the code leaves epoch 0's val loss out of the plateau rule
     teacher_cache: str | None = "auto"    # "auto": <out>/teacher-<split>.h5; "off": online teacher; or a path
     workers: int = 4
     shuffle_buffer: int = 2000
     seed: int = 0
-    amp: bool | None = None          # None: bf16 autocast on CUDA only
+    amp: bool | None = None          # None: bf16 autocast on CUDA only; False: fp32, TF32 off (the paper)
     channels_last: bool | None = None
     device: str | None = None        # None: cuda if available else cpu
     resume: bool = False
@@ -90,26 +101,54 @@ class TrainConfig:
         return cls(**d)
 
 
-# Paper settings (Section IV.A and the authors' code); apply with `preset_config(name, ...)`.
-PRESETS: dict[str, dict] = {
-    "marie2022-mnasnet-expert": dict(recipe="expert", model="torchvision:mnasnet1_0:IMAGENET1K_V1", lr=1e-5,
-                                     alpha=1e-2, kl_reduction="sum", batch_size=320, plateau_patience=2,
-                                     max_lr_cuts=3, reset_optimizer_on_cut=True),
-    "marie2022-mnasnet-finetune": dict(recipe="finetune", model="torchvision:mnasnet1_0:IMAGENET1K_V1", lr=1e-5,
-                                       batch_size=320, plateau_patience=2, max_lr_cuts=3, reset_optimizer_on_cut=True),
-    "marie2022-mnasnet-stability": dict(recipe="stability", model="torchvision:mnasnet1_0:IMAGENET1K_V1", lr=1e-6,
-                                        alpha=5e-3, sigma=4e-2, kl_reduction="sum", batch_size=320,
-                                        plateau_patience=3, max_lr_cuts=1, reset_optimizer_on_cut=True),
-    # ResNet50: the paper reports the best of lr 1e-5, 5e-6, 1e-6; override lr to sweep
-    "marie2022-resnet50-expert": dict(recipe="expert", model="torchvision:resnet50:IMAGENET1K_V1", lr=1e-5,
-                                      alpha=1e-2, kl_reduction="sum", batch_size=384, plateau_patience=2,
-                                      max_lr_cuts=3, reset_optimizer_on_cut=True),
-    "marie2022-resnet50-finetune": dict(recipe="finetune", model="torchvision:resnet50:IMAGENET1K_V1", lr=1e-5,
-                                        batch_size=384, plateau_patience=2, max_lr_cuts=3, reset_optimizer_on_cut=True),
-    "marie2022-resnet50-stability": dict(recipe="stability", model="torchvision:resnet50:IMAGENET1K_V1", lr=1e-7,
-                                         alpha=5e-3, sigma=5e-4, kl_reduction="sum", batch_size=384,
-                                         plateau_patience=3, max_lr_cuts=1, reset_optimizer_on_cut=True),
+# Paper settings (Section IV.A and the authors' code, albmarie/expert_training); apply with
+# `preset_config(name, ...)`. Alphas are the paper's (used with KLDivLoss(reduction='sum')) times the
+# paper's batch, so with `batchmean` they keep the paper's strength at any batch size.
+_MODELS = {"mnasnet": ("torchvision:mnasnet1_0:IMAGENET1K_V1", 320), "resnet50": ("torchvision:resnet50:IMAGENET1K_V1", 384)}
+# Table I's cells as the variants prepare-shards writes for them (J2K without MCT: Pillow's default,
+# which the authors' code used), and the lossless row, trained on `orig`.
+TABLE1_CELLS = ("orig", "jpeg-q75", "jpeg-q10", "jpeg-q5", "j2k-r75-nomct", "j2k-r200-nomct", "j2k-r400-nomct",
+                "bpg-qp41", "bpg-qp46", "bpg-qp51")
+# ResNet50, per cell, as the authors ran it (python/expert_training.py, the calls at the end):
+# expert (lr, alpha with 'sum') and fine-tune lr. MnasNet: lr 1e-5, alpha 1e-2 everywhere.
+_RESNET50_CELLS = {
+    "orig": (1e-6, 1e-3, 1e-6), "jpeg-q75": (5e-6, 5e-3, 5e-6), "jpeg-q10": (1e-5, 1e-2, 1e-5),
+    "jpeg-q5": (5e-6, 1e-2, 5e-6), "j2k-r75-nomct": (5e-6, 1e-2, 5e-6), "j2k-r200-nomct": (1e-5, 1e-2, 5e-6),
+    "j2k-r400-nomct": (1e-5, 1e-2, 5e-6), "bpg-qp41": (5e-6, 1e-2, 5e-6), "bpg-qp46": (5e-6, 1e-2, 5e-6),
+    "bpg-qp51": (5e-6, 1e-2, 5e-6),
 }
+_COMMON = dict(kl_reduction="batchmean", plateau_patience=2, max_lr_cuts=3, stop_rule="authors",
+               reset_optimizer_on_cut=True, seed_best_from_initial=True, plateau_skip_first_epoch=True, epochs=45)
+# stability: patience 3, stop at the first cut, no epoch -1 seeding (python/stability_training.py)
+_STABILITY = dict(recipe="stability", kl_reduction="batchmean", plateau_patience=3, max_lr_cuts=1, stop_rule="authors",
+                  reset_optimizer_on_cut=True, seed_best_from_initial=False, plateau_skip_first_epoch=False,
+                  stability_noise="uint8", epochs=45)
+
+
+def _build_presets() -> dict[str, dict]:
+    out: dict[str, dict] = {}
+    for m, (ref, b) in _MODELS.items():
+        base = dict(model=ref, batch_size=b, **_COMMON)
+        # generic: the paper's text (lr 1e-5, alpha 1e-2); the variant comes from --variant
+        out[f"marie2022-{m}-expert"] = dict(recipe="expert", lr=1e-5, alpha=1e-2 * b, **base)
+        out[f"marie2022-{m}-finetune"] = dict(recipe="finetune", lr=1e-5, **base)
+        for cell in TABLE1_CELLS:
+            lr_e, a_e, lr_f = _RESNET50_CELLS[cell] if m == "resnet50" else (1e-5, 1e-2, 1e-5)
+            out[f"marie2022-{m}-expert-{cell}"] = dict(recipe="expert", variant=cell, lr=lr_e, alpha=a_e * b, **base)
+            out[f"marie2022-{m}-finetune-{cell}"] = dict(recipe="finetune", variant=cell, lr=lr_f, **base)
+    out["marie2022-mnasnet-stability"] = dict(model=_MODELS["mnasnet"][0], batch_size=320, lr=1e-6, alpha=5e-3 * 320,
+                                              sigma=4e-2, **_STABILITY)
+    out["marie2022-resnet50-stability"] = dict(model=_MODELS["resnet50"][0], batch_size=384, lr=1e-7, alpha=5e-3 * 384,
+                                               sigma=5e-4, **_STABILITY)
+    return out
+
+
+PRESETS: dict[str, dict] = _build_presets()
+
+
+def list_presets(pattern: str = "*") -> list[str]:
+    import fnmatch
+    return sorted(n for n in PRESETS if fnmatch.fnmatch(n, pattern))
 
 
 def preset_config(preset: str | None, **overrides) -> TrainConfig:
@@ -117,7 +156,8 @@ def preset_config(preset: str | None, **overrides) -> TrainConfig:
     base: dict = {}
     if preset is not None:
         if preset not in PRESETS:
-            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(sorted(PRESETS))}")
+            raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(sorted(PRESETS))} "
+                             "(or a wildcard listing: lossyvision.train.classifier.list_presets('marie2022-resnet50-*'))")
         base = dict(PRESETS[preset])
     base.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig.from_dict(base)
@@ -189,19 +229,30 @@ class Trainer:
         self.device = torch.device(dev)
         on_cuda = self.device.type == "cuda"
         self.amp = on_cuda if cfg.amp is None else cfg.amp
+        if on_cuda and not self.amp:  # fp32 as the paper trained: no TF32 in convolutions or matmuls either
+            torch.backends.cuda.matmul.allow_tf32 = False
+            torch.backends.cudnn.allow_tf32 = False
         self.channels_last = on_cuda if cfg.channels_last is None else cfg.channels_last
         self.out = Path(cfg.out)
+        if cfg.stop_rule not in ("authors", "cuts"):
+            raise ValueError(f"stop_rule must be 'authors' or 'cuts', got {cfg.stop_rule!r}")
         self.recipe: Recipe = create_recipe(cfg.recipe, alpha=cfg.alpha, kl_reduction=cfg.kl_reduction,
-                                            temperature=cfg.temperature, sigma=cfg.sigma, std=cfg.std)
+                                            temperature=cfg.temperature, sigma=cfg.sigma, std=cfg.std, mean=cfg.mean,
+                                            noise=cfg.stability_noise)
+        self.variants = [cfg.variant] if isinstance(cfg.variant, str) else list(cfg.variant)
+        if not self.variants:
+            raise ValueError("give at least one variant to train on")
         # same seed on every rank while building the model, so g and f start identical everywhere
         seed_everything(cfg.seed, cfg.deterministic)
 
         self.dirs = {}
         for split in (cfg.train_split, cfg.val_split):
             split_dir = storage.join(cfg.shards, split)
-            self.dirs[split] = {"variant": variant_dir(split_dir, cfg.variant) if self.recipe.inputs != "orig" else None,
+            vdirs = [variant_dir(split_dir, v) for v in self.variants] if self.recipe.inputs != "orig" else None
+            self.dirs[split] = {"variant": (vdirs[0] if len(vdirs) == 1 else vdirs) if vdirs else None,
                                 "orig": variant_dir(split_dir, cfg.orig_variant) if self._needs_orig_stream() or self.recipe.uses_teacher else None}
-        first = self.dirs[cfg.train_split]["variant"] or self.dirs[cfg.train_split]["orig"]
+        first = self.dirs[cfg.train_split]["orig"] if self.recipe.inputs == "orig" else (
+            self.dirs[cfg.train_split]["variant"] if len(self.variants) == 1 else self.dirs[cfg.train_split]["variant"][0])
         from lossyvision.pipelines.stream import read_variant
         info = read_variant(first)
         if info.task not in ("classification", "none"):
@@ -225,23 +276,51 @@ class Trainer:
         self.model = model
         self.params = params
         self.optimizer = torch.optim.Adam(params, lr=cfg.lr, betas=tuple(cfg.betas))
-        self.scheduler = self._make_scheduler()
+        # the authors' plateau rule: best val loss so far, epochs without beating it, the current lr
+        self.plateau = {"best": math.inf, "counter": 0, "lr": cfg.lr}
         self.ddp_model: nn.Module = model
         if self.dist.world_size > 1:
             from torch.nn.parallel import DistributedDataParallel as DDP
             self.ddp_model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.epoch = 0
         self.lr_cuts = 0
+        self.stopped = False
         self.best_val = math.inf
         self.history: list[dict] = []
 
     def _needs_orig_stream(self) -> bool:
         return self.recipe.inputs in ("orig", "pair")
 
-    def _make_scheduler(self):
-        return torch.optim.lr_scheduler.ReduceLROnPlateau(
-            self.optimizer, mode="min", factor=self.cfg.plateau_factor, patience=self.cfg.plateau_patience,
-            threshold=0.0, eps=0.0)  # any strictly lower val loss counts; cut however small lr is (paper code)
+    def _plateau_step(self, val_loss: float) -> bool:
+        """The authors' rule (python/expert_training.py); returns True when training must stop.
+
+        A strictly lower val loss resets the counter; otherwise, once the counter has reached
+        `plateau_patience`, lr is divided by 5 (Adam rebuilt with fresh moments) and training stops
+        if lr <= lr0 * (1/5**max_lr_cuts), computed in floats as the code does (stop_rule "authors"),
+        or once `max_lr_cuts` cuts were made (stop_rule "cuts")."""
+        cfg, p = self.cfg, self.plateau
+        if val_loss < p["best"]:
+            p["best"], p["counter"] = val_loss, 0
+            return False
+        if p["counter"] != cfg.plateau_patience:
+            p["counter"] += 1
+            return False
+        divisor = round(1.0 / cfg.plateau_factor, 12)
+        p["counter"] = 0
+        p["lr"] = p["lr"] / divisor
+        self.lr_cuts += 1
+        if cfg.stop_rule == "authors":
+            stop = p["lr"] <= (1 / divisor ** cfg.max_lr_cuts) * cfg.lr
+        else:
+            stop = self.lr_cuts >= cfg.max_lr_cuts
+        if stop:
+            return True
+        if cfg.reset_optimizer_on_cut:
+            self.optimizer = torch.optim.Adam(self.params, lr=p["lr"], betas=tuple(cfg.betas))
+        else:
+            for g in self.optimizer.param_groups:
+                g["lr"] = p["lr"]
+        return False
 
     # -- data -------------------------------------------------------------------------------------
     def _use_cache(self) -> bool:
@@ -260,9 +339,10 @@ class Trainer:
             path = self._cache_path(split)
             orig = self.dirs[split]["orig"]
             if self.dist.main:
+                # the teacher runs once per image here, so it runs in fp32 whatever the student's precision
                 tc.get_or_build(path, self.teacher, self.model_spec, orig, self.cfg.mean, self.cfg.std,
                                 device=self.device, batch_size=self.cfg.batch_size, workers=self.cfg.workers,
-                                autocast_dtype=torch.bfloat16 if self.amp else None, progress=self.cfg.progress)
+                                progress=self.cfg.progress)
             _barrier(self.dist)
             self.caches[split] = tc.open_cache(path, tc.expected_meta(self.model_spec, self.teacher, orig,
                                                                        self.cfg.mean, self.cfg.std))
@@ -286,7 +366,7 @@ class Trainer:
             b = Batch(y=y.to(dev), x=to_device(x, dev, **norm), x_tilde=to_device(xt, dev, **norm))
         elif self.recipe.inputs == "orig":
             x, y, keys = items
-            b = Batch(y=y.to(dev), x=to_device(x, dev, **norm))
+            b = Batch(y=y.to(dev), x=to_device(x, dev, **norm), x_uint8=x.to(dev, non_blocking=True))
         else:
             xt, y, keys = items
             b = Batch(y=y.to(dev), x_tilde=to_device(xt, dev, **norm))
@@ -306,9 +386,14 @@ class Trainer:
         from tqdm import tqdm
         ds = self._stream(split, train)
         ds.set_epoch(self.epoch)
-        loader = make_loader(ds, self.cfg.batch_size, self.cfg.workers, drop_last=False,
+        # training drops the ragged tail (a short batch skews BatchNorm; a size-1 batch breaks it), as
+        # drop_last=True would; validation sees every sample
+        loader = make_loader(ds, self.cfg.batch_size, self.cfg.workers, drop_last=train,
                              pin_memory=self.device.type == "cuda")
-        total = ds.num_batches(self.cfg.batch_size, self.cfg.workers)
+        total = len(loader)
+        if train and total == 0:
+            raise ValueError(f"{split}: {len(ds)} training samples on this rank give no full batch of "
+                             f"{self.cfg.batch_size}; lower --batch-size")
         if self.cfg.max_steps_per_epoch:
             total = min(total, self.cfg.max_steps_per_epoch)
         self.ddp_model.train(train)
@@ -345,9 +430,9 @@ class Trainer:
     def state(self) -> dict:
         return {"format": "lossyvision-classifier/1", "model": self.model.state_dict(),
                 "model_spec": self.model_spec, "classes": list(self.classes) if self.classes else None,
-                "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                "optimizer": self.optimizer.state_dict(), "plateau": dict(self.plateau),
                 "epoch": self.epoch, "lr_cuts": self.lr_cuts, "best_val": self.best_val,
-                "config": self.cfg.to_dict(), "history": self.history,
+                "config": self.cfg.to_dict(), "history": self.history, "stopped": self.stopped,
                 "rng": {"torch": torch.get_rng_state(), "numpy": _np_state(), "python": _py_state(),
                         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
 
@@ -364,9 +449,14 @@ class Trainer:
             raise FileNotFoundError(f"--resume: no checkpoint {path}")
         ck = torch.load(path, map_location="cpu", weights_only=False)
         self.model.load_state_dict(ck["model"])
+        if "plateau" not in ck:
+            raise ValueError(f"{path} was written by an older lossyvision (no plateau state); start a new --out")
+        self.plateau = dict(ck["plateau"])
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.plateau["lr"]
         self.optimizer.load_state_dict(ck["optimizer"])
-        self.scheduler.load_state_dict(ck["scheduler"])
         self.epoch, self.lr_cuts, self.best_val = ck["epoch"], ck["lr_cuts"], ck["best_val"]
+        self.stopped = ck.get("stopped", False)
         self.history = ck.get("history", [])
         rng = ck["rng"]
         torch.set_rng_state(rng["torch"])
@@ -377,7 +467,13 @@ class Trainer:
         log.info("resumed from %s at epoch %d (%d lr cuts)", path, self.epoch, self.lr_cuts)
 
     def _done(self) -> bool:
-        return self.epoch >= self.cfg.epochs or self.lr_cuts >= self.cfg.max_lr_cuts
+        return self.epoch >= self.cfg.epochs or self.stopped
+
+    def _log(self, record: dict) -> None:
+        self.history.append(record)
+        if self.dist.main:
+            with open(self.out / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
 
     def run(self) -> dict:
         cfg = self.cfg
@@ -389,37 +485,35 @@ class Trainer:
             self._resume()
         if self._use_cache():
             self._prepare_caches()
+        if self.epoch == 0 and not self.history and cfg.seed_best_from_initial:
+            # the authors' epoch -1: the pretrained model on the (compressed) val split seeds the best loss
+            with torch.no_grad():
+                va = self._run_epoch(cfg.val_split, train=False)
+            self.plateau["best"] = self.best_val = va["loss"]
+            self._log({"epoch": -1, "lr": cfg.lr, "lr_next": cfg.lr, "lr_cuts": 0, **{f"val_{k}": v for k, v in va.items()}})
+            self._save("best.pt")
+            log.info("epoch -1 (initial model): val loss %.4f, val top-1 %.4f", va["loss"], va["top1"])
         while not self._done():
             tr = self._run_epoch(cfg.train_split, train=True)
             with torch.no_grad():
                 va = self._run_epoch(cfg.val_split, train=False)
-            lr_before = self.optimizer.param_groups[0]["lr"]
-            self.scheduler.step(va["loss"])
-            lr_after = self.optimizer.param_groups[0]["lr"]
-            if lr_after < lr_before:
-                self.lr_cuts += 1
-                if cfg.reset_optimizer_on_cut:
-                    self.optimizer = torch.optim.Adam(self.params, lr=lr_after, betas=tuple(cfg.betas))
-                    sched_state = self.scheduler.state_dict()
-                    self.scheduler = self._make_scheduler()
-                    self.scheduler.load_state_dict(sched_state)
+            lr_before = self.plateau["lr"]
+            if not (cfg.plateau_skip_first_epoch and self.epoch == 0):
+                self.stopped = self._plateau_step(va["loss"])
             improved = va["loss"] < self.best_val
             if improved:
                 self.best_val = va["loss"]
-            record = {"epoch": self.epoch, "lr": lr_before, "lr_next": lr_after, "lr_cuts": self.lr_cuts,
+            record = {"epoch": self.epoch, "lr": lr_before, "lr_next": self.plateau["lr"], "lr_cuts": self.lr_cuts,
                       **{f"train_{k}": v for k, v in tr.items()}, **{f"val_{k}": v for k, v in va.items()}}
-            self.history.append(record)
             self.epoch += 1
+            self._log(record)
             self._save("last.pt")
             if improved:
                 self._save("best.pt")
-            if self.dist.main:
-                with open(self.out / "log.jsonl", "a") as f:
-                    f.write(json.dumps(record) + "\n")
-                log.info("epoch %d: train loss %.4f, val loss %.4f, val top-1 %.4f, lr %.2e",
-                         record["epoch"], tr["loss"], va["loss"], va["top1"], lr_before)
-        if self.lr_cuts >= cfg.max_lr_cuts:
-            log.info("stopping: learning rate cut %d times", self.lr_cuts)
+            log.info("epoch %d: train loss %.4f, val loss %.4f, val top-1 %.4f, lr %.2e",
+                     record["epoch"], tr["loss"], va["loss"], va["top1"], lr_before)
+        if self.stopped:
+            log.info("stopping: learning rate cut %d times (lr %.3g)", self.lr_cuts, self.plateau["lr"])
         _barrier(self.dist)
         return {"out": str(self.out), "epochs": self.epoch, "lr_cuts": self.lr_cuts, "best_val_loss": self.best_val,
                 "history": self.history}

@@ -7,9 +7,10 @@ its loss from a `Batch` of *normalised* tensors. The KL term follows the paper's
     KL(p_t || p_s) = sum_c p_t,c (log p_t,c - log p_s,c)
 
 `kl_reduction="batchmean"` (default) divides that sum by the batch size B, so alpha keeps its
-meaning when the batch changes; `kl_reduction="sum"` is the paper code exactly, where the KL
-term grows with B. The two agree when `alpha_batchmean = alpha_sum * B`: the paper's
-alpha = 1e-2 at B = 320 (MnasNet) is alpha = 3.2 with `batchmean`, at B = 384 (ResNet50) 3.84.
+meaning when the batch changes (and under DDP, where each process sees B / world_size);
+`kl_reduction="sum"` is the paper code's form, where the KL term grows with B. The two agree when
+`alpha_batchmean = alpha_sum * B`: the paper's alpha = 1e-2 at B = 320 (MnasNet) is alpha = 3.2 with
+`batchmean` (the default), at B = 384 (ResNet50) 3.84.
 With a temperature T both distributions are softened by T and the term is scaled by T^2
 (Hinton et al. 2015), so its gradient scale does not depend on T; T = 1 is the paper.
 """
@@ -24,20 +25,36 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lossyvision.pipelines.stream import IMAGENET_STD
+from lossyvision.pipelines.stream import IMAGENET_MEAN, IMAGENET_STD
 from lossyvision.train.models import head_module
 
 KL_REDUCTIONS = ("batchmean", "sum")
+STABILITY_NOISES = ("uint8", "gaussian")
+# the paper's alpha (1e-2, with the authors' KLDivLoss(reduction='sum')) at MnasNet's batch of 320
+PAPER_ALPHA_BATCHMEAN = 1e-2 * 320
 
 
 @dataclass
 class Batch:
-    """One step's tensors on the device. x: clean, x_tilde: compressed, teacher: g(x) logits."""
+    """One step's tensors on the device. x: clean, x_tilde: compressed, teacher: g(x) logits;
+    x_uint8: the clean images as the loader shipped them (uint8 Bx3xHxW), for pixel-domain noise."""
 
     y: torch.Tensor
     x: torch.Tensor | None = None
     x_tilde: torch.Tensor | None = None
     teacher: torch.Tensor | None = None
+    x_uint8: torch.Tensor | None = None
+
+
+def uint8_noise(x_uint8: torch.Tensor, sigma: float, z: torch.Tensor | None = None) -> torch.Tensor:
+    """The authors' stability noise (python/transforms.py): x + N(0, 256 sigma) on uint8 pixels, clipped
+    to [0, 255] and truncated to an integer (numpy's astype(uint8)). Returns float pixel values 0..255.
+
+    `z` is the standard normal draw (default: a fresh one). For ResNet50's sigma 5e-4 the std is 0.128
+    levels, so truncation makes this x - Bernoulli(0.5) almost everywhere."""
+    if z is None:
+        z = torch.randn(x_uint8.shape, device=x_uint8.device)
+    return (x_uint8.float() + z * (256.0 * sigma)).clamp_(0.0, 255.0).trunc_()
 
 
 def kl_term(student_logits: torch.Tensor, target_logits: torch.Tensor, reduction: str = "batchmean",
@@ -80,14 +97,17 @@ class Recipe:
     inputs: ClassVar[str] = "variant"
     uses_teacher: ClassVar[bool] = False
 
-    def __init__(self, alpha: float = 1e-2, kl_reduction: str = "batchmean", temperature: float = 1.0,
-                 sigma: float = 4e-2, std: tuple[float, ...] = IMAGENET_STD) -> None:
+    def __init__(self, alpha: float = PAPER_ALPHA_BATCHMEAN, kl_reduction: str = "batchmean", temperature: float = 1.0,
+                 sigma: float = 4e-2, std: tuple[float, ...] = IMAGENET_STD, mean: tuple[float, ...] = IMAGENET_MEAN,
+                 noise: str = "uint8") -> None:
         if kl_reduction not in KL_REDUCTIONS:
             raise ValueError(f"unknown KL reduction {kl_reduction!r}; choose one of {', '.join(KL_REDUCTIONS)}")
         if temperature <= 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
+        if noise not in STABILITY_NOISES:
+            raise ValueError(f"unknown stability noise {noise!r}; choose one of {', '.join(STABILITY_NOISES)}")
         self.alpha, self.kl_reduction, self.temperature = alpha, kl_reduction, temperature
-        self.sigma, self.std = sigma, std
+        self.sigma, self.std, self.mean, self.noise = sigma, std, mean, noise
 
     def trainable_parameters(self, model: nn.Module) -> list[nn.Parameter]:
         """Parameters to optimise; the others get requires_grad=False."""
@@ -131,9 +151,12 @@ class Expert(Recipe):
 class Stability(Recipe):
     """Zheng et al. 2016 as the paper's code ran it: CE(f(x), y) + alpha * KL(f(x) || f(x')).
 
-    x' = x + AWGN(sigma), sigma in [0, 1] pixel units (added before normalisation, not clipped);
-    f(x') is computed without gradient, as in the paper's code; only the head is trained.
-    BatchNorm running statistics of the frozen body still update in train mode, as they did there.
+    noise "uint8" (default, the authors' code): x' = trunc(clip(x + N(0, 256 sigma), 0, 255)) on the
+    uint8 pixels, then normalised (`uint8_noise`); "gaussian": x' = x + N(0, sigma) in [0, 1] pixel units
+    added to the normalised image, unclipped (this toolkit's earlier form; about 4x weaker for ResNet50's
+    sigma 5e-4, where truncation dominates). f(x') is computed without gradient, as in the paper's code;
+    only the head is trained. BatchNorm running statistics of the frozen body still update in train
+    mode, as they did there.
     """
 
     name = "stability"
@@ -150,7 +173,13 @@ class Stability(Recipe):
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         std = torch.tensor(self.std, device=batch.x.device, dtype=batch.x.dtype).view(1, -1, 1, 1)
-        noisy = batch.x + torch.randn_like(batch.x) * (self.sigma / std)
+        if self.noise == "uint8":
+            if batch.x_uint8 is None:
+                raise ValueError("uint8 stability noise needs the uint8 images (Batch.x_uint8)")
+            mean = torch.tensor(self.mean, device=batch.x.device, dtype=batch.x.dtype).view(1, -1, 1, 1)
+            noisy = (uint8_noise(batch.x_uint8, self.sigma) / 255.0 - mean) / std
+        else:
+            noisy = batch.x + torch.randn_like(batch.x) * (self.sigma / std)
         with torch.no_grad():
             noisy_logits = model(noisy).float()
         logits = model(batch.x).float()

@@ -45,18 +45,37 @@ def test_resume_ends_with_the_same_weights(toy, tmp_path, teacher_cache):
     for k in a["model"]:
         assert torch.equal(a["model"][k], b["model"][k]), k
     log = [json.loads(line) for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in log] == [0, 1]
+    assert [r["epoch"] for r in log] == [-1, 0, 1]  # -1: the pretrained model's val loss, the first best
     # the checkpoint rebuilds its architecture on its own (used by eval-classifier)
     assert isinstance(create_model(str(tmp_path / "full" / "best.pt")), torch.nn.Module)
 
 
 def test_plateau_cuts_and_stops(toy, tmp_path):
-    # a BatchNorm-free model at lr 1e-30 keeps a constant val loss: with patience 0 every epoch after the
-    # first is a plateau, so the lr is cut twice and training stops after 3 of the 10 epochs
+    # a BatchNorm-free model at lr 1e-30 keeps a constant val loss. Epoch -1 (the initial model) seeds
+    # the best loss, epoch 0 is left out of the rule (the authors' code), and with patience 0 every
+    # later epoch is a plateau: cuts at epochs 1 and 2, then the stop.
     out = train(_cfg(toy, tmp_path, recipe="finetune", model="squeezenet1_1", lr=1e-30, epochs=10,
-                     plateau_patience=0, max_lr_cuts=2))
+                     plateau_patience=0, max_lr_cuts=2, stop_rule="cuts"))
     assert out["lr_cuts"] == 2 and out["epochs"] == 3
+    assert out["history"][0]["epoch"] == -1 and out["history"][1]["lr_cuts"] == 0
     assert out["history"][-1]["lr_next"] == pytest.approx(1e-30 / 25)
+    assert (Path(tmp_path) / "best.pt").exists()  # the initial model, when nothing beats it
+
+
+@pytest.mark.parametrize("lr0,cuts", [(1e-5, 4), (5e-6, 4), (1e-6, 3), (1e-7, 3)])
+def test_authors_stop_rule_and_its_float_quirk(toy, tmp_path, lr0, cuts):
+    """python/expert_training.py stops at the cut where lr/5/5/.. <= (1/5**3) * lr0: in floats that is the
+    4th cut for lr0 1e-5 and 5e-6 (8.000000000000001e-08 > 8e-08) and the 3rd for 1e-6."""
+    from lossyvision.train.classifier import Trainer
+
+    tr = Trainer(_cfg(toy, tmp_path, lr=lr0, max_lr_cuts=3, stop_rule="authors", plateau_patience=2))
+    tr.plateau["best"] = 1.0
+    steps = 0
+    while not tr._plateau_step(1.0):
+        steps += 1
+        assert steps < 100
+    assert tr.lr_cuts == cuts and steps == 3 * cuts - 1  # a cut on every third epoch without a new best
+    assert tr._plateau_step(0.5) is False and tr.plateau["counter"] == 0  # a new best resets the counter
 
 
 @pytest.mark.slow
@@ -74,7 +93,7 @@ def test_ddp_two_processes_train_and_checkpoint(toy, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     ck = torch.load(tmp_path / "ddp" / "last.pt", weights_only=True)
     assert ck["epoch"] == 1
-    rec = json.loads((tmp_path / "ddp" / "log.jsonl").read_text().splitlines()[0])
+    rec = json.loads((tmp_path / "ddp" / "log.jsonl").read_text().splitlines()[-1])
     assert rec["train_samples"] == 24 and rec["val_samples"] == 8  # 12 + 12 and 4 + 4: equal per rank
 
 
@@ -86,7 +105,8 @@ def test_cli_train_expert_writes_config_and_reports_errors(toy, tmp_path):
     assert res.exit_code == 0, res.output
     cfg = json.loads((tmp_path / "run" / "config.json").read_text())
     assert cfg["recipe"] == "expert" and cfg["lr"] == 1e-5 and cfg["betas"] == [0.5, 0.99]
-    assert cfg["kl_reduction"] == "batchmean" and cfg["alpha"] == 1e-2
+    assert cfg["kl_reduction"] == "batchmean" and cfg["alpha"] == 3.2  # the paper's 1e-2 x 320 with 'sum'
+    assert cfg["stability_noise"] == "uint8" and cfg["reset_optimizer_on_cut"] and cfg["seed_best_from_initial"]
     assert (tmp_path / "run" / "teacher-train.h5").exists()
 
     res = runner.invoke(train_classifier, ["--recipe", "finetune", *args[:2], "--variant", "jpeg-q5", *args[4:]])
@@ -99,7 +119,18 @@ def test_cli_train_expert_writes_config_and_reports_errors(toy, tmp_path):
 
 def test_presets_follow_the_paper_and_offline_weights_fail_clearly(monkeypatch, tmp_path):
     cfg = preset_config("marie2022-mnasnet-stability", shards="s", variant="orig", out="o", lr=2e-6)
-    assert (cfg.lr, cfg.alpha, cfg.sigma, cfg.kl_reduction, cfg.max_lr_cuts) == (2e-6, 5e-3, 4e-2, "sum", 1)
+    assert (cfg.lr, cfg.alpha, cfg.sigma, cfg.kl_reduction, cfg.max_lr_cuts) == (2e-6, 5e-3 * 320, 4e-2, "batchmean", 1)
+    assert (cfg.plateau_patience, cfg.seed_best_from_initial, cfg.stability_noise) == (3, False, "uint8")
+    # Table I cells as the authors ran them: ResNet50 per cell, the lossless row, MnasNet everywhere 1e-5 / 1e-2
+    cell = preset_config("marie2022-resnet50-expert-jpeg-q75", shards="s", out="o")
+    assert (cell.variant, cell.lr, cell.alpha, cell.batch_size) == ("jpeg-q75", 5e-6, 5e-3 * 384, 384)
+    lossless = preset_config("marie2022-resnet50-expert-orig", shards="s", out="o")
+    assert (lossless.variant, lossless.lr, lossless.alpha) == ("orig", 1e-6, 1e-3 * 384)
+    assert preset_config("marie2022-resnet50-finetune-j2k-r200-nomct", shards="s", out="o").lr == 5e-6
+    assert preset_config("marie2022-resnet50-expert-j2k-r200-nomct", shards="s", out="o").lr == 1e-5
+    assert preset_config("marie2022-mnasnet-expert-bpg-qp51", shards="s", out="o").alpha == pytest.approx(3.2)
+    from lossyvision.train.classifier import TABLE1_CELLS, list_presets
+    assert len(list_presets("marie2022-*-expert-*")) == 2 * len(TABLE1_CELLS) == 20
     with pytest.raises(ValueError, match="unknown preset"):
         preset_config("marie2021")
     monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # empty: forces the download path
@@ -112,3 +143,26 @@ def test_presets_follow_the_paper_and_offline_weights_fail_clearly(monkeypatch, 
         create_model("torchvision:mnasnet1_0:IMAGENET1K_V1")
     with pytest.raises(ValueError, match="IMAGENET1K_V1"):
         create_model("torchvision:mnasnet1_0:IMAGENET9K")
+
+
+def test_universal_expert_trains_on_a_mixture_and_sits_in_the_matrix(tmp_path):
+    from lossyvision.cli_classifier import eval_matrix
+
+    toy2 = make_dataset(tmp_path / "shards", n_train=24, n_val=8, shard_size=8, variants=("jpeg-q10", "jpeg-q50"))
+    runner = CliRunner()
+    common = ["--shards", str(toy2), "--model", "small_cnn", "--epochs", "1", "--batch-size", "8", "--workers", "0",
+              "--device", "cpu", "--quiet"]
+    res = runner.invoke(train_expert, [*common, "--variant", "jpeg-q10", "--variant", "jpeg-q50", "--out", str(tmp_path / "uni")])
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((tmp_path / "uni" / "config.json").read_text())
+    assert cfg["variant"] == ["jpeg-q10", "jpeg-q50"]
+    res = runner.invoke(train_expert, [*common, "--variant", "jpeg-q10", "--out", str(tmp_path / "single")])
+    assert res.exit_code == 0, res.output
+    res = runner.invoke(eval_matrix, ["--shards", str(toy2 / "val"), "--out", str(tmp_path / "m"), "--workers", "0",
+                                      "--device", "cpu", "--quiet",
+                                      "--model", f"jpeg-q10={tmp_path / 'single' / 'best.pt'}",
+                                      "--model", f"universal={tmp_path / 'uni' / 'best.pt'}",
+                                      "--variant", "jpeg-q10", "--variant", "jpeg-q50"])
+    assert res.exit_code == 0, res.output
+    m = json.loads((tmp_path / "m" / "matrix.json").read_text())
+    assert m["models"] == ["jpeg-q10", "universal"] and len(m["top1"][1]) == 2

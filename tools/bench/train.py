@@ -149,8 +149,9 @@ def imagefolder_loader(root: str, batch_size: int, workers: int):
                                        prefetch_factor=4 if workers > 0 else None)
 
 
-def bench_loaders(shard_dir: Path, spec: str, folder_root: str, args) -> dict[str, tuple[float, float]]:
-    """Per loader, the best (epoch samples/s, steady samples/s) over args.repeats turns of args.epochs epochs.
+def bench_loaders(shard_dirs: dict[str, Path], spec: str, folder_root: str, args) -> dict[str, tuple[float, float]]:
+    """Per loader, the median (epoch samples/s, steady samples/s) over args.repeats turns of args.epochs
+    epochs, the loaders taking turns so that the machine's drift hits them alike.
 
     epoch: every sample over the whole wall time, DataLoader worker start included (workers restart
     every epoch: ShardStream needs non-persistent workers for set_epoch); steady: the samples after
@@ -159,8 +160,6 @@ def bench_loaders(shard_dir: Path, spec: str, folder_root: str, args) -> dict[st
     from lossyvision.pipelines.stream import ShardStream, make_loader
 
     kw = dict(shuffle=True, seed=0, buffer_size=args.shuffle_buffer, rank=0, world_size=1)
-    pair = ShardStream(shard_dir / spec, shard_dir / "orig", **kw)
-    single = ShardStream(shard_dir / spec, **kw)
     folder = imagefolder_loader(folder_root, args.batch_size, args.workers)
 
     def shards(ds):
@@ -169,17 +168,79 @@ def bench_loaders(shard_dir: Path, spec: str, folder_root: str, args) -> dict[st
             return timed_epoch(make_loader(ds, args.batch_size, args.workers), normalise_shard_batch)
         return epoch
 
-    runs = {"folder": lambda e: timed_epoch(folder, folder_batch), "pair": shards(pair), "single": shards(single)}
+    runs = {"folder": lambda e: timed_epoch(folder, folder_batch)}
+    for fmt, d in shard_dirs.items():
+        runs[f"pair-{fmt}"] = shards(ShardStream(d / spec, d / "orig", **kw))
+    runs["single"] = shards(ShardStream(next(iter(shard_dirs.values())) / spec, **kw))
     for run in runs.values():  # warm-up: page cache, lazy imports
         run(0)
-    best = {k: (0.0, 0.0) for k in runs}
+    got: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
     for r in range(args.repeats):
         for name, run in runs.items():
             res = [run(1 + r * args.epochs + e) for e in range(args.epochs)]
             n, n_steady, t_first, t_all = (sum(x) for x in zip(*res))
-            steady = n_steady / (t_all - t_first) if n_steady else 0.0
-            best[name] = (max(best[name][0], n / t_all), max(best[name][1], steady))
-    return best
+            got[name].append((n / t_all, n_steady / (t_all - t_first) if n_steady else 0.0))
+    return {k: (statistics.median(e for e, _ in v), statistics.median(s for _, s in v)) for k, v in got.items()}
+
+
+# -- class mix of training batches ----------------------------------------------------------------
+
+def expected_distinct(class_counts: list[int], batch: int) -> float:
+    """Expected distinct classes in a batch drawn uniformly without replacement (i.i.d.-like sampling)."""
+    from math import comb
+
+    n = sum(class_counts)
+    return sum(1 - comb(n - c, batch) / comb(n, batch) for c in class_counts)
+
+
+def make_imagenet_train(root: str, classes: int, per_class: int) -> None:
+    """ILSVRC2012's train layout (train/<wnid>/<wnid>_<i>.JPEG) of small real-photo tiles."""
+    import numpy as np
+
+    from lossyvision.pipelines.sources import create_source
+
+    src = create_source("samples", None, "all")
+    photos = [src.load(it)[0] for it in src.items()]
+    rng = np.random.default_rng(0)
+    for c in range(classes):
+        wnid = f"n{1440764 + 1000 * c:08d}"
+        d = os.path.join(root, "train", wnid)
+        os.makedirs(d, exist_ok=True)
+        for i in range(per_class):
+            a = photos[(c + i) % len(photos)]
+            y, x = int(rng.integers(0, a.shape[0] - 48)), int(rng.integers(0, a.shape[1] - 48))
+            Image.fromarray(np.ascontiguousarray(a[y:y + 48, x:x + 48])).convert("RGB").save(
+                os.path.join(d, f"{wnid}_{i}.JPEG"), quality=90)
+
+
+def bench_class_mix(work: Path, args) -> dict[str, float]:
+    """Distinct classes per training batch through the real training loader (TrainConfig's workers and
+    shuffle buffer, `make_loader` as the Trainer calls it), for shards written shuffled (the default
+    for training splits) and sorted (as before), against the i.i.d. expectation."""
+    from lossyvision.pipelines.prepare import CodecSetting, PrepareConfig, prepare_shards
+    from lossyvision.pipelines.stream import ShardStream, make_loader, read_variant
+    from lossyvision.train.classifier import TrainConfig
+
+    make_imagenet_train(str(work / "ILSVRC2012"), args.mix_classes, args.mix_per_class)
+    cfg = TrainConfig(shards="-", variant="jpeg-q10", out="-")  # the defaults: workers, shuffle buffer
+    out = {}
+    for order in ("shuffled", "sorted"):
+        prepare_shards(PrepareConfig(dataset="imagenet", src=str(work / "ILSVRC2012"), split="train", out=str(work / order),
+                                     codecs=[CodecSetting("jpeg", 10)], crop="scale:32x32", shard_size=args.mix_shard_size,
+                                     executor="local", progress=False, order=order, ms_ssim=False))
+        vdir = work / order / "imagenet" / "train" / "jpeg-q10"
+        distinct = []
+        for epoch in range(3):
+            ds = ShardStream(vdir, shuffle=True, seed=cfg.seed, buffer_size=cfg.shuffle_buffer, rank=0, world_size=1)
+            ds.set_epoch(epoch)
+            for _, y, _ in make_loader(ds, args.mix_batch, cfg.workers, drop_last=True):
+                distinct.append(len(set(y.tolist())))
+        out[order] = statistics.mean(distinct)
+    counts = [args.mix_per_class] * args.mix_classes
+    out["iid"] = expected_distinct(counts, args.mix_batch)
+    out["workers"], out["buffer"] = cfg.workers, cfg.shuffle_buffer
+    assert read_variant(work / "shuffled" / "imagenet" / "train" / "orig").manifest["order"]["policy"] == "shuffled"
+    return out
 
 
 # -- training steps -----------------------------------------------------------------------------
@@ -239,7 +300,7 @@ def bench_steps(shards: Path, spec: str, work: Path, num_classes: int, args) -> 
     trainers["expert-cached"]._prepare_caches()  # builds <work>/teacher-all.h5 (train and val split: both "all")
     cache_s = time.perf_counter() - t
     ds = trainers["finetune"]._stream("all", train=True)
-    per_epoch = ds.num_batches(args.batch_size, args.workers)
+    per_epoch = ds.num_batches(args.batch_size)
     steps = min(args.steps, per_epoch - 1)
     if steps < 1:
         raise SystemExit(f"--images {args.images} gives {per_epoch} batch(es) per epoch at --batch-size "
@@ -257,7 +318,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--images", type=int, default=256, help="distinct source images (default 256)")
     ap.add_argument("--codec", default="jpeg-q10", help="codec variant, as a spec (default jpeg-q10)")
-    ap.add_argument("--orig-format", default="png", choices=["png", "qoi"], help="format of the orig crops (prepare-shards --orig-format)")
+    ap.add_argument("--orig-formats", default="png,qoi,npy", help="orig formats to measure side by side (png,qoi,npy)")
     ap.add_argument("--size", type=int, default=224, help="crop size: 224 = resize 256 + centre 224 (default)")
     ap.add_argument("--shard-size", type=int, default=32, help="samples per shard (default 32)")
     ap.add_argument("--folder-quality", type=int, default=90, help="JPEG quality of the ImageFolder files (90)")
@@ -267,13 +328,20 @@ def main() -> None:
                     help="ShardStream sample shuffle buffer (default 0: shards shuffled per epoch, samples in shard "
                          "order; a buffer changes the order and delays an epoch's first batch, not the decode work)")
     ap.add_argument("--epochs", type=int, default=2, help="epochs per loader measurement (2)")
-    ap.add_argument("--repeats", type=int, default=3, help="loader measurements / step blocks per case (3)")
+    ap.add_argument("--repeats", type=int, default=3, help="loader measurements / step blocks per case; medians (3)")
     ap.add_argument("--model", default="mnasnet0_5", help="torchvision model, random weights (mnasnet0_5)")
     ap.add_argument("--steps", type=int, default=4, help="timed steps per block (4; at most an epoch's batches - 1)")
     ap.add_argument("--skip-steps", action="store_true", help="measure the loaders only")
+    ap.add_argument("--mix-classes", type=int, default=20, help="class-mix check: ImageNet-layout classes (20)")
+    ap.add_argument("--mix-per-class", type=int, default=60, help="class-mix check: images per class (60)")
+    ap.add_argument("--mix-shard-size", type=int, default=100, help="class-mix check: shard size (100)")
+    ap.add_argument("--mix-batch", type=int, default=32, help="class-mix check: batch size (32)")
     args = ap.parse_args()
     if args.images < 1 or args.batch_size < 1 or args.workers < 0 or args.repeats < 1 or args.epochs < 1:
         ap.error("--images, --batch-size, --repeats and --epochs must be >= 1, --workers >= 0")
+    formats = [f for f in args.orig_formats.split(",") if f]
+    if not formats or set(formats) - {"png", "qoi", "npy"}:
+        ap.error("--orig-formats: a comma-separated list of png, qoi, npy")
 
     from lossyvision.codecs import parse_spec
     from lossyvision.pipelines.stream import read_variant
@@ -284,37 +352,53 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="lv-bench-train-"))
     try:
         t0 = time.perf_counter()
+        mix = bench_class_mix(tmp / "mix", args)
         num_classes = make_folder(str(tmp / "src"), args.images)
-        shard_dir, prep_s = make_shards(str(tmp / "src"), str(tmp / "shards"), name, q, options,
-                                       args.size, args.shard_size, args.orig_format)
-        spec = next(p.name for p in shard_dir.iterdir() if p.name != "orig")
-        folder_bytes = make_imagefolder(shard_dir / "orig", str(tmp / "imagefolder"), args.folder_quality)
-        means = {v: read_variant(shard_dir / v).manifest["means"]["bytes"] for v in ("orig", spec)}
+        shard_dirs, prep_s = {}, 0.0
+        for fmt in formats:
+            shard_dirs[fmt], s = make_shards(str(tmp / "src"), str(tmp / f"shards-{fmt}"), name, q, options,
+                                             args.size, args.shard_size, fmt)
+            prep_s += s
+        first = shard_dirs[formats[0]]
+        spec = next(p.name for p in sorted(first.iterdir()) if p.name != "orig" and (p / "manifest.json").exists())
+        folder_bytes = make_imagefolder(first / "orig", str(tmp / "imagefolder"), args.folder_quality)
+        orig_bytes = {f: read_variant(d / "orig").manifest["means"]["bytes"] for f, d in shard_dirs.items()}
+        spec_bytes = read_variant(first / spec).manifest["means"]["bytes"]
         setup_s = time.perf_counter() - t0
 
-        rates = bench_loaders(shard_dir, spec, str(tmp / "imagefolder"), args)
+        rates = bench_loaders(shard_dirs, spec, str(tmp / "imagefolder"), args)
         steps = cache_s = None
         if not args.skip_steps:
-            steps, cache_s = bench_steps(shard_dir.parent, spec, tmp / "runs", num_classes, args)
+            steps, cache_s = bench_steps(first.parent, spec, tmp / "runs", num_classes, args)
 
         import torch
 
         n = args.images
         print(f"training-input benchmark: {n} real-photo JPEGs 500x375 -> {args.size}x{args.size} crops, "
-              f"variant {spec} ({means[spec]:.0f} B/img; orig {args.orig_format.upper()} {means['orig']:.0f} B/img; ImageFolder JPEG "
-              f"q{args.folder_quality} {folder_bytes / n:.0f} B/img); batch {args.batch_size}, {args.workers} "
-              f"DataLoader workers, {os.cpu_count()} CPUs, torch {torch.get_num_threads()} threads; "
+              f"variant {spec} ({spec_bytes:.0f} B/img; orig " + ", ".join(f"{f.upper()} {b:.0f}" for f, b in orig_bytes.items())
+              + f" B/img; ImageFolder JPEG q{args.folder_quality} {folder_bytes / n:.0f} B/img); batch {args.batch_size}, "
+              f"{args.workers} DataLoader workers, {os.cpu_count()} CPUs, torch {torch.get_num_threads()} threads; "
               f"set-up {setup_s:.1f} s (prepare_shards {prep_s:.1f} s)\n")
+        print(f"Class mix of training batches: ImageNet layout, {args.mix_classes} classes x {args.mix_per_class} images, "
+              f"shards of {args.mix_shard_size}, batch {args.mix_batch}, the training loader's defaults ({mix['workers']} "
+              f"workers, shuffle buffer {mix['buffer']}), 3 epochs. i.i.d. expectation {mix['iid']:.2f} distinct classes.\n")
+        print("| shard order | distinct classes per batch | ratio to i.i.d. | target | met |")
+        print("| --- | ---: | ---: | --- | --- |")
+        for order in ("shuffled", "sorted"):
+            r = mix[order] / mix["iid"]
+            print(f"| {order}{' (default for train*)' if order == 'shuffled' else ' (before)'} | {mix[order]:.2f} | "
+                  f"{r:.2f} x | >= 0.90 x | {'yes' if r >= 0.9 else 'NO'} |")
         fe, fs = rates["folder"]
-        print(f"Loaders: best of {args.repeats} x {args.epochs} epochs of {n} samples. epoch = all samples over "
+        print(f"\nLoaders: median of {args.repeats} turns x {args.epochs} epochs of {n} samples. epoch = all samples over "
               "the whole time, DataLoader worker start included (workers restart every epoch); steady = after "
               "each epoch's first batch, what an ImageNet-size epoch sees. Targets are judged on steady.\n")
         print("| loader | epoch samples/s | steady samples/s | steady ratio | epoch ratio | target | met |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
         print(f"| ImageFolder: JPEG q{args.folder_quality} files, PIL, ToTensor + Normalize in the workers | "
               f"{fe:.0f} images/s | {fs:.0f} images/s | 1.00 | 1.00 | - | - |")
-        rows = (("pair", f"pair shard loader: orig {args.orig_format.upper()} + {spec}, uint8, normalised in the main process", "pairs", 1.0),
-                ("single", f"single-variant shard loader: {spec} only (cached expert training)", "images", 2.0))
+        rows = [(f"pair-{f}", f"pair shard loader: orig {f.upper()} + {spec}, uint8, normalised in the main process", "pairs", 1.5)
+                for f in formats]
+        rows.append(("single", f"single-variant shard loader: {spec} only (cached expert training)", "images", 2.5))
         for key, label, unit, target in rows:
             e, s = rates[key]
             print(f"| {label} | {e:.0f} {unit}/s | {s:.0f} {unit}/s | {s / fs:.2f} x | {e / fe:.2f} x | "

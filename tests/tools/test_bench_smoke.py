@@ -1,0 +1,27 @@
+"""Every benchmark in tools/bench runs from a clean checkout (tiny sizes; no timing assertions)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).parents[2]
+
+
+def _run(args: list[str], timeout: int = 600) -> str:
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_train_bench_runs_and_prints_every_ratio():
+    out = _run(["tools/bench/train.py", "--images", "24", "--size", "64", "--batch-size", "8", "--workers", "1",
+                "--repeats", "1", "--epochs", "1", "--steps", "1", "--model", "mnasnet0_5", "--mix-classes", "4",
+                "--mix-per-class", "8", "--mix-shard-size", "8", "--mix-batch", "4"])
+    for row in ("shuffled (default for train*)", "sorted (before)", "orig PNG", "orig QOI", "orig NPY",
+                "single-variant shard loader", "teacher cache"):
+        assert row in out, row
