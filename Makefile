@@ -39,6 +39,7 @@ test-fast: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python tools/bench/codecs.py
 	$(BIN)/python tools/bench/prepare.py
+	$(BIN)/python tools/bench/train.py
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -223,7 +223,8 @@ def parse_codec_settings(codecs: tuple[str, ...], qs: tuple[str, ...], bpps: tup
 @click.option("--executor", type=click.Choice(["auto", "ray", "local"]), default=None, help="auto: Ray when it pays (several shards and workers).")
 @click.option("--no-orig", is_flag=True, help="Do not write the lossless orig variant.")
 @click.option("--orig-format", type=click.Choice(["png", "qoi", "npy"]), default=None,
-              help="Format of the orig crops: png (default, every reader knows it) or qoi (decodes ~5x faster).")
+              help="Format of the orig crops: npy (default for train* splits: uncompressed, no decode work for the "
+                   "paired loader), png (default otherwise: every image reader knows it, ~2.4x smaller) or qoi.")
 @click.option("--store-decoded", is_flag=True, default=None, help="Also store decoded images as lossless PNG.")
 @click.option("--no-ms-ssim", is_flag=True, help="Skip MS-SSIM (saves ~3 ms per image and setting).")
 @click.option("--order", type=click.Choice(["shuffled", "sorted"]), default=None,

@@ -90,7 +90,10 @@ class PrepareConfig:
     address: str | None = None  # Ray cluster address; None: RAY_ADDRESS or a local Ray
     executor: str = "auto"  # auto: a named cluster, else in-process unless the work pays Ray's start | ray | local
     write_orig: bool = True
-    orig_format: str = "png"  # png (every reader knows it) | qoi (decodes ~5x faster: for training loaders)
+    # None: "npy" for training splits (uncompressed: the paired loader's decode costs nothing, 1.5x+ an
+    # ImageFolder of JPEGs; ~2.4x PNG's bytes), "png" otherwise (every image reader knows it; 1.5 ms to
+    # decode a 224x224 crop); "qoi" in between (tools/bench/train.py)
+    orig_format: str | None = None
     store_decoded: bool = False
     ms_ssim: bool = True
     # training splits are written in a seeded random order (a shard of sorted ImageNet keys holds one
@@ -108,6 +111,8 @@ class PrepareConfig:
             self.shard_size = DEFAULT_SHARD_SIZES.get(self.dataset, 1000)
         if self.order is None:
             self.order = "shuffled" if is_training_split(self.split) else "sorted"
+        if self.orig_format is None:
+            self.orig_format = "npy" if is_training_split(self.split) else "png"
 
     def to_dict(self) -> dict:
         return asdict(self)

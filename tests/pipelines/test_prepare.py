@@ -192,6 +192,11 @@ def test_training_split_is_a_seeded_permutation(tmp_path):
     prepare_shards(PrepareConfig(out=str(tmp_path / "b"), split="train", **common))
     assert digest(str(tmp_path / "a")) == digest(str(tmp_path / "b"))  # same bytes twice
     assert m["orig"]["order"] == {"policy": "shuffled", "seed": 0}
+    assert m["orig"]["orig_format"] == "npy"  # training splits: uncompressed orig, read by plain webdataset as arrays
+    import webdataset as wds
+    train_orig = os.path.join(str(tmp_path / "a"), "imagenet", "train", "orig")
+    arr = next(iter(wds.WebDataset([os.path.join(train_orig, t) for t in tars(train_orig)], shardshuffle=False).decode()))["npy"]
+    assert arr.dtype == np.uint8 and arr.shape == (224, 224, 3)
     base = os.path.join(str(tmp_path / "a"), "imagenet", "train")
     keys = _keys_in_shard_order(os.path.join(base, "orig"))
     assert keys == _keys_in_shard_order(os.path.join(base, "jpeg-q10"))  # variants stay aligned
@@ -211,6 +216,7 @@ def test_training_split_is_a_seeded_permutation(tmp_path):
     val = prepare_shards(PrepareConfig(out=str(tmp_path / "a"), split="val", **common))
     vkeys = _keys_in_shard_order(os.path.join(str(tmp_path / "a"), "imagenet", "val", "orig"))
     assert val["orig"]["order"]["policy"] == "sorted" and vkeys == sorted(vkeys)
+    assert val["orig"]["orig_format"] == "png"
     with pytest.raises(PrepareError, match="other options"):  # a rerun with another order is refused
         prepare_shards(PrepareConfig(out=str(tmp_path / "a"), split="train", order="sorted", **common))
 

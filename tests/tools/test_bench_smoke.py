@@ -21,7 +21,8 @@ def _run(args: list[str], timeout: int = 600) -> str:
 def test_train_bench_runs_and_prints_every_ratio():
     out = _run(["tools/bench/train.py", "--images", "24", "--size", "64", "--batch-size", "8", "--workers", "1",
                 "--repeats", "1", "--epochs", "1", "--steps", "1", "--model", "mnasnet0_5", "--mix-classes", "4",
-                "--mix-per-class", "8", "--mix-shard-size", "8", "--mix-batch", "4"])
+                "--mix-per-class", "8", "--mix-shard-size", "8", "--mix-batch", "4", "--efficiency", "--eff-model",
+                "mnasnet0_5", "--eff-batch", "8"])
     for row in ("shuffled (default for train*)", "sorted (before)", "orig PNG", "orig QOI", "orig NPY",
-                "single-variant shard loader", "teacher cache"):
+                "single-variant shard loader", "teacher cache", "Loader efficiency"):
         assert row in out, row

@@ -122,6 +122,11 @@ def timed_epoch(batches, prepare) -> tuple[int, int, float, float]:
     return n, n - n_first, t_first, time.perf_counter() - t0
 
 
+def uint8_shard_batch(items) -> int:
+    """What the loader hands a GPU trainer: uint8 batches (normalised there, on the device, at no CPU cost)."""
+    return len(items[-1])
+
+
 def normalise_shard_batch(items) -> int:
     from lossyvision.pipelines.stream import to_device
 
@@ -162,16 +167,18 @@ def bench_loaders(shard_dirs: dict[str, Path], spec: str, folder_root: str, args
     kw = dict(shuffle=True, seed=0, buffer_size=args.shuffle_buffer, rank=0, world_size=1)
     folder = imagefolder_loader(folder_root, args.batch_size, args.workers)
 
-    def shards(ds):
+    def shards(ds, handle):
         def epoch(e: int):
             ds.set_epoch(e)
-            return timed_epoch(make_loader(ds, args.batch_size, args.workers), normalise_shard_batch)
+            return timed_epoch(make_loader(ds, args.batch_size, args.workers), handle)
         return epoch
 
     runs = {"folder": lambda e: timed_epoch(folder, folder_batch)}
-    for fmt, d in shard_dirs.items():
-        runs[f"pair-{fmt}"] = shards(ShardStream(d / spec, d / "orig", **kw))
-    runs["single"] = shards(ShardStream(next(iter(shard_dirs.values())) / spec, **kw))
+    streams = {f"pair-{fmt}": ShardStream(d / spec, d / "orig", **kw) for fmt, d in shard_dirs.items()}
+    streams["single"] = ShardStream(next(iter(shard_dirs.values())) / spec, **kw)
+    for name, ds in streams.items():
+        runs[name] = shards(ds, uint8_shard_batch)
+        runs[f"{name}+norm"] = shards(ds, normalise_shard_batch)
     for run in runs.values():  # warm-up: page cache, lazy imports
         run(0)
     got: dict[str, list[tuple[float, float]]] = {k: [] for k in runs}
@@ -289,6 +296,59 @@ def run_block(tr, steps: int, epoch: int) -> tuple[list[float], list[float]]:
     return walls, computes
 
 
+def bench_efficiency(shards: Path, spec: str, work: Path, num_classes: int, args) -> dict:
+    """Loader efficiency: cached expert training of --eff-model at --eff-batch on --device, steps fed by the
+    shard loader against the same loop fed one in-memory batch over and over (synthetic: no loader)."""
+    import torch
+
+    from lossyvision.pipelines.stream import make_loader
+    from lossyvision.train.classifier import Trainer, TrainConfig
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    cfg = TrainConfig(shards=str(shards), variant=spec, out=str(work / "eff"), recipe="expert",
+                      model=f"torchvision:{args.eff_model}", num_classes=num_classes, train_split="all", val_split="all",
+                      batch_size=args.eff_batch, workers=args.workers, device=device, progress=False, seed=0,
+                      teacher_cache=str(work / "eff-teacher.h5"))
+    tr = Trainer(cfg)
+    tr._prepare_caches()
+    ds = tr._stream("all", train=True)
+    if ds.num_batches(args.eff_batch, drop_last=True) < 2:
+        raise SystemExit(f"--images {args.images} gives fewer than 2 batches of --eff-batch {args.eff_batch}")
+
+    def step(items) -> None:
+        keys = items[-1]
+        y = torch.tensor([label_of(k) for k in keys])
+        batch = tr._batch((*items[:-2], y, keys), "all")
+        with tr._autocast():
+            loss, _ = tr.recipe.loss(tr.ddp_model, batch)
+        tr.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        tr.optimizer.step()
+        loss.item()  # a sync per step, as a logged step has
+
+    tr.ddp_model.train(True)
+    real, synth = [], []
+    for r in range(args.repeats):
+        ds.set_epoch(r)
+        loader = make_loader(ds, args.eff_batch, args.workers, drop_last=True, pin_memory=device == "cuda")
+        it = iter(loader)
+        step(next(it))  # worker start, warm-up
+        t, n = time.perf_counter(), 0
+        for items in it:
+            step(items)
+            n += len(items[-1])
+        if n:
+            real.append(n / (time.perf_counter() - t))
+        first = next(iter(make_loader(ds, args.eff_batch, 0, drop_last=True)))
+        step(first)
+        t = time.perf_counter()
+        for _ in range(max(1, len(loader) - 1)):
+            step(first)
+        synth.append(max(1, len(loader) - 1) * args.eff_batch / (time.perf_counter() - t))
+    rs, ss = statistics.median(real), statistics.median(synth)
+    return {"device": device, "real": rs, "synthetic": ss, "ratio": rs / ss}
+
+
 def bench_steps(shards: Path, spec: str, work: Path, num_classes: int, args) -> tuple[dict, float]:
     trainers = {
         "finetune": make_trainer(shards, spec, work / "ft", "finetune", "off", num_classes, args),
@@ -332,6 +392,11 @@ def main() -> None:
     ap.add_argument("--model", default="mnasnet0_5", help="torchvision model, random weights (mnasnet0_5)")
     ap.add_argument("--steps", type=int, default=4, help="timed steps per block (4; at most an epoch's batches - 1)")
     ap.add_argument("--skip-steps", action="store_true", help="measure the loaders only")
+    ap.add_argument("--efficiency", action="store_true",
+                    help="also measure loader efficiency: expert steps from shards vs synthetic in-memory batches")
+    ap.add_argument("--eff-model", default="mnasnet1_0", help="efficiency: torchvision model (mnasnet1_0)")
+    ap.add_argument("--eff-batch", type=int, default=320, help="efficiency: batch size (320, the paper's)")
+    ap.add_argument("--device", default=None, help="efficiency: cuda or cpu (default: cuda if available)")
     ap.add_argument("--mix-classes", type=int, default=20, help="class-mix check: ImageNet-layout classes (20)")
     ap.add_argument("--mix-per-class", type=int, default=60, help="class-mix check: images per class (60)")
     ap.add_argument("--mix-shard-size", type=int, default=100, help="class-mix check: shard size (100)")
@@ -367,9 +432,11 @@ def main() -> None:
         setup_s = time.perf_counter() - t0
 
         rates = bench_loaders(shard_dirs, spec, str(tmp / "imagefolder"), args)
-        steps = cache_s = None
+        steps = cache_s = eff = None
         if not args.skip_steps:
             steps, cache_s = bench_steps(first.parent, spec, tmp / "runs", num_classes, args)
+        if args.efficiency:
+            eff = bench_efficiency(first.parent, spec, tmp / "runs", num_classes, args)
 
         import torch
 
@@ -392,16 +459,19 @@ def main() -> None:
         print(f"\nLoaders: median of {args.repeats} turns x {args.epochs} epochs of {n} samples. epoch = all samples over "
               "the whole time, DataLoader worker start included (workers restart every epoch); steady = after "
               "each epoch's first batch, what an ImageNet-size epoch sees. Targets are judged on steady.\n")
-        print("| loader | epoch samples/s | steady samples/s | steady ratio | epoch ratio | target | met |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
+        print("uint8 out: the batches as the loader hands them to a GPU trainer (normalised there, on the GPU); "
+              "+ CPU normalisation: also normalised in the main process on this CPU, what CPU-only training pays.\n")
+        print("| loader | epoch samples/s | steady samples/s, uint8 out | steady ratio | steady ratio + CPU normalisation "
+              "| epoch ratio | target (uint8 out) | met |")
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         print(f"| ImageFolder: JPEG q{args.folder_quality} files, PIL, ToTensor + Normalize in the workers | "
-              f"{fe:.0f} images/s | {fs:.0f} images/s | 1.00 | 1.00 | - | - |")
-        rows = [(f"pair-{f}", f"pair shard loader: orig {f.upper()} + {spec}, uint8, normalised in the main process", "pairs", 1.5)
-                for f in formats]
+              f"{fe:.0f} images/s | {fs:.0f} images/s | 1.00 | 1.00 | 1.00 | - | - |")
+        rows = [(f"pair-{f}", f"pair shard loader: orig {f.upper()} + {spec}", "pairs", 1.5) for f in formats]
         rows.append(("single", f"single-variant shard loader: {spec} only (cached expert training)", "images", 2.5))
         for key, label, unit, target in rows:
             e, s = rates[key]
-            print(f"| {label} | {e:.0f} {unit}/s | {s:.0f} {unit}/s | {s / fs:.2f} x | {e / fe:.2f} x | "
+            sn = rates[f"{key}+norm"][1]
+            print(f"| {label} | {e:.0f} {unit}/s | {s:.0f} {unit}/s | {s / fs:.2f} x | {sn / fs:.2f} x | {e / fe:.2f} x | "
                   f">= {target:.1f} x | {'yes' if s / fs >= target else 'NO'} |")
         if steps is not None:
             ft_w, ft_c, k = steps["finetune"]
@@ -419,6 +489,14 @@ def main() -> None:
                 if key == "expert-cached":
                     target, met = "<= 1.05 x", "yes" if ratio <= 1.05 else "NO"
                 print(f"| {label} | {w * 1e3:.0f} | {c * 1e3:.0f} | {ratio:.2f} x fine-tune | {target} | {met} |")
+        if eff is not None:
+            print(f"\nLoader efficiency: cached expert training, {args.eff_model} (random weights), batch {args.eff_batch}, "
+                  f"{eff['device']}, {args.workers} workers, median of {args.repeats} epochs.\n")
+            print("| fed by | img/s | ratio | target | met |")
+            print("| --- | ---: | ---: | --- | --- |")
+            print(f"| synthetic in-memory batch (no loader) | {eff['synthetic']:.0f} | 1.00 | - | - |")
+            print(f"| shard loader ({spec}) | {eff['real']:.0f} | {eff['ratio']:.2f} | >= 0.90 | "
+                  f"{'yes' if eff['ratio'] >= 0.9 else 'NO'} |")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -22,10 +22,11 @@
 # Under DDP `--batch-size` is per process and each process computes its own loss, then gradients
 # are averaged. So this script sets
 #   --batch-size GLOBAL_BATCH / (NNODES * GPUS)                      (same images per step)
-#   --kl-reduction batchmean --alpha ALPHA_SUM * GLOBAL_BATCH        (3.2 for alpha 1e-2 at 320)
-# which gives exactly the paper's gradient: per process CE_mean + alpha*B*KL_sum_local/(B/W),
-# averaged over the W processes = CE over the global batch + alpha_sum * KL summed over it.
-# Keeping the preset's `sum` with a smaller per-process batch would shrink the KL weight by W.
+# The presets already use --kl-reduction batchmean with alpha = ALPHA_SUM * paper batch (3.2 for
+# alpha 1e-2 at 320), which gives exactly the paper's gradient under DDP: per process
+# CE_mean + alpha*B*KL_sum_local/(B/W), averaged over the W processes = CE over the global batch +
+# alpha_sum * KL summed over it. A run given `--kl-reduction sum` is converted the same way below
+# (keeping `sum` with a smaller per-process batch would shrink the KL weight by W).
 # GLOBAL_BATCH must be a multiple of the number of processes (320 = 8 x 40, 16 x 20, 32 x 10).
 #
 # Data and run folder: every node reads the shards and rank 0 writes <out>/last.pt, best.pt,
