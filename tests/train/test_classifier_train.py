@@ -166,3 +166,15 @@ def test_universal_expert_trains_on_a_mixture_and_sits_in_the_matrix(tmp_path):
     assert res.exit_code == 0, res.output
     m = json.loads((tmp_path / "m" / "matrix.json").read_text())
     assert m["models"] == ["jpeg-q10", "universal"] and len(m["top1"][1]) == 2
+
+
+def test_cli_lists_presets_and_a_cell_preset_brings_its_variant(toy, tmp_path):
+    runner = CliRunner()
+    res = runner.invoke(train_classifier, ["--list-presets"])
+    assert res.exit_code == 0 and "marie2022-resnet50-expert-jpeg-q75\texpert\tjpeg-q75\tlr 5e-06\talpha 1.92" in res.output
+    res = runner.invoke(train_classifier, ["--preset", "marie2022-mnasnet-finetune-jpeg-q10", "--shards", str(toy),
+                                           "--out", str(tmp_path / "cell"), "--model", "small_cnn", "--epochs", "1",
+                                           "--batch-size", "8", "--workers", "0", "--device", "cpu", "--quiet"])
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((tmp_path / "cell" / "config.json").read_text())
+    assert (cfg["variant"], cfg["recipe"], cfg["lr"]) == ("jpeg-q10", "finetune", 1e-5)
