@@ -26,3 +26,14 @@ def test_train_bench_runs_and_prints_every_ratio():
     for row in ("shuffled (default for train*)", "sorted (before)", "orig PNG", "orig QOI", "orig NPY",
                 "single-variant shard loader", "teacher cache", "Loader efficiency"):
         assert row in out, row
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists("/usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz"),
+                    reason="needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)")
+def test_fashion_mnist_repro_runs_end_to_end(tmp_path):
+    out = _run(["tools/repro/fashion_mnist.py", "--out", str(tmp_path), "--teacher-limit", "300", "--train-limit", "64",
+                "--test-limit", "64", "--seeds", "0", "1", "--teacher-epochs", "1", "--epochs", "1", "--alphas", "32",
+                "--variants", "jpeg-q3", "bpg-qp51"])
+    assert "paired difference" in out and "Universal models" in out and "| 32 |" in out
+    assert (tmp_path / "results.json").exists()
