@@ -81,6 +81,7 @@ def main(verbose: int) -> None:
 
 
 @main.command("codecs", context_settings=CONTEXT)
+@click.version_option(package_name="lossyvision")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @verbose_option
 def codecs_cmd(as_json: bool) -> None:
@@ -109,6 +110,7 @@ def codecs_cmd(as_json: bool) -> None:
 
 
 @main.command("encode", context_settings=CONTEXT)
+@click.version_option(package_name="lossyvision")
 @click.argument("image", type=click.Path(dir_okay=False))
 @click.option("--codec", "codec_name", required=True, help="Codec name (see 'lossyvision codecs').")
 @click.option("--q", "q", type=float, default=None, help="Native codec parameter (JPEG quality, J2K ratio, QP, ...).")
@@ -207,6 +209,7 @@ def parse_codec_settings(codecs: tuple[str, ...], qs: tuple[str, ...], bpps: tup
 
 
 @main.command("prepare-shards", context_settings=CONTEXT)
+@click.version_option(package_name="lossyvision")
 @click.option("--dataset", required=True, help="imagenet | cityscapes | folder | samples | fashion-mnist")
 @click.option("--src", default=None, help="Dataset root: a path or an fsspec URL such as s3://bucket/ILSVRC2012 (not needed for samples).")
 @click.option("--split", default=None, help="Split folder, e.g. train or val (default: val; 'all' for folder/samples).")
@@ -271,6 +274,7 @@ def prepare_shards(dataset: str, src: str | None, split: str | None, out: str, c
 
 
 @main.command("rate-report", context_settings=CONTEXT)
+@click.version_option(package_name="lossyvision")
 @click.argument("root")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder for CSV/JSON/PNG (default ROOT/report; for a URL ROOT, ./report-<name>).")
 @click.option("--results", multiple=True, type=click.Path(dir_okay=False), help="Accuracy JSON from eval-classifier, joined by variant.")

@@ -125,6 +125,7 @@ def _run_training(recipe: str | None, quiet: bool, **options) -> None:
 
 
 @click.command("train-classifier")
+@click.version_option(package_name="lossyvision")
 @click.option("--recipe", type=click.Choice(["finetune", "expert", "stability"]), default=None, help="[expert]")
 @_train_options
 @_user_errors
@@ -134,6 +135,7 @@ def train_classifier(recipe, quiet, **options):
 
 
 @click.command("train-expert")
+@click.version_option(package_name="lossyvision")
 @_train_options
 @_user_errors
 def train_expert(quiet, **options):
@@ -142,6 +144,7 @@ def train_expert(quiet, **options):
 
 
 @click.command("eval-classifier")
+@click.version_option(package_name="lossyvision")
 @click.option("--model", required=True, help="torchvision:NAME[:WEIGHTS], a checkpoint, or a TorchScript file.")
 @click.option("--weights", default=None, help="State dict PATH for a torchvision/registered --model.")
 @click.option("--shards", required=True, type=str, help="ROOT/<dataset>/<split> holding variant folders (a path or an fsspec URL such as s3://bucket/root).")
@@ -171,6 +174,7 @@ def eval_classifier(json_path, csv_path, md_path, quiet, variants, **options):
 
 
 @click.command("eval-matrix")
+@click.version_option(package_name="lossyvision")
 @click.option("--model", "models", multiple=True, required=True,
               help="LABEL=REF (repeatable): a model trained on variant LABEL, e.g. jpeg-q10=runs/jpeg-q10/best.pt.")
 @click.option("--shards", required=True, type=str, help="ROOT/<dataset>/<split> holding variant folders (a path or an fsspec URL such as s3://bucket/root).")

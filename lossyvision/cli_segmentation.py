@@ -54,6 +54,7 @@ _device = click.option("--device", default=None, help="torch device (default: cu
 
 
 @click.command("train-restoration", context_settings=CONTEXT)
+@click.version_option(package_name="lossyvision")
 @click.option("--shards", required=True, type=str, help="ROOT/cityscapes holding <split>/<variant>/ (a path or an fsspec URL such as s3://bucket/root).")
 @click.option("--variant", required=True, help="Compressed variant to learn to restore, e.g. bpg-qp41.")
 @click.option("--out", "out_dir", default=None, help="Run folder (config, log, samples, checkpoints, generator.pt).")
@@ -89,6 +90,7 @@ def train_restoration(quiet: bool, resume: bool, **opts: Any) -> None:
 
 
 @click.command("restore-shards", context_settings=CONTEXT)
+@click.version_option(package_name="lossyvision")
 @click.option("--shards", required=True, type=str,
               help="ROOT/cityscapes (a path or an fsspec URL such as s3://bucket/root); the restored variant is written there too.")
 @click.option("--variant", required=True, help="Compressed variant to restore, e.g. bpg-qp41.")
@@ -113,6 +115,7 @@ def restore_shards(quiet: bool, overwrite: bool, **opts: Any) -> None:
 
 
 @click.command("train-segmentation", context_settings=CONTEXT)
+@click.version_option(package_name="lossyvision")
 @click.option("--shards", required=True, type=str, help="ROOT/cityscapes (a path or an fsspec URL such as s3://bucket/root).")
 @click.option("--train-variant", default=None, help="Training images: orig, a codec variant, or '<v>+restored'.")
 @click.option("--test-variant", default=None, help="Test images evaluated at the end (default orig).")
@@ -150,6 +153,7 @@ def train_segmentation(quiet: bool, resume: bool, no_eval: bool, output_stride: 
 
 
 @click.command("eval-segmentation", context_settings=CONTEXT)
+@click.version_option(package_name="lossyvision")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
               help="Results folder: OUT/results/*.json are collected into results.{csv,json,md} and miou_vs_bpp.png.")
 @click.option("--checkpoint", default=None, type=click.Path(dir_okay=False),

@@ -255,10 +255,14 @@ def test_console_script_exit_code_and_no_traceback(tmp_path):
     assert p.returncode == 2 and "out of range" in p.stderr and "Traceback" not in p.stderr
 
 
-def test_every_command_has_help():
+def test_every_command_has_help_and_version():
+    from lossyvision import __version__
+
     for name in main.list_commands(None):
         r = CliRunner().invoke(main, [name, "--help"])
         assert r.exit_code == 0 and "Usage" in r.output, name
+        r = CliRunner().invoke(main, [name, "--version"])
+        assert r.exit_code == 0 and __version__ in r.output, name
 
 
 @pytest.mark.ray
