@@ -44,13 +44,13 @@ def is_training_split(split: str) -> bool:
     return split.lower().startswith("train")
 
 
-def shard_order(keys: list[str], policy: str, seed: int) -> list[int]:
-    """Positions of the sorted key list in shard order: itself (sorted) or a seeded permutation of it.
+def shard_order(n: int, policy: str, seed: int) -> list[int]:
+    """Positions of the n sorted keys in shard order: themselves (sorted) or a seeded permutation.
 
     Python's Mersenne Twister `random.Random(seed).shuffle` has been the same algorithm since Python
     3.2 and depends only on the seed and the number of keys, so the order (and the shards' bytes) is
     the same run to run, on any worker count and on any machine."""
-    order = list(range(len(keys)))
+    order = list(range(n))
     if policy == "shuffled":
         random.Random(seed).shuffle(order)
     return order
@@ -404,7 +404,7 @@ def prepare_shards(cfg: PrepareConfig) -> dict[str, dict]:
 
 def _prepare_locked(cfg: PrepareConfig, source: Source, crop: CropPolicy, codecs: list[Codec], base: str, lock_path: str, t_start: float) -> dict[str, dict]:
     items = sorted(source.items(), key=lambda it: it.key)  # sources list sorted already; the order must not depend on it
-    items = [items[i] for i in shard_order([it.key for it in items], cfg.order, cfg.order_seed)]
+    items = [items[i] for i in shard_order(len(items), cfg.order, cfg.order_seed)]
     if cfg.limit:
         items = items[: cfg.limit]
     if not items:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from lossyvision.pipelines.stream import IMAGENET_MEAN, IMAGENET_STD
+from lossyvision.pipelines.stream import IMAGENET_MEAN, IMAGENET_STD, to_device
 from lossyvision.train.models import head_module
 
 KL_REDUCTIONS = ("batchmean", "sum")
@@ -172,13 +172,13 @@ class Stability(Recipe):
         return batch.x
 
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        std = torch.tensor(self.std, device=batch.x.device, dtype=batch.x.dtype).view(1, -1, 1, 1)
         if self.noise == "uint8":
             if batch.x_uint8 is None:
                 raise ValueError("uint8 stability noise needs the uint8 images (Batch.x_uint8)")
-            mean = torch.tensor(self.mean, device=batch.x.device, dtype=batch.x.dtype).view(1, -1, 1, 1)
-            noisy = (uint8_noise(batch.x_uint8, self.sigma) / 255.0 - mean) / std
+            noisy = to_device(uint8_noise(batch.x_uint8, self.sigma), batch.x.device, self.mean, self.std,
+                              channels_last=batch.x.is_contiguous(memory_format=torch.channels_last))
         else:
+            std = torch.tensor(self.std, device=batch.x.device, dtype=batch.x.dtype).view(1, -1, 1, 1)
             noisy = batch.x + torch.randn_like(batch.x) * (self.sigma / std)
         with torch.no_grad():
             noisy_logits = model(noisy).float()

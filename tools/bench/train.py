@@ -262,10 +262,23 @@ def make_trainer(shards: Path, spec: str, out: Path, recipe: str, cache: str, nu
     return Trainer(cfg)
 
 
-def run_block(tr, steps: int, epoch: int) -> tuple[list[float], list[float]]:
-    """One untimed step, then `steps` timed steps of the Trainer's own batch and loss code."""
+def train_step(tr, items, split: str) -> None:
+    """One step of the Trainer's own batch and loss code; labels from the key (folder shards have none)."""
     import torch
 
+    keys = items[-1]
+    y = torch.tensor([label_of(k) for k in keys])
+    batch = tr._batch((*items[:-2], y, keys), split)
+    with torch.set_grad_enabled(True), tr._autocast():
+        loss, _ = tr.recipe.loss(tr.ddp_model, batch)
+    tr.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    tr.optimizer.step()
+    loss.item()  # a sync per step, as a logged step has
+
+
+def run_block(tr, steps: int, epoch: int) -> tuple[list[float], list[float]]:
+    """One untimed step, then `steps` timed steps of the Trainer's own batch and loss code."""
     from lossyvision.pipelines.stream import make_loader
 
     split = tr.cfg.train_split
@@ -278,15 +291,7 @@ def run_block(tr, steps: int, epoch: int) -> tuple[list[float], list[float]]:
     for step in range(steps + 1):
         items = next(it)
         t_got = time.perf_counter()
-        keys = items[-1]
-        y = torch.tensor([label_of(k) for k in keys])  # folder shards carry no labels (y = -1)
-        batch = tr._batch((*items[:-2], y, keys), split)
-        with torch.set_grad_enabled(True), tr._autocast():
-            loss, _ = tr.recipe.loss(tr.ddp_model, batch)
-        tr.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        tr.optimizer.step()
-        loss.item()
+        train_step(tr, items, split)
         t_done = time.perf_counter()
         if step > 0:
             walls.append(t_done - t_prev)
@@ -316,15 +321,7 @@ def bench_efficiency(shards: Path, spec: str, work: Path, num_classes: int, args
         raise SystemExit(f"--images {args.images} gives fewer than 2 batches of --eff-batch {args.eff_batch}")
 
     def step(items) -> None:
-        keys = items[-1]
-        y = torch.tensor([label_of(k) for k in keys])
-        batch = tr._batch((*items[:-2], y, keys), "all")
-        with tr._autocast():
-            loss, _ = tr.recipe.loss(tr.ddp_model, batch)
-        tr.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        tr.optimizer.step()
-        loss.item()  # a sync per step, as a logged step has
+        train_step(tr, items, "all")
 
     tr.ddp_model.train(True)
     real, synth = [], []
