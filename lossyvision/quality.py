@@ -15,10 +15,23 @@ Definitions
   average pooling with zero padding for odd sizes). It needs a short side larger than
   ``(11 - 1) * 2**4 = 160`` pixels; for smaller images :func:`ms_ssim` returns ``None``.
 
-Speed: the Gaussian filtering uses OpenCV's separable float32 filter (about 1 ms for a 224x224
-RGB pair here, against 3-6 ms for pytorch-msssim or scikit-image on the CPU), and the
-reference-side statistics can be computed once and reused for every variant of the same
-image (:class:`Reference`). Results agree with pytorch-msssim to 1e-4 (tests/test_quality.py).
+Speed and memory: one OpenCV separable float32 filter call per statistic set (the variant's mean,
+its square and its product with the reference are stacked into one array), OpenCV's ``norm`` for
+PSNR, and the reference-side statistics computed once per image and reused for every variant
+(:class:`Reference`). About 1.5-2 ms per 224x224 variant for SSIM + MS-SSIM here, against ~5 ms
+before (tools/bench/prepare.py measures the share of a job).
+
+Images larger than ``STRIP_PIXELS`` are measured in horizontal strips of rows with a 10-row halo,
+so the float32 working set is bounded by the strip, not the image: 'valid' filtering makes every
+output row depend on its 11 input rows only, so the strips give the same maps (summation order
+differs by < 1e-6). Such images recompute the reference statistics per strip (the filtering costs
+5/3 of the cached path) rather than keeping ~48 bytes per pixel for the whole image. Memory of one
+:class:`Reference` of an H x W image: the caller's uint8 arrays, the reference's coarser MS-SSIM
+scales (4 bytes per pixel in float32: 1/4 + 1/16 + ... of 12), and at most ~170 bytes per pixel
+of one strip (~45 MB). The reference holds no reference cycle, so it is freed as soon as it goes
+out of scope (the old pyramid listed the object itself and waited for the cycle collector: 1.1 GB
+per 12 MP image).
+Results agree with pytorch-msssim to 1e-4 (tests/test_quality.py), strips or not.
 """
 
 from __future__ import annotations
@@ -59,6 +72,10 @@ def _check_pair(a: np.ndarray, b: np.ndarray) -> None:
 def mse(a: np.ndarray, b: np.ndarray) -> float:
     """Mean squared error over all pixels and channels (uint8 scale)."""
     _check_pair(a, b)
+    a, b = np.asarray(a), np.asarray(b)
+    if a.dtype == np.uint8 and b.dtype == np.uint8 and a.size:
+        # the exact integer sum of squared differences (OpenCV accumulates in double), ~10x numpy
+        return _cv2().norm(np.ascontiguousarray(a), np.ascontiguousarray(b), _cv2().NORM_L2SQR) / a.size
     d = a.astype(np.float32) - b.astype(np.float32)
     return float(np.mean(d * d, dtype=np.float64))
 
@@ -71,93 +88,176 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
     return 20 * math.log10(DATA_RANGE) - 10 * math.log10(m)
 
 
-def _filter(x: np.ndarray) -> np.ndarray:
-    """Gaussian 'valid' filtering of a planar CxHxW float32 array (each plane separately)."""
+# Strips of at most this many pixels (per channel) bound the float32 working set of the metrics;
+# images up to this size are one strip, and their reference statistics are cached across variants.
+STRIP_PIXELS = 1 << 18
+_R = WIN_SIZE // 2
+
+
+def _cv2():
     import cv2  # heavy import kept out of module import time
 
-    c, h, w = x.shape
-    r = WIN_SIZE // 2
-    # The planes are stacked vertically into one 2-D image: one single-channel call (OpenCV's fastest
-    # path). Rows near the seams mix planes, but those are exactly the border rows cropped below.
-    out = cv2.sepFilter2D(x.reshape(c * h, w), cv2.CV_32F, _GAUSS, _GAUSS, borderType=cv2.BORDER_REFLECT)
-    # 'same' filtering then cropping the border equals pytorch-msssim's unpadded convolution.
-    return out.reshape(c, h, w)[:, r:-r, r:-r]
+    return cv2
 
 
-def _planar(x: np.ndarray) -> np.ndarray:
-    """HxW or HxWxC -> contiguous CxHxW float32."""
-    x = np.asarray(x)
-    if x.ndim == 2:
-        x = x[..., None]
-    return np.ascontiguousarray(np.moveaxis(x, 2, 0), dtype=np.float32)
+def _hwc(a: np.ndarray) -> np.ndarray:
+    a = np.asarray(a)
+    return a[..., None] if a.ndim == 2 else a
 
 
-def _plane_means(m: np.ndarray) -> np.ndarray:
-    return m.reshape(m.shape[0], -1).sum(axis=1, dtype=np.float64) / (m.shape[1] * m.shape[2])
+def _strips(h: int, w: int) -> list[tuple[int, int]]:
+    """Input row ranges covering the valid output rows [0, h - 2r) in strips of <= STRIP_PIXELS."""
+    if h * w <= STRIP_PIXELS:
+        return [(0, h)]
+    step = max(1, STRIP_PIXELS // w - 2 * _R)
+    return [(o0, min(o0 + step, h - 2 * _R) + 2 * _R) for o0 in range(0, h - 2 * _R, step)]
+
+
+def _stack(x: np.ndarray, k: int) -> np.ndarray:
+    """A (k, n, W, C) float32 stack whose plane 0 holds ``x`` (n x W x C), the others to be filled."""
+    st = np.empty((k, *x.shape), dtype=np.float32)
+    st[0] = x
+    return st
+
+
+def _filter(st: np.ndarray) -> np.ndarray:
+    """Gaussian filtering of every plane of a (k, n, W, C) stack in one OpenCV call ('same' size,
+    reflect borders: the caller keeps only the valid interior, which equals unpadded filtering).
+    Rows near the seams between planes mix them, but those are exactly the rows dropped."""
+    cv2 = _cv2()
+    k, n, w, c = st.shape
+    out = cv2.sepFilter2D(st.reshape(k * n, w, c), cv2.CV_32F, _GAUSS, _GAUSS, borderType=cv2.BORDER_REFLECT)
+    return out.reshape(k, n, w, c)
+
+
+def _sums(m: np.ndarray) -> np.ndarray:
+    """Per-channel float64 sums over the valid interior of an (n, W, C) map."""
+    v = m[_R:-_R, _R:-_R]
+    if v.shape[2] <= 4:  # OpenCV's sum: double accumulators, one pass over interleaved channels
+        return np.asarray(_cv2().sumElems(v)[: v.shape[2]], dtype=np.float64)
+    return v.sum(axis=1).sum(axis=0, dtype=np.float64)
+
+
+def _ref_stats(x: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """(x, mu_x, mu_x^2 + C1, sigma_x^2 + C2) of a strip: the terms that depend on the reference only."""
+    st = _stack(x, 2)
+    np.multiply(st[0], st[0], out=st[1])
+    f = _filter(st)
+    mu, fxx = f[0], f[1]
+    mu_sq = mu * mu
+    fxx -= mu_sq
+    fxx += _C2
+    mu_sq += _C1
+    return st[0], mu, mu_sq, fxx
+
+
+class _Level:
+    """One scale of the reference (HxWxC, any numeric dtype) and, when it is a single strip, its
+    cached statistics."""
+
+    __slots__ = ("x", "h", "w", "cache")
+
+    def __init__(self, x: np.ndarray):
+        self.x = x
+        self.h, self.w = x.shape[:2]
+        self.cache: tuple | None = None
+
+    def sums(self, y: np.ndarray, cs_only: bool) -> tuple[np.ndarray | None, np.ndarray, int, np.ndarray | None]:
+        """Per-channel sums of the SSIM and contrast-structure maps against ``y`` (same shape), the
+        number of map pixels per channel, and ``y`` as float32 when it was converted in one piece."""
+        cv2 = _cv2()
+        ssim_sum = cs_sum = None
+        strips = _strips(self.h, self.w)
+        single = len(strips) == 1
+        y32 = None
+        for r0, r1 in strips:
+            if single and self.cache is not None:
+                x, mu_x, den1, den2 = self.cache
+            else:
+                x, mu_x, den1, den2 = _ref_stats(self.x[r0:r1])
+                if single:
+                    self.cache = (x, mu_x, den1, den2)
+            st = _stack(y[r0:r1], 3)
+            yf = st[0]
+            np.multiply(yf, yf, out=st[1])
+            np.multiply(x, yf, out=st[2])
+            f = _filter(st)
+            if single:
+                y32 = yf
+            shape = f.shape[1:]
+            flat = (-1, shape[1] * shape[2])
+            mu_y, fyy, fxy = (f[i].reshape(flat) for i in range(3))
+            p = cv2.multiply(mu_x.reshape(flat), mu_y)  # mu_x mu_y
+            my2 = cv2.multiply(mu_y, mu_y, dst=mu_y)
+            sxy = cv2.subtract(fxy, p, dst=fxy)
+            # 2 sigma_xy + C2; sigma_xy first, as sigma_y^2 below, so identical images give exactly 1
+            cs = cv2.addWeighted(sxy, 2.0, sxy, 0.0, _C2, dst=sxy)
+            den = cv2.subtract(fyy, my2, dst=fyy)
+            den = cv2.add(den, den2.reshape(flat), dst=den)  # sigma_x^2 + sigma_y^2 + C2
+            cs = cv2.divide(cs, den, dst=cs)
+            part = _sums(cs.reshape(shape))
+            cs_sum = part if cs_sum is None else cs_sum + part
+            if not cs_only:
+                lum = cv2.addWeighted(p, 2.0, p, 0.0, _C1, dst=p)  # 2 mu_x mu_y + C1
+                ld = cv2.add(my2, den1.reshape(flat), dst=my2)
+                lum = cv2.divide(lum, ld, dst=lum)
+                lum = cv2.multiply(lum, cs, dst=lum)
+                part = _sums(lum.reshape(shape))
+                ssim_sum = part if ssim_sum is None else ssim_sum + part
+        return ssim_sum, cs_sum, (self.h - 2 * _R) * (self.w - 2 * _R), y32
 
 
 class Reference:
-    """Reference-side SSIM statistics, computed once and reused for every variant of an image."""
+    """Reference-side SSIM statistics, computed once and reused for every variant of an image.
 
-    def __init__(self, ref: np.ndarray, _planar_input: bool = False):
-        x = ref if _planar_input else _planar(ref)
-        if min(x.shape[1:]) < WIN_SIZE:
-            raise ValueError(f"SSIM needs images of at least {WIN_SIZE}x{WIN_SIZE} pixels, got {x.shape[1:]}")
-        self.x = x
-        self.mu = _filter(x)
-        self.mu_sq = self.mu * self.mu
-        self.sigma_sq = _filter(x * x)
-        self.sigma_sq -= self.mu_sq
-        self.den1 = self.mu_sq + _C1  # terms that depend on the reference only
-        self.den2 = self.sigma_sq + _C2
+    Holds the caller's array (no copy) and, lazily, float32 coarser scales for MS-SSIM; nothing
+    refers back to the object, so it is freed as soon as the caller drops it."""
 
-    def ssim_and_cs(self, other: np.ndarray, _planar_input: bool = False, _cs_only: bool = False) -> tuple[np.ndarray | None, np.ndarray]:
-        """Per-channel SSIM and contrast-structure terms (float64 arrays of length C)."""
-        y = other if _planar_input else _planar(other)
-        if y.shape != self.x.shape:
-            raise ValueError(f"images differ in shape: {self.x.shape} vs {y.shape} (CxHxW)")
-        mu_y = _filter(y)
-        mu_y_sq = mu_y * mu_y
-        sigma_y_sq = _filter(y * y)
-        sigma_y_sq -= mu_y_sq
-        sigma_xy = _filter(self.x * y)
-        mu_y *= self.mu  # now mu_x * mu_y
-        sigma_xy -= mu_y
-        # cs = (2 sigma_xy + C2) / (sigma_x^2 + sigma_y^2 + C2), in place to keep memory traffic low
-        sigma_xy *= 2
-        sigma_xy += _C2
-        sigma_y_sq += self.den2
-        cs_map = np.divide(sigma_xy, sigma_y_sq, out=sigma_xy)
-        if _cs_only:  # MS-SSIM's intermediate scales use only the contrast-structure term
-            return None, _plane_means(cs_map)
-        mu_y *= 2
-        mu_y += _C1
-        mu_y_sq += self.den1
-        lum = np.divide(mu_y, mu_y_sq, out=mu_y)
-        cs = _plane_means(cs_map)
-        lum *= cs_map
-        return _plane_means(lum), cs
+    def __init__(self, ref: np.ndarray):
+        a = _hwc(ref)
+        if a.ndim != 3:
+            raise ValueError(f"expected an HxW or HxWxC image, got shape {np.shape(ref)}")
+        if min(a.shape[:2]) < WIN_SIZE:
+            raise ValueError(f"SSIM needs images of at least {WIN_SIZE}x{WIN_SIZE} pixels, got {a.shape[:2]}")
+        self.shape = a.shape
+        self._top = _Level(a)
+        self._coarser: list[_Level] | None = None
+
+    def _check(self, other: np.ndarray) -> np.ndarray:
+        b = _hwc(other)
+        if b.shape != self.shape:
+            raise ValueError(f"images differ in shape: {self.shape} vs {b.shape}; compare the same crop")
+        return b
 
     def ssim(self, other: np.ndarray) -> float:
-        s, _ = self.ssim_and_cs(other)
-        return float(s.mean())
+        s, _, n, _ = self._top.sums(self._check(other), cs_only=False)
+        return float((s / n).mean())
 
     def scores(self, other: np.ndarray, with_ms_ssim: bool = True) -> tuple[float, float | None]:
-        """(SSIM, MS-SSIM) against ``other``; the full-scale pass is shared and the reference's
-        pyramid is computed once per reference, so each extra variant costs about half."""
-        y = _planar(other)
-        s0, cs0 = self.ssim_and_cs(y, _planar_input=True)
-        if not with_ms_ssim or min(self.x.shape[1:]) < MS_SSIM_MIN_SIDE:
-            return float(s0.mean()), None
-        return float(s0.mean()), _ms_ssim_from(self._pyramid(), y, cs0)
-
-    def _pyramid(self) -> list["Reference"]:
-        if getattr(self, "_pyr", None) is None:
-            pyr = [self]
-            for _ in range(len(MS_SSIM_WEIGHTS) - 1):
-                pyr.append(Reference(_avg_pool2(pyr[-1].x), _planar_input=True))
-            self._pyr = pyr
-        return self._pyr
+        """(SSIM, MS-SSIM) against ``other``; the full-scale pass is shared by both, and the
+        reference's coarser scales are built once per reference."""
+        b = self._check(other)
+        s, cs, n, b32 = self._top.sums(b, cs_only=False)
+        ssim_val = float((s / n).mean())
+        if not with_ms_ssim or min(self.shape[:2]) < MS_SSIM_MIN_SIDE:
+            return ssim_val, None
+        if self._coarser is None:
+            top = self._top.cache[0] if self._top.cache is not None else self._top.x
+            lv = [_avg_pool2(top)]
+            while len(lv) < len(MS_SSIM_WEIGHTS) - 1:
+                lv.append(_avg_pool2(lv[-1]))
+            self._coarser = [_Level(x) for x in lv]
+        mcs = [np.maximum(cs / n, 0.0)]
+        y = _avg_pool2(b32 if b32 is not None else b)
+        for i, level in enumerate(self._coarser):
+            if i:
+                y = _avg_pool2(y)
+            last = i == len(self._coarser) - 1
+            s_i, cs_i, n_i, _ = level.sums(y, cs_only=not last)
+            # the coarsest scale contributes its full SSIM, the others their contrast-structure term
+            mcs.append(np.maximum((s_i if last else cs_i) / n_i, 0.0))
+        w = np.asarray(MS_SSIM_WEIGHTS)
+        return ssim_val, float(np.prod(np.stack(mcs, axis=0) ** w[:, None], axis=0).mean())
 
 
 def ssim(a: np.ndarray, b: np.ndarray) -> float:
@@ -167,28 +267,25 @@ def ssim(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def _avg_pool2(x: np.ndarray) -> np.ndarray:
-    """2x2 average pooling of CxHxW with zero padding on odd sides, as torch's avg_pool2d(padding=s%2)."""
-    _, h, w = x.shape
+    """2x2 average pooling of an HxWxC image to float32, with zero padding on odd sides as torch's
+    avg_pool2d(padding=s%2) (the output is (h + 2p - 2)//2 + 1 rows). Works in strips of rows, so a
+    uint8 image is never copied whole to float32; OpenCV's INTER_AREA at exactly 1/2 is the 2x2 mean."""
+    cv2 = _cv2()
+    h, w, c = x.shape
     ph, pw = h % 2, w % 2
-    if ph or pw:
-        # torch pads both sides by `padding` and floors the output size: (h + 2p - 2)//2 + 1
-        x = np.pad(x, ((0, 0), (ph, ph), (pw, pw)))
-        oh, ow = (h + 2 * ph - 2) // 2 + 1, (w + 2 * pw - 2) // 2 + 1
-        x = x[:, : 2 * oh, : 2 * ow]
-    return np.ascontiguousarray(0.25 * (x[:, 0::2, 0::2] + x[:, 1::2, 0::2] + x[:, 0::2, 1::2] + x[:, 1::2, 1::2]))
-
-
-def _ms_ssim_from(pyr: list[Reference], y: np.ndarray, cs0: np.ndarray) -> float:
-    mcs = [np.maximum(cs0, 0.0)]
-    for i, ref in enumerate(pyr[1:], start=2):
-        y = _avg_pool2(y)
-        last = i == len(pyr)
-        s, cs = ref.ssim_and_cs(y, _planar_input=True, _cs_only=not last)
-        # the coarsest scale contributes its full SSIM, the others their contrast-structure term
-        mcs.append(np.maximum(s if last else cs, 0.0))
-    w = np.asarray(MS_SSIM_WEIGHTS)
-    val = np.prod(np.stack(mcs, axis=0) ** w[:, None], axis=0)
-    return float(val.mean())
+    oh, ow = h // 2 + ph, w // 2 + pw
+    out = np.empty((oh, ow, c), dtype=np.float32)
+    step = max(1, STRIP_PIXELS // (2 * w))
+    for j0 in range(0, oh, step):
+        j1 = min(oh, j0 + step)
+        s0, s1 = 2 * j0 - ph, 2 * j1 - ph  # source rows; row -1 is the zero padding at the top
+        if ph or pw:
+            block = np.zeros((s1 - s0, 2 * ow, c), dtype=np.float32)
+            block[max(0, -s0):, pw:pw + w] = x[max(s0, 0):s1]
+        else:
+            block = np.asarray(x[s0:s1], dtype=np.float32)
+        out[j0:j1] = cv2.resize(block, (ow, j1 - j0), interpolation=cv2.INTER_AREA).reshape(j1 - j0, ow, c)
+    return out
 
 
 def ms_ssim(a: np.ndarray, b: np.ndarray) -> float | None:

@@ -84,3 +84,44 @@ def test_scores_share_work_and_agree(photos):
         assert s == pytest.approx(quality.ssim(a, b), abs=1e-12)
         assert abs(ms - float(t_ms_ssim(_t(a), _t(b), data_range=255))) < 1e-4
     assert quality.Reference(a[:100, :100]).scores(a[:100, :100])[1] is None
+
+
+@pytest.mark.parametrize("shape", [(300, 257), (161, 400)])
+def test_strips_give_the_same_numbers_as_one_piece(photos, shape, monkeypatch):
+    """Large images are measured in strips of rows; the strips must not change the numbers (and
+    still match pytorch-msssim), odd sizes and MS-SSIM's pooled scales included."""
+    a = np.ascontiguousarray(np.asarray(Image.fromarray(photos[1]).resize(shape[::-1])))
+    b = _jpeg(a, 10)
+    whole = quality.Reference(a).scores(b)
+    monkeypatch.setattr(quality, "STRIP_PIXELS", 40 * shape[1])  # ~40-row strips, several per scale
+    assert len(quality._strips(*shape)) > 3
+    striped = quality.Reference(a).scores(b)
+    assert striped[0] == pytest.approx(whole[0], abs=1e-6)
+    assert striped[1] == pytest.approx(whole[1], abs=1e-6)
+    assert abs(striped[1] - float(t_ms_ssim(_t(a), _t(b), data_range=255))) < 1e-4
+    assert abs(striped[0] - float(t_ssim(_t(a), _t(b), data_range=255))) < 1e-4
+
+
+def test_reference_is_freed_without_the_cycle_collector(photo):
+    """A Reference must not refer to itself (the old MS-SSIM pyramid did, and large images then
+    piled up until the cycle collector ran: RSS grew by ~1.1 GB per 12 MP image)."""
+    import gc
+    import weakref
+
+    gc.disable()
+    try:
+        ref = quality.Reference(photo)
+        ref.scores(_jpeg(photo, 10))
+        alive = weakref.ref(ref)
+        del ref
+        assert alive() is None
+    finally:
+        gc.enable()
+
+
+def test_grayscale_and_psnr_of_non_uint8(photo):
+    g = photo[..., 0]
+    gj = _jpeg(np.repeat(g[..., None], 3, axis=2), 10)[..., 0]
+    ref = float(t_ssim(torch.from_numpy(g.astype(np.float32))[None, None], torch.from_numpy(gj.astype(np.float32))[None, None], data_range=255))
+    assert abs(quality.ssim(g, gj) - ref) < 1e-4
+    assert quality.psnr(photo.astype(np.float32), gj[..., None].repeat(3, 2)) == pytest.approx(quality.psnr(photo, gj[..., None].repeat(3, 2)), abs=1e-9)
