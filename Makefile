@@ -5,6 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-lossyvision
 DEMO_OUT ?= demo-out
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: install demo test test-fast bench clean
 
@@ -37,9 +38,7 @@ test-fast: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python tools/bench/codecs.py
-	$(BIN)/python tools/bench/prepare.py
-	$(BIN)/python tools/bench/train.py
+	$(BIN)/python tools/bench/summary.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -1,5 +1,6 @@
 """Every benchmark in tools/bench runs from a clean checkout (tiny sizes; no timing assertions)."""
 
+import json
 import os
 import subprocess
 import sys
@@ -17,15 +18,39 @@ def _run(args: list[str], timeout: int = 600) -> str:
     return proc.stdout
 
 
+def _rows(path: Path, bench: str) -> dict[str, dict]:
+    """The rows of a tools/bench/common.py file, by name; checks the protocol's shape."""
+    data = json.loads(path.read_text())
+    assert data["bench"] == bench
+    rows = {r["name"]: r for r in data["rows"]}
+    for r in rows.values():
+        assert set(r) == {"name", "value", "unit", "target", "ok"}, r
+        assert isinstance(r["value"], float)
+        assert (r["target"] is None) == (r["ok"] is None), r
+    return rows
+
+
 @pytest.mark.slow
-def test_train_bench_runs_and_prints_every_ratio():
+def test_train_bench_runs_and_prints_every_ratio(tmp_path):
     out = _run(["tools/bench/train.py", "--images", "24", "--size", "64", "--batch-size", "8", "--workers", "1",
                 "--repeats", "1", "--epochs", "1", "--steps", "1", "--model", "mnasnet0_5", "--mix-classes", "4",
                 "--mix-per-class", "8", "--mix-shard-size", "8", "--mix-batch", "4", "--efficiency", "--eff-model",
-                "mnasnet0_5", "--eff-batch", "8"])
+                "mnasnet0_5", "--eff-batch", "8", "--json", str(tmp_path / "train.json")])
     for row in ("shuffled (default for train*)", "sorted (before)", "orig PNG", "orig QOI", "orig NPY",
                 "single-variant shard loader", "teacher cache", "Loader efficiency"):
         assert row in out, row
+    rows = _rows(tmp_path / "train.json", "train")
+    targeted = {"class mix, shuffled shards: distinct classes per batch / i.i.d.": ">= 0.9x",
+                "pair loader, orig NPY / ImageFolder, steady, uint8 out": ">= 1.5x",
+                "single-variant loader / ImageFolder, steady, uint8 out": ">= 2.5x",
+                "expert step, teacher cache / fine-tune step, wall": "<= 1.05x",
+                "loader efficiency (mnasnet0_5, batch 8, cpu): shard loader / synthetic batch": ">= 0.9x"}
+    for name, target in targeted.items():
+        assert rows[name]["target"] == target and isinstance(rows[name]["ok"], bool), name
+    for name in ("class mix, sorted shards: distinct classes per batch / i.i.d.", "ImageFolder loader, steady",
+                 "pair loader, orig PNG / ImageFolder, steady, + CPU normalisation",
+                 "pair loader, orig QOI / ImageFolder, epoch", "expert step, online teacher / fine-tune step, wall"):
+        assert rows[name]["target"] is None, name
 
 
 @pytest.mark.slow
@@ -37,3 +62,63 @@ def test_fashion_mnist_repro_runs_end_to_end(tmp_path):
                 "--variants", "jpeg-q3", "bpg-qp51"])
     assert "paired difference" in out and "Universal models" in out and "| 32 |" in out
     assert (tmp_path / "results.json").exists()
+
+
+@pytest.mark.slow
+def test_codecs_bench_writes_a_row_per_codec_and_size(tmp_path):
+    out = _run(["tools/bench/codecs.py", "--sizes", "32x32,48x32", "--photos", "1", "--repeat", "1",
+                "--codecs", "jpeg-q75,bpg-qp51", "--json", str(tmp_path / "codecs.json")])
+    assert "| jpeg-q75 | 32x32 |" in out and "| bpg-qp51 | 48x32 |" in out  # the Markdown table is still there
+    rows = _rows(tmp_path / "codecs.json", "codecs")
+    assert set(rows) == {f"enc+dec ms {c} {s}" for c in ("jpeg-q75", "bpg-qp51") for s in ("32x32", "48x32")}
+    assert all(r["unit"] == "ms" and r["target"] is None and r["value"] > 0 for r in rows.values())
+
+
+@pytest.mark.slow
+def test_scale_bench_writes_its_json_and_the_headline_rows(tmp_path):
+    full, heads = tmp_path / "scale.json", tmp_path / "rows.json"
+    out = _run(["tools/bench/scale.py", "--quick", "--imagenet-images", "2", "--cores", "16,1024",
+                "--json", str(full), "--rows-json", str(heads)])
+    assert "Expected wall time" in out
+    data = json.loads(full.read_text())  # its own structure, unchanged
+    assert {"machine", "quick", "assumptions", "datasets", "rows"} <= set(data) and data["quick"] is True
+    assert {(r["dataset"], r["split"], r["cores"]) for r in data["rows"]} >= {("imagenet", "train", 1024)}
+    rows = _rows(heads, "scale")
+    for name in ("imagenet: CPU per image", "imagenet/train (1,281,167 images): CPU-hours",
+                 "imagenet/train: expected wall on 16 cores, shared FS",
+                 "imagenet/train: expected wall on 1024 cores, shared FS", "cityscapes: CPU per image",
+                 "cityscapes/train (2,975 images): CPU-hours", "cityscapes/train: expected wall on 1024 cores, shared FS"):
+        assert name in rows and rows[name]["target"] is None, name
+
+
+@pytest.mark.slow
+def test_summary_runs_the_codec_bench_and_prints_one_table(tmp_path):
+    out = _run(["tools/bench/summary.py", "--only", "codecs", "--quick", "--json", str(tmp_path / "all.json")])
+    assert "| codec | size | bytes |" in out  # the script's own table, streamed through
+    assert "| bench | measurement | value | unit | target | ok |" in out
+    assert "| codecs | enc+dec ms jpeg-q75 224x224 |" in out
+    data = json.loads((tmp_path / "all.json").read_text())
+    assert data["failed"] == {} and {r["bench"] for r in data["rows"]} == {"codecs"}
+
+
+def test_summary_reports_failed_and_missing_scripts(tmp_path, monkeypatch, capfd):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_summary", REPO / "tools" / "bench" / "summary.py")
+    summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary)
+    (tmp_path / "boom.py").write_text("import sys\nprint('partial table')\nsys.exit('codec went boom')\n")
+    (tmp_path / "fine.py").write_text("import json, sys\nsys.path.insert(0, %r)\nimport common\n"
+                                      "common.write_json(sys.argv[-1], 'fine', [common.target_row('r', 2.0, '>=', 1.5),"
+                                      " common.row('n', 0.5, 'ms')])\n" % str(REPO / "tools" / "bench"))
+    monkeypatch.setattr(summary, "HERE", tmp_path)
+    monkeypatch.setattr(summary, "ORDER", ["boom", "missing", "fine"])
+    monkeypatch.setattr(sys, "argv", ["summary.py", "--json", str(tmp_path / "all.json")])
+    assert summary.main() == 1
+    out = capfd.readouterr().out  # the scripts write to the inherited file descriptor
+    assert "partial table" in out  # streamed through
+    assert "| boom | failed: exit 1: codec went boom |" in out
+    assert "| missing | failed: no such script: tools/bench/missing.py |" in out
+    assert "| fine | r | 2.00 | x | >= 1.5x | ✓ |" in out and "| fine | n | 0.5 | ms | – | – |" in out
+    data = json.loads((tmp_path / "all.json").read_text())
+    assert set(data["failed"]) == {"boom", "missing"} and [r["bench"] for r in data["rows"]] == ["fine", "fine"]

@@ -1,18 +1,25 @@
 """Codec benchmark on real photos (scikit-image's): bytes, bpp, PSNR, SSIM, encode/decode ms.
 
-    python tools/bench/codecs.py [--sizes 224x224,1024x512] [--repeat 3] [--codecs jpeg-q75,...]
+    python tools/bench/codecs.py [--sizes 224x224,1024x512] [--repeat 3] [--codecs jpeg-q75,...] [--json PATH]
 
-Times are medians over photos x repeats, single-threaded codecs, this machine. Markdown to stdout.
+Times are medians over photos x repeats, single-threaded codecs, this machine. Markdown to stdout;
+--json writes one row per codec setting and size, "enc+dec ms <spec> <size>" (encode + decode
+medians, no target), in the protocol of tools/bench/common.py.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
+import sys
 import time
 
 import numpy as np
 from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402  (tools/bench/common.py, next to this script)
 
 from lossyvision import codecs, quality
 from lossyvision.pipelines.sources import create_source
@@ -69,6 +76,7 @@ def main() -> None:
     ap.add_argument("--codecs", default=",".join(PAPER_SPECS))
     ap.add_argument("--photos", type=int, default=6)
     ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json", default=None, metavar="PATH", help="write the rows of tools/bench/common.py here")
     args = ap.parse_args()
     rows = []
     for size in args.sizes.split(","):
@@ -81,6 +89,8 @@ def main() -> None:
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['spec']} | {r['size']} | {r['bytes']:.0f} | {r['bpp']:.3f} | {r['psnr']:.2f} | {r['ssim']:.3f} | {r['enc_ms']:.2f} | {r['dec_ms']:.2f} |")
+    common.write_json(args.json, "codecs", [common.row(f"enc+dec ms {r['spec']} {r['size']}", r["enc_ms"] + r["dec_ms"], "ms")
+                                            for r in rows])
 
 
 if __name__ == "__main__":

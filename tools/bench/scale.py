@@ -1,6 +1,6 @@
 """prepare-shards at scale: per-image CPU cost of every stage at the paper settings, turned into wall times.
 
-    python tools/bench/scale.py [--quick] [--json scale.json] [--cores 16,128,1024]
+    python tools/bench/scale.py [--quick] [--json scale.json] [--rows-json rows.json] [--cores 16,128,1024]
                                 [--fs-gbps 1] [--object-gbps 10] [--imagenet-images 24] [--cityscapes-frames 3]
 
 Measures on this machine, one process, codecs single-threaded (as in prepare-shards' Ray tasks):
@@ -25,7 +25,9 @@ cores, the Ray bound (one task per shard: the last wave leaves cores idle), the 
 read + written / aggregate bandwidth of a shared filesystem or an object store), the driver's serial
 work (its manifest rewrites), what limits the row, and the --shard-size (up to the default) that would
 be fastest. Markdown to stdout; --json writes every number. ~45 s on a 2-core machine; `--quick`
-measures fewer images (~10 s).
+measures fewer images (~10 s). --rows-json writes the headline numbers as the rows of
+tools/bench/common.py (no targets; what `make bench` summarises): per dataset the CPU ms per image, the
+CPU-hours of its train split, and that split's expected wall time (shared filesystem) on each core count.
 Results and discussion: docs/scale.md.
 """
 
@@ -38,11 +40,15 @@ import os
 import platform
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 
 import numpy as np
 from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402  (tools/bench/common.py, next to this script)
 
 from lossyvision.pipelines.prepare import DEFAULT_SHARD_SIZES, MANIFEST_EVERY_S, PrepareConfig
 
@@ -476,6 +482,21 @@ def print_table(rows: list[dict], args: argparse.Namespace) -> None:
               f"{fmt_h(r['wall_best_shard_size_object_s'])} |")
 
 
+def headline_rows(per_image: dict, rows: list[dict]) -> list[dict]:
+    """The --rows-json rows: per dataset, CPU ms per image, then its train split's CPU-hours and
+    expected wall time on the shared filesystem at each core count (docs/scale.md's summary; no targets)."""
+    out = []
+    for ds, p in per_image.items():
+        out.append(common.row(f"{ds}: CPU per image", p["cpu_s"] * 1e3, "ms"))
+        mine = [r for r in rows if r["dataset"] == ds and r["split"] == "train"]
+        if mine:
+            out.append(common.row(f"{ds}/train ({mine[0]['images']:,} images): CPU-hours", mine[0]["cpu_hours"], "h"))
+        for r in mine:
+            out.append(common.row(f"{ds}/train: expected wall on {r['cores']} cores, shared FS",
+                                  r["wall_expected_fs_s"] / 60, "min"))
+    return out
+
+
 # -- main ---------------------------------------------------------------------------------------
 
 
@@ -489,6 +510,8 @@ def main() -> None:
     ap.add_argument("--fs-gbps", type=float, default=1.0, help="aggregate bandwidth of a shared filesystem, GB/s [1]")
     ap.add_argument("--object-gbps", type=float, default=10.0, help="aggregate bandwidth of an object store, GB/s [10]")
     ap.add_argument("--json", default=None, help="write all numbers here")
+    ap.add_argument("--rows-json", default=None, metavar="PATH",
+                    help="write the headline rows of tools/bench/common.py here (what make bench summarises)")
     args = ap.parse_args()
     n_in = args.imagenet_images or (8 if args.quick else 24)
     n_cs = args.cityscapes_frames or (1 if args.quick else 3)
@@ -532,6 +555,7 @@ def main() -> None:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)
         print(f"wrote {args.json}")
+    common.write_json(args.rows_json, "scale", headline_rows(per_image, rows))
 
 
 if __name__ == "__main__":

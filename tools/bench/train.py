@@ -1,6 +1,6 @@
 """Training-input benchmark: paired shard loader vs ImageFolder, fine-tune vs expert step time.
 
-    python tools/bench/train.py [--images 256] [--batch-size 32] [--workers 2] [--model mnasnet0_5]
+    python tools/bench/train.py [--images 256] [--batch-size 32] [--workers 2] [--model mnasnet0_5] [--json PATH]
 
 Builds a folder of distinct real-photo JPEGs of ImageNet-like size (500x375: scikit-image's photos,
 cropped, rotated and flipped), writes shards with prepare_shards (`orig` + one codec setting, resize
@@ -19,9 +19,12 @@ size, worker count and prefetch factor:
   (batch to device, teacher, loss, backward, Adam step); medians over --repeats blocks of --steps steps,
   the recipes taking turns, after one untimed step per block.
 The `folder` dataset has no labels, so training labels come from the key (the source photo, the same
-class as the ImageFolder tree). Prints ratios against the targets: pairs/s >= 1.0x ImageFolder's
-images/s; variant only >= 2x ImageFolder (both judged in steady state); cached expert step <= 1.05x
-fine-tune step (wall). Defaults take about 2 minutes on a 2-core machine.
+class as the ImageFolder tree). Prints ratios against the targets the tables judge: distinct classes
+per batch from shuffled shards >= 0.9x the i.i.d. expectation; pairs/s >= 1.5x ImageFolder's images/s
+(each orig format); variant only >= 2.5x ImageFolder (both judged in steady state, uint8 out); cached
+expert step <= 1.05x fine-tune step (wall); with --efficiency, shard-fed steps >= 0.9x synthetic ones.
+Defaults take about 2 minutes on a 2-core machine. --json writes every printed ratio as a row
+(tools/bench/common.py), with those targets and no others.
 """
 
 from __future__ import annotations
@@ -31,11 +34,15 @@ import os
 import re
 import shutil
 import statistics
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import common  # noqa: E402  (tools/bench/common.py, next to this script)
 
 # views of a photo: (zoom, rotation, mirror); ~16 per photo keeps 256 images distinct with 18 photos
 _ROT = (None, Image.Transpose.ROTATE_90, Image.Transpose.ROTATE_180, Image.Transpose.ROTATE_270)
@@ -398,6 +405,7 @@ def main() -> None:
     ap.add_argument("--mix-per-class", type=int, default=60, help="class-mix check: images per class (60)")
     ap.add_argument("--mix-shard-size", type=int, default=100, help="class-mix check: shard size (100)")
     ap.add_argument("--mix-batch", type=int, default=32, help="class-mix check: batch size (32)")
+    ap.add_argument("--json", default=None, metavar="PATH", help="write the ratio rows of tools/bench/common.py here")
     args = ap.parse_args()
     if args.images < 1 or args.batch_size < 1 or args.workers < 0 or args.repeats < 1 or args.epochs < 1:
         ap.error("--images, --batch-size, --repeats and --epochs must be >= 1, --workers >= 0")
@@ -446,12 +454,15 @@ def main() -> None:
         print(f"Class mix of training batches: ImageNet layout, {args.mix_classes} classes x {args.mix_per_class} images, "
               f"shards of {args.mix_shard_size}, batch {args.mix_batch}, the training loader's defaults ({mix['workers']} "
               f"workers, shuffle buffer {mix['buffer']}), 3 epochs. i.i.d. expectation {mix['iid']:.2f} distinct classes.\n")
+        json_rows = []  # the --json rows: every ratio printed below, with the tables' targets
         print("| shard order | distinct classes per batch | ratio to i.i.d. | target | met |")
         print("| --- | ---: | ---: | --- | --- |")
         for order in ("shuffled", "sorted"):
             r = mix[order] / mix["iid"]
             print(f"| {order}{' (default for train*)' if order == 'shuffled' else ' (before)'} | {mix[order]:.2f} | "
                   f"{r:.2f} x | >= 0.90 x | {'yes' if r >= 0.9 else 'NO'} |")
+            mix_name = f"class mix, {order} shards: distinct classes per batch / i.i.d."
+            json_rows.append(common.target_row(mix_name, r, ">=", 0.9) if order == "shuffled" else common.row(mix_name, r))
         fe, fs = rates["folder"]
         print(f"\nLoaders: median of {args.repeats} turns x {args.epochs} epochs of {n} samples. epoch = all samples over "
               "the whole time, DataLoader worker start included (workers restart every epoch); steady = after "
@@ -463,6 +474,7 @@ def main() -> None:
         print("| --- | --- | --- | --- | --- | --- | --- | --- |")
         print(f"| ImageFolder: JPEG q{args.folder_quality} files, PIL, ToTensor + Normalize in the workers | "
               f"{fe:.0f} images/s | {fs:.0f} images/s | 1.00 | 1.00 | 1.00 | - | - |")
+        json_rows.append(common.row("ImageFolder loader, steady", fs, "images/s"))
         rows = [(f"pair-{f}", f"pair shard loader: orig {f.upper()} + {spec}", "pairs", 1.5) for f in formats]
         rows.append(("single", f"single-variant shard loader: {spec} only (cached expert training)", "images", 2.5))
         for key, label, unit, target in rows:
@@ -470,6 +482,10 @@ def main() -> None:
             sn = rates[f"{key}+norm"][1]
             print(f"| {label} | {e:.0f} {unit}/s | {s:.0f} {unit}/s | {s / fs:.2f} x | {sn / fs:.2f} x | {e / fe:.2f} x | "
                   f">= {target:.1f} x | {'yes' if s / fs >= target else 'NO'} |")
+            what = "pair loader, orig " + key[5:].upper() if key.startswith("pair-") else "single-variant loader"
+            json_rows.append(common.target_row(f"{what} / ImageFolder, steady, uint8 out", s / fs, ">=", target))
+            json_rows.append(common.row(f"{what} / ImageFolder, steady, + CPU normalisation", sn / fs))
+            json_rows.append(common.row(f"{what} / ImageFolder, epoch", e / fe))
         if steps is not None:
             ft_w, ft_c, k = steps["finetune"]
             print(f"\nSteps: {args.model} (random weights), {args.size} px, batch {args.batch_size}, CPU, "
@@ -485,6 +501,9 @@ def main() -> None:
                 target, met = "-", "-"
                 if key == "expert-cached":
                     target, met = "<= 1.05 x", "yes" if ratio <= 1.05 else "NO"
+                    json_rows.append(common.target_row("expert step, teacher cache / fine-tune step, wall", ratio, "<=", 1.05))
+                elif key != "finetune":
+                    json_rows.append(common.row("expert step, online teacher / fine-tune step, wall", ratio))
                 print(f"| {label} | {w * 1e3:.0f} | {c * 1e3:.0f} | {ratio:.2f} x fine-tune | {target} | {met} |")
         if eff is not None:
             print(f"\nLoader efficiency: cached expert training, {args.eff_model} (random weights), batch {args.eff_batch}, "
@@ -494,6 +513,9 @@ def main() -> None:
             print(f"| synthetic in-memory batch (no loader) | {eff['synthetic']:.0f} | 1.00 | - | - |")
             print(f"| shard loader ({spec}) | {eff['real']:.0f} | {eff['ratio']:.2f} | >= 0.90 | "
                   f"{'yes' if eff['ratio'] >= 0.9 else 'NO'} |")
+            json_rows.append(common.target_row(f"loader efficiency ({args.eff_model}, batch {args.eff_batch}, {eff['device']}): "
+                                         "shard loader / synthetic batch", eff["ratio"], ">=", 0.9))
+        common.write_json(args.json, "train", json_rows)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
