@@ -5,7 +5,8 @@ Two codecs share this module:
 ``bpg`` reproduces what paper 1 ran, ``bpgenc -m 9 -b 8 -c ycbcr -q QP -f 420`` (libbpg's
 x265 path, ``x265_glue.c``), as closely as x265 allows:
 
-- colour: RGB -> YCbCr BT.601 **full range** (bpgenc's ``-c ycbcr`` default), 8 bit, 4:2:0;
+- colour: RGB -> YCbCr BT.601 **full range** (bpgenc's ``-c ycbcr`` default), 8 bit, 4:2:0, with
+  bpgenc's own integer arithmetic, so Y, Cb and Cr at full resolution are bpgenc's bit for bit;
 - ``-m 9`` selects x265 preset ``placebo`` with tune ``ssim``; intra only (keyint 1);
 - bpgenc passes ``qp + 1`` to x265 in 8-bit mode ("to match the JCTVC quality"); so does this
   codec. x265 rejects QP > 51, so bpg QP 51 is encoded at x265 QP 51, not 52 (deviation 1);
@@ -19,8 +20,11 @@ Deviations, each small and documented:
    packs the needed SPS fields into a header of roughly 20 bytes (estimated from the BPG format
    specification), so rates here are about 60-65 bytes per image higher than bpgenc's: ~3 % at
    QP 41 and ~13 % at QP 51 on 224x224 crops. Compare codecs at equal bytes with this in mind.
-3. Chroma: bpgenc decimates chroma with its own filter and bpgdec interpolates with another; here
-   chroma is averaged over 2x2 blocks and interpolated bilinearly (centre-sited).
+3. Chroma: bpgenc decimates chroma with its own 10-tap filter and bpgdec interpolates with another;
+   here the (bpgenc-exact) full-resolution chroma is averaged over 2x2 blocks, rounded half up, and
+   interpolated bilinearly (centre-sited). Before 0.2 the conversion was float32 and averaged
+   unrounded chroma; the integer one is ~10x faster (0.36 vs 4.3 ms at 224x224) and changed BPG
+   bytes by -0.21 % (QP 41) and -0.06 % (QP 51), PSNR by < 0.005 dB, on 8 ImageNet-style crops.
 4. x265 runs single-threaded (``pools=none``, ``frame-threads=1``) so that output does not depend
    on the machine, and so that one task uses one core; parallelism comes from the pipeline.
 
@@ -48,35 +52,77 @@ _SIZE_MAGIC = b"LVHS"  # cannot start an Annex-B stream, which begins with a 00 
 X265_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
 
 # BT.601 full range (JPEG/JFIF) coefficients, as bpgenc's default '-c ycbcr'.
+_KR, _KB = 0.299, 0.114
 _RGB2YCC = np.array(
-    [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], dtype=np.float32
+    [[_KR, 1 - _KR - _KB, _KB],
+     [-0.5 * _KR / (1 - _KB), -0.5 * (1 - _KR - _KB) / (1 - _KB), 0.5],
+     [0.5, -0.5 * (1 - _KR - _KB) / (1 - _KR), -0.5 * _KB / (1 - _KR)]]
 )
-_YCC2RGB = np.linalg.inv(_RGB2YCC.astype(np.float64)).astype(np.float32)
+_YCC2RGB = np.linalg.inv(_RGB2YCC)
+
+# bpgenc's forward conversion (libbpg bpgenc.c, convert_init + rgb24_to_ycc, 8-bit in and out):
+# integer coefficients lrint(k * 2^23), Y = (c.rgb + 2^22) >> 23, C = ((c.rgb + 2^22) >> 23) + 128,
+# clamped. Those sums need 31 bits; float32 is exact below 2^24, so each coefficient is split as
+# hi * 2^12 + lo and both halves go through OpenCV's float32 transform, where every partial sum is
+# an integer below 2^22 and therefore exact whatever the order or FMA use. The result is bpgenc's
+# Y, Cb and Cr bit for bit (tests/codecs/test_hevc.py), on any machine, in ~0.2 ms at 224x224.
+_SHIFT, _SPLIT = 23, 12
+_C_INT = np.rint(_RGB2YCC * (1 << _SHIFT)).astype(np.int64)  # lrint: ties to even, as np.rint
+_C_HI = np.floor_divide(_C_INT, 1 << _SPLIT)
+_C_LO = _C_INT - _C_HI * (1 << _SPLIT)  # 0 <= lo < 2^12
+# Scaled by powers of two, which float32 represents exactly: lo/2^12 (plus the rounding term) and
+# hi/2^11 (plus the chroma centre), so that Y = floor(hi.rgb/2^11 + floor(lo.rgb/2^12 + 2^10)/2^11).
+_M_LO = (np.hstack([_C_LO, np.full((3, 1), 1 << (_SHIFT - 1))]) / (1 << _SPLIT)).astype(np.float32)
+_M_HI = (np.hstack([_C_HI, np.array([[0], [128 << (_SHIFT - _SPLIT)], [128 << (_SHIFT - _SPLIT)]])])
+         / (1 << (_SHIFT - _SPLIT))).astype(np.float32)
+# Inverse (decoder side): float32, offsets for the chroma centre folded into a 3x4 matrix.
+_M_INV = np.hstack([_YCC2RGB, -(_YCC2RGB[:, 1:] @ np.array([128.0, 128.0]))[:, None]]).astype(np.float32)
+
+
+def rgb_to_ycc444(rgb: np.ndarray) -> np.ndarray:
+    """uint8 HxWx3 RGB -> HxWx3 float32 holding bpgenc's integer Y, Cb, Cr (0-255, full range)."""
+    import cv2
+
+    f = np.asarray(rgb, dtype=np.float32)
+    t = cv2.transform(f, _M_LO)  # (lo . rgb + 2^22) / 2^12
+    np.floor(t, out=t)
+    t = cv2.scaleAdd(t, 1.0 / (1 << (_SHIFT - _SPLIT)), cv2.transform(f, _M_HI), dst=t)
+    np.floor(t, out=t)  # = ((c . rgb + 2^22) >> 23) + centre, exactly
+    # bpgenc clamps to 255 (Cb and Cr reach 256 on saturated blue and red; nothing goes below 0).
+    # A bare float would be the scalar (v, 0, 0, 0) to OpenCV: every channel is given its bound.
+    return cv2.min(t, (255.0,) * 4, dst=t)
 
 
 def rgb_to_yuv420(rgb: np.ndarray) -> np.ndarray:
-    """uint8 HxWx3 RGB -> planar YUV 4:2:0 full range, shaped (H*3/2, W) as FFmpeg's yuv420p."""
+    """uint8 HxWx3 RGB (even H and W) -> planar YUV 4:2:0 full range, shaped (H*3/2, W) as FFmpeg's
+    yuv420p. Y, Cb and Cr at full resolution are bpgenc's (see above); chroma is then the mean of
+    each 2x2 block, rounded half up (bpgenc decimates with its own 10-tap filter instead)."""
+    import cv2
+
     h, w = rgb.shape[:2]
-    ycc = rgb.astype(np.float32) @ _RGB2YCC.T
-    ycc[..., 1:] += 128.0
-    y = ycc[..., 0]
-    c = ycc[..., 1:].reshape(h // 2, 2, w // 2, 2, 2).mean(axis=(1, 3))
-    out = np.empty((h * 3 // 2, w), dtype=np.float32)
-    out[:h] = y
-    out[h:].reshape(2, h // 2, w // 2)[:] = np.moveaxis(c, 2, 0)
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
+    ycc = rgb_to_ycc444(rgb)
+    out = np.empty((h * 3 // 2, w), dtype=np.uint8)
+    # INTER_AREA at exactly 1/2 is the 2x2 mean; the sums of integers and the quarter are exact
+    y, cb, cr = cv2.split(ycc)
+    out[:h] = y  # integers in 0..255: the cast is exact
+    planes = out[h:].reshape(2, h // 2, w // 2)
+    for plane, src in zip(planes, (cb, cr)):
+        c = cv2.resize(src, (w // 2, h // 2), interpolation=cv2.INTER_AREA)
+        c += 0.5
+        plane[:] = np.floor(c, out=c)
+    return out
 
 
 def yuv420_to_rgb(yuv: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Inverse of :func:`rgb_to_yuv420` with bilinear, centre-sited chroma interpolation."""
+    """Inverse of :func:`rgb_to_yuv420` with bilinear, centre-sited chroma interpolation (float32,
+    rounded to nearest, ties to even, and saturated)."""
     import cv2
 
-    y = yuv[:h].astype(np.float32)
     planes = yuv[h:].reshape(2, h // 2, w // 2)
-    cb = cv2.resize(planes[0].astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) - 128.0
-    cr = cv2.resize(planes[1].astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR) - 128.0
-    rgb = np.stack([y, cb, cr], axis=-1) @ _YCC2RGB.T
-    return np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
+    cb = cv2.resize(planes[0].astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    cr = cv2.resize(planes[1].astype(np.float32), (w, h), interpolation=cv2.INTER_LINEAR)
+    rgb = cv2.transform(cv2.merge([yuv[:h].astype(np.float32), cb, cr]), _M_INV)
+    return cv2.convertScaleAbs(cv2.max(rgb, (0.0,) * 4))  # |x| of x >= 0 with OpenCV's rounding and saturation
 
 
 class _X265Codec(Codec):
