@@ -1,3 +1,3 @@
 """lossyvision: train and evaluate vision models on lossy-compressed images."""
 
-__version__ = "0.2.0"
+__version__ = "0.1.0"

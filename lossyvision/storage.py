@@ -27,7 +27,7 @@ from typing import IO, Any, Callable, Iterator
 __all__ = [
     "is_remote", "local_path", "join", "exists", "isfile", "isdir", "listdir", "walk_files", "read_bytes",
     "read_text", "open_read", "write_atomic", "write_bytes_atomic", "stat", "makedirs", "sha256", "set_options",
-    "StorageError", "FileStat", "temp_suffix", "HashingWriter",
+    "StorageError", "FileStat", "temp_suffix", "HashingWriter", "AtomicWriter", "as_storage_error",
 ]
 
 
@@ -227,6 +227,11 @@ def _fsync_dir(path: str) -> None:
         os.close(fd)
 
 
+def as_storage_error(e: OSError, path: str) -> StorageError:
+    """``e`` as a :class:`StorageError` naming ``path`` with a hint (unchanged if it already is one)."""
+    return e if isinstance(e, StorageError) else _storage_error(e, path)
+
+
 def _storage_error(e: OSError, path: str) -> StorageError:
     if e.errno == errno.ENOSPC:
         why = "no space left on the device"
@@ -245,41 +250,85 @@ def _storage_error(e: OSError, path: str) -> StorageError:
     return err
 
 
+class AtomicWriter:
+    """A file that appears under ``path`` only when :meth:`commit` is called; :meth:`abort` (or an
+    exception inside ``with``) leaves no temporary file behind and the previous ``path`` untouched.
+
+    Local: written to ``path + temp_suffix()`` and renamed (fsync of the file and the folder).
+    Object stores: spooled to a local temp file and uploaded in one call on commit (put_file aborts a
+    failed multipart upload, whereas closing a half-written fs.open() handle would commit what was sent).
+    OSErrors surface as :class:`StorageError` naming ``path``."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._remote = is_remote(path)
+        try:
+            if self._remote:
+                self._tmp = tempfile.NamedTemporaryFile(prefix="lossyvision-", suffix=".part")
+                self.f: IO[bytes] = self._tmp
+            else:
+                p = local_path(path)
+                self._dir = os.path.dirname(p) or "."
+                os.makedirs(self._dir, exist_ok=True)
+                self._final, self._tmp_path = p, p + temp_suffix()
+                self.f = open(self._tmp_path, "wb")
+        except OSError as e:
+            raise _storage_error(e, path) from e
+        self._open = True
+
+    def commit(self) -> None:
+        try:
+            self.f.flush()
+            if self._remote:
+                fs, p = _fs(self.path)
+                fs.put_file(self._tmp.name, p)
+                self._tmp.close()
+            else:
+                os.fsync(self.f.fileno())
+                self.f.close()
+                os.replace(self._tmp_path, self._final)
+                _fsync_dir(self._dir)
+            self._open = False
+        except BaseException as e:
+            self.abort()
+            if isinstance(e, OSError) and not isinstance(e, StorageError):
+                raise _storage_error(e, self.path) from e
+            raise
+
+    def abort(self) -> None:
+        if not self._open:
+            return
+        self._open = False
+        try:
+            self.f.close()
+        except OSError:
+            pass
+        if not self._remote:
+            try:
+                os.unlink(self._tmp_path)
+            except OSError:
+                pass
+
+    def __enter__(self) -> "AtomicWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
 def write_atomic(path: str, write: Callable[[IO[bytes]], Any]) -> Any:
     """Call ``write(f)`` on a temporary file and commit it to ``path`` only when it returns;
     returns what ``write`` returned. Raises :class:`StorageError` (with the path) on failure,
     leaving no temporary file behind and the previous ``path`` (if any) untouched."""
-    if is_remote(path):
-        fs, p = _fs(path)
-        # Spool to a local temp file and upload it in one call: put_file aborts a failed multipart
-        # upload, whereas closing a half-written fs.open() handle would commit what was sent.
-        with tempfile.NamedTemporaryFile(prefix="lossyvision-", suffix=".part") as tmp:
-            res = write(tmp)
-            tmp.flush()
-            try:
-                fs.put_file(tmp.name, p)
-            except OSError as e:
-                raise _storage_error(e, path) from e
-        return res
-    p = local_path(path)
-    d = os.path.dirname(p) or "."
-    tmp = p + temp_suffix()
-    try:
-        os.makedirs(d, exist_ok=True)
-        with open(tmp, "wb") as f:
-            res = write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-        _fsync_dir(d)
-    except BaseException as e:
+    with AtomicWriter(path) as w:
         try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        if isinstance(e, OSError) and not isinstance(e, StorageError):
+            res = write(w.f)
+        except OSError as e:
+            if isinstance(e, StorageError):
+                raise
             raise _storage_error(e, path) from e
-        raise
+        w.commit()
     return res
 
 

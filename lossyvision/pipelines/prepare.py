@@ -8,6 +8,7 @@ flight, handled in completion order); the driver only updates the manifests. See
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -23,7 +24,7 @@ from .. import storage
 from ..codecs import Codec, CodecError, create, png_encode
 from .crops import FULL, IMAGENET, CropError, CropPolicy, parse_crop
 from .joblock import JobLock
-from .shards import FORMAT, MANIFEST, clean_temp_files, library_versions, load_manifest, sample_json, sha256_file, shard_name, write_json_atomic, write_tar_atomic
+from .shards import FORMAT, MANIFEST, clean_temp_files, library_versions, load_manifest, sample_json, sha256_file, shard_name, TarShardWriter, write_json_atomic
 from .sources import Item, Source, SourceError, create_source
 
 log = logging.getLogger(__name__)
@@ -161,6 +162,15 @@ def _encode_lossless(rgb: np.ndarray, fmt: str) -> bytes:
     return png_encode(rgb, level=1)  # zlib level 1: ~3x faster than 6 for ~1 % more bytes
 
 
+def _single_threaded_opencv() -> None:
+    """One task uses one core (codecs are single-threaded too): OpenCV's own thread pool would
+    otherwise oversubscribe the cores the other workers are using."""
+    import cv2
+
+    if cv2.getNumThreads() != 1:
+        cv2.setNumThreads(1)
+
+
 def encode_shard(t: ShardTask) -> dict:
     """Produce shard ``t.index`` of every variant; returns the manifest entries (runs in a worker)."""
     from .. import quality
@@ -171,9 +181,10 @@ def encode_shard(t: ShardTask) -> dict:
             "filesystem every node mounts at the same path, or an object-store URL such as s3://bucket/shards"
         )
     codecs = [s.build() for s in t.settings]
-    samples: dict[str, list[dict]] = {v: [] for v in t.variants}
+    _single_threaded_opencv()
     sums: dict[str, dict[str, float]] = {v: {} for v in t.variants}
     counts: dict[str, dict[str, int]] = {v: {} for v in t.variants}
+    keys: dict[str, list[str]] = {v: [] for v in t.variants}
     failures: list[dict] = []
 
     def add(variant: str, key: str, val: float | None) -> None:
@@ -182,68 +193,78 @@ def encode_shard(t: ShardTask) -> dict:
         sums[variant][key] = sums[variant].get(key, 0.0) + float(val)
         counts[variant][key] = counts[variant].get(key, 0) + 1
 
-    for item in t.items:
-        try:
-            rgb, label = t.source.load(item)
-            rgb, label = t.crop(rgb, label)
-            if min(rgb.shape[:2]) < 1:
-                raise CropError("empty image after cropping")
-            lab = _label_fields(t.source.task, label)
-            ref = quality.Reference(rgb) if min(rgb.shape[:2]) >= 11 else None
-            made: dict[str, tuple[dict, dict]] = {}
-            for codec in codecs:
-                r = codec.roundtrip(rgb)
-                ssim, ms = ref.scores(r.decoded, t.ms_ssim) if ref is not None else (None, None)
-                st = {
-                    "spec": codec.spec,
-                    "q": r.q,
-                    "bytes": r.bytes,
-                    "bpp": r.bpp(),
-                    "h": int(rgb.shape[0]),
-                    "w": int(rgb.shape[1]),
-                    "psnr": quality.psnr(rgb, r.decoded),
-                    "ssim": ssim,
-                    "ms_ssim": ms,
-                }
-                if getattr(codec, "last_over_target", False):
-                    st["over_target"] = True
-                s = {"__key__": item.key, codec.ext: r.data, "json": sample_json(st), **lab}
-                if t.store_decoded:
-                    s["decoded.png"] = png_encode(r.decoded, level=1)
-                made[codec.spec] = (s, {**st, "enc_ms": r.enc_ms, "dec_ms": r.dec_ms})
-        except (SourceError, CropError, CodecError) as e:
-            failures.append({"source": item.ref, "key": item.key, "reason": str(e)})
-            continue
-        if t.write_orig:
-            data = _encode_lossless(rgb, t.orig_format)
-            meta = {"h": int(rgb.shape[0]), "w": int(rgb.shape[1]), "source": item.ref, "bytes": len(data)}
-            samples[ORIG].append({"__key__": item.key, t.orig_format: data, "json": sample_json(meta), **lab})
-            add(ORIG, "bytes", len(data))
-            add(ORIG, "bpp", len(data) * 8.0 / (rgb.shape[0] * rgb.shape[1]))
-        for spec, (s, st) in made.items():
-            samples[spec].append(s)
-            for k in _STATS:
-                add(spec, k, st.get(k))
+    # Every variant's tar is written sample by sample as images finish, so the task holds one image
+    # (its crop, its encodings) at a time whatever --shard-size is; each tar appears only on commit.
+    with contextlib.ExitStack() as stack:
+        writers = {v: stack.enter_context(TarShardWriter(storage.join(vdir, shard_name(t.index)))) for v, vdir in t.variants.items()}
+        for item in t.items:
+            try:
+                rgb, label = t.source.load(item)
+                rgb, label = t.crop(rgb, label)
+                if min(rgb.shape[:2]) < 1:
+                    raise CropError("empty image after cropping")
+                lab = _label_fields(t.source.task, label)
+                ref = quality.Reference(rgb) if min(rgb.shape[:2]) >= quality.WIN_SIZE else None
+                made: dict[str, tuple[dict, dict]] = {}
+                for codec in codecs:
+                    r = codec.roundtrip(rgb)
+                    ssim, ms = ref.scores(r.decoded, t.ms_ssim) if ref is not None else (None, None)
+                    st = {
+                        "spec": codec.spec,
+                        "q": r.q,
+                        "bytes": r.bytes,
+                        "bpp": r.bpp(),
+                        "h": int(rgb.shape[0]),
+                        "w": int(rgb.shape[1]),
+                        "psnr": quality.psnr(rgb, r.decoded),
+                        "ssim": ssim,
+                        "ms_ssim": ms,
+                    }
+                    if getattr(codec, "last_over_target", False):
+                        st["over_target"] = True
+                    s = {"__key__": item.key, codec.ext: r.data, "json": sample_json(st), **lab}
+                    if t.store_decoded:
+                        s["decoded.png"] = png_encode(r.decoded, level=1)
+                    made[codec.spec] = (s, {**st, "enc_ms": r.enc_ms, "dec_ms": r.dec_ms})
+                    del r  # the decoded image is not kept past its metrics
+                del ref
+            except (SourceError, CropError, CodecError) as e:
+                failures.append({"source": item.ref, "key": item.key, "reason": str(e)})
+                continue
+            if t.write_orig:
+                data = _encode_lossless(rgb, t.orig_format)
+                meta = {"h": int(rgb.shape[0]), "w": int(rgb.shape[1]), "source": item.ref, "bytes": len(data)}
+                writers[ORIG].write({"__key__": item.key, t.orig_format: data, "json": sample_json(meta), **lab})
+                keys[ORIG].append(item.key)
+                add(ORIG, "bytes", len(data))
+                add(ORIG, "bpp", len(data) * 8.0 / (rgb.shape[0] * rgb.shape[1]))
+                del data
+            for spec, (s, st) in made.items():
+                writers[spec].write(s)
+                keys[spec].append(item.key)
+                for k in _STATS:
+                    add(spec, k, st.get(k))
+            del made, rgb, label
 
-    entries = {}
-    for variant, vdir in t.variants.items():
-        ss = samples[variant]
-        path = storage.join(vdir, shard_name(t.index))
-        sha, size = write_tar_atomic(path, ss)
-        st = storage.stat(path)
-        entries[variant] = {
-            "name": shard_name(t.index),
-            "index": t.index,
-            "count": len(ss),
-            "sha256": sha,
-            "size": size,
-            "stamp": st.stamp if st else None,
-            "first_key": ss[0]["__key__"] if ss else None,
-            "last_key": ss[-1]["__key__"] if ss else None,
-            "sums": sums[variant],
-            "counts": counts[variant],
-            "failures": failures,
-        }
+        entries = {}
+        for variant, w in writers.items():
+            sha, size = w.commit()
+            path = storage.join(t.variants[variant], shard_name(t.index))
+            st = storage.stat(path)
+            ks = keys[variant]
+            entries[variant] = {
+                "name": shard_name(t.index),
+                "index": t.index,
+                "count": len(ks),
+                "sha256": sha,
+                "size": size,
+                "stamp": st.stamp if st else None,
+                "first_key": ks[0] if ks else None,
+                "last_key": ks[-1] if ks else None,
+                "sums": sums[variant],
+                "counts": counts[variant],
+                "failures": failures,
+            }
     return {"index": t.index, "images": len(t.items), "entries": entries}
 
 
@@ -506,6 +527,8 @@ def _prepare_locked(cfg: PrepareConfig, source: Source, crop: CropPolicy, codecs
                 write_manifests()
             except Exception as e:
                 log.warning("could not record the finished shards in the manifests: %s", e)
+            for vdir in variants.values():  # tars of tasks that were cancelled mid-write (this job holds the lock)
+                clean_temp_files(vdir)
             raise
     for v in variants:
         clean_temp_files(variants[v])  # left by tasks whose worker or node died and that ran again elsewhere

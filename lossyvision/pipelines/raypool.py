@@ -25,6 +25,7 @@ _FORWARD_PREFIXES = ("FSSPEC_",)
 
 MAX_RETRIES = 5  # per task, by Ray, for dead workers and nodes
 RESUBMITS = 2  # per task, by us, after Ray's retries are used up
+CANCEL_WAIT_S = 10.0  # for force-cancelled tasks to end once the job fails
 
 
 def init_ray(workers: int | None = None, address: str | None = None) -> int:
@@ -145,4 +146,11 @@ def run_ray(fn: Callable[[Any], Any], tasks: Iterable[Any], workers: int | None 
     except BaseException:
         for ref in in_flight:
             ray.cancel(ref, force=True)
+        if in_flight:
+            # Let the cancelled tasks end before the caller cleans up after them (their workers die
+            # holding temp files that only the driver can then remove).
+            try:
+                ray.wait(list(in_flight), num_returns=len(in_flight), timeout=CANCEL_WAIT_S)
+            except Exception:
+                pass
         raise

@@ -22,7 +22,7 @@ from .. import storage
 FORMAT = "lossyvision-shards/1"
 MANIFEST = "manifest.json"
 
-__all__ = ["FORMAT", "MANIFEST", "shard_name", "write_tar_atomic", "sha256_file", "variant_dir", "load_manifest", "write_json_atomic", "clean_temp_files", "library_versions"]
+__all__ = ["FORMAT", "MANIFEST", "shard_name", "TarShardWriter", "write_tar_atomic", "sha256_file", "variant_dir", "load_manifest", "write_json_atomic", "clean_temp_files", "library_versions"]
 
 
 def shard_name(index: int) -> str:
@@ -37,30 +37,70 @@ def sha256_file(path: str) -> str:
     return storage.sha256(path)
 
 
+class TarShardWriter:
+    """A WebDataset shard written sample by sample and committed atomically, so a task holds one
+    sample at a time rather than a whole shard (its memory does not grow with --shard-size).
+
+    ``with TarShardWriter(path) as w: w.write(sample) ...; sha, size = w.commit()``; an exception
+    inside ``with`` (or no commit) leaves nothing under ``path``. Member names are ``<key>.<ext>``
+    in sorted extension order; values are bytes (or str, written as UTF-8); metadata is fixed
+    (mtime 0, fixed owner and mode) so the same samples always give the same bytes."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._file = storage.AtomicWriter(path)
+        self._tee = storage.HashingWriter(self._file.f)
+        self._tar = tarfile.open(fileobj=self._tee, mode="w|", format=tarfile.USTAR_FORMAT)
+        self.count = 0
+
+    def write(self, sample: dict[str, Any]) -> None:
+        key = sample["__key__"]
+        try:
+            for ext in sorted(k for k in sample if not k.startswith("__")):
+                v = sample[ext]
+                data = v.encode("utf-8") if isinstance(v, str) else bytes(v)
+                ti = tarfile.TarInfo(f"{key}.{ext}")
+                ti.size, ti.mtime, ti.mode = len(data), 0, 0o444
+                ti.uname = ti.gname = "lossyvision"
+                ti.uid = ti.gid = 0
+                self._tar.addfile(ti, io.BytesIO(data))
+        except OSError as e:
+            self.abort()
+            raise storage.as_storage_error(e, self.path) from e
+        self.count += 1
+
+    def commit(self) -> tuple[str, int]:
+        """Close the tar, publish it under ``path``; returns (sha256, size)."""
+        try:
+            self._tar.close()
+        except OSError as e:
+            self.abort()
+            raise storage.as_storage_error(e, self.path) from e
+        self._file.commit()
+        return self._tee.h.hexdigest(), self._tee.n
+
+    def abort(self) -> None:
+        # Mark the tar stream closed first: otherwise its finaliser flushes into the closed file.
+        self._tar.closed = True
+        self._tar.fileobj.closed = True
+        self._file.abort()
+
+    def __enter__(self) -> "TarShardWriter":
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is not None:
+            self.abort()
+
+
 def write_tar_atomic(path: str, samples: Iterable[dict[str, Any]]) -> tuple[str, int]:
     """Write WebDataset samples (``{"__key__": k, "png": bytes, ...}``) to ``path`` (a local path
     or an fsspec URL) atomically; return (sha256, size). Raises storage.StorageError naming the
-    path when the disk is full or the store refuses the write; no partial shard is left behind.
-
-    Member names are ``<key>.<ext>``; values must be bytes (or str, written as UTF-8).
-    """
-
-    def write(f) -> tuple[str, int]:
-        tee = storage.HashingWriter(f)
-        with tarfile.open(fileobj=tee, mode="w|", format=tarfile.USTAR_FORMAT) as tar:
-            for s in samples:
-                key = s["__key__"]
-                for ext in sorted(k for k in s if not k.startswith("__")):
-                    v = s[ext]
-                    data = v.encode("utf-8") if isinstance(v, str) else bytes(v)
-                    ti = tarfile.TarInfo(f"{key}.{ext}")
-                    ti.size, ti.mtime, ti.mode = len(data), 0, 0o444
-                    ti.uname = ti.gname = "lossyvision"
-                    ti.uid = ti.gid = 0
-                    tar.addfile(ti, io.BytesIO(data))
-        return tee.h.hexdigest(), tee.n
-
-    return storage.write_atomic(path, write)
+    path when the disk is full or the store refuses the write; no partial shard is left behind."""
+    with TarShardWriter(path) as w:
+        for s in samples:
+            w.write(s)
+        return w.commit()
 
 
 def write_json_atomic(path: str, obj: Any) -> None:
