@@ -180,6 +180,7 @@ def encode_shard(t: ShardTask) -> dict:
             f"a worker on host {_hostname()} cannot see {t.lock_path}, which the driver created: the output must be on a "
             "filesystem every node mounts at the same path, or an object-store URL such as s3://bucket/shards"
         )
+    t_wall, t_cpu = time.perf_counter(), time.process_time()
     codecs = [s.build() for s in t.settings]
     _single_threaded_opencv()
     sums: dict[str, dict[str, float]] = {v: {} for v in t.variants}
@@ -265,7 +266,9 @@ def encode_shard(t: ShardTask) -> dict:
                 "counts": counts[variant],
                 "failures": failures,
             }
-    return {"index": t.index, "images": len(t.items), "entries": entries}
+    # wall and CPU seconds of the task, for tools/bench/prepare.py's account of parallel efficiency
+    return {"index": t.index, "images": len(t.items), "entries": entries,
+            "wall_s": time.perf_counter() - t_wall, "cpu_s": time.process_time() - t_cpu}
 
 
 # -- driver -------------------------------------------------------------------------------
@@ -511,6 +514,8 @@ def _prepare_locked(cfg: PrepareConfig, source: Source, crop: CropPolicy, codecs
 
     def on_result(res: dict) -> None:
         i = res["index"]
+        # machine-readable on purpose: tools/bench/prepare.py reads it for its parallel-efficiency account
+        log.debug("task done: shard=%d images=%d wall_s=%.4f cpu_s=%.4f", i, res["images"], res.get("wall_s", 0.0), res.get("cpu_s", 0.0))
         for v, entry in res["entries"].items():
             entry["source_sig"] = sigs[i]
             manifests[v]["shards"][i] = entry
