@@ -153,6 +153,26 @@ def pipeline(src_dir: str, specs: list[str], workers: int, executor: str, shard_
     return dt, h.tasks, cpu
 
 
+def _bare_total(src_dir: str) -> float:
+    return bare_parts(src_dir, JPEG)["total"]
+
+
+def machine_ceiling(src_dir: str, repeats: int) -> float:
+    """Throughput of 2 independent processes running the bare loop at once, over 1 alone (no Ray, no
+    shared state): what this machine's two cores give any two CPU-bound processes."""
+    import multiprocessing as mp
+
+    ratios = []
+    with mp.get_context("spawn").Pool(2) as pool:
+        pool.map(_bare_total, [src_dir] * 2)  # imports and libraries loaded in both
+        for _ in range(repeats):
+            alone = pool.apply(_bare_total, (src_dir,))
+            t = time.perf_counter()
+            pool.map(_bare_total, [src_dir] * 2, chunksize=1)
+            ratios.append(2 * alone / (time.perf_counter() - t))
+    return statistics.median(ratios)
+
+
 def ray_system_cpu() -> tuple[float, float]:
     """CPU seconds so far of Ray's worker processes and of its other processes (raylet, GCS, agents)."""
     import psutil
@@ -253,6 +273,7 @@ def main() -> None:
         from lossyvision.pipelines.raypool import init_ray
 
         bare = statistics.median(bare_parts(big, JPEG)["total"] for _ in range(args.repeats))
+        ceiling = machine_ceiling(big, args.repeats)
         t = time.perf_counter()
         init_ray(2)
         ray_start = time.perf_counter() - t
@@ -278,6 +299,8 @@ def main() -> None:
         per2 = statistics.mean(w for w, _ in tasks2) if tasks2 else float("nan")
         util = sum(w for w, _ in tasks2) / (2 * sum(two)) if tasks2 else float("nan")
         slow = per2 / per1
+        cpu1 = sum(c for _, c in tasks1) / sum(w for w, _ in tasks1) if tasks1 else float("nan")
+        cpu2 = sum(c for _, c in tasks2) / sum(w for w, _ in tasks2) if tasks2 else float("nan")
         print(f"Pipeline and scaling: {ns} images, settings {', '.join(JPEG)}, --shard-size {args.shard_size}\n")
         print("| measurement | wall s | images/s | ratio |")
         print("| --- | --- | --- | --- |")
@@ -286,10 +309,13 @@ def main() -> None:
         print(f"| pipeline, 2 Ray workers (Ray started) | {p2:.2f} | {ns / p2:.1f} | {speedup:.2f} x 1 worker |")
         print(f"| 3 settings as 3 separate runs | {separate:.2f} | - | one pass = {p1 / separate:.2f} x separate |")
         print(f"| Ray start (local, 2 CPUs) | {ray_start:.2f} | - | pays off above ~{ray_start / (p1 / ns / 2):.0f} images |")
+        print(f"| machine ceiling: 2 independent bare loops at once vs 1 | - | - | {ceiling:.2f} x |")
         runs = len(two)
         print(f"\nWhere 2 workers lose against 2x: worker utilisation {100 * util:.1f} % (task seconds / (2 x wall)); "
               f"a task takes {slow:.2f}x as long next to another one as alone ({per2 * 1e3:.0f} vs {per1 * 1e3:.0f} ms per "
-              f"{args.shard_size}-image task); per run the driver used {statistics.median(drv2):.2f} CPU s and Ray's own "
+              f"{args.shard_size}-image task; a task's CPU time is {100 * cpu1:.0f} % of its wall alone and {100 * cpu2:.0f} % "
+              f"alongside, so the slowdown is {'CPU time itself (shared caches, memory bandwidth, clock)' if cpu2 > 0.9 else 'waiting'}); "
+              f"per run the driver used {statistics.median(drv2):.2f} CPU s and Ray's own "
               f"processes {(o1 - o0) / runs:.2f} CPU s (workers {(w1 - w0) / runs:.2f}) of {2 * p2:.2f} core-seconds. "
               f"Speed-up ~= 2 x utilisation / slowdown = {2 * util / slow:.2f}.\n")
         rows += [common.target_row("1 -> 2 workers (Ray)", speedup, ">=", 1.8),
@@ -297,6 +323,8 @@ def main() -> None:
                  common.row("one pass vs separate runs, time", p1 / separate),
                  common.row("2-worker utilisation", 100 * util, "%"),
                  common.row("task slowdown next to another task", slow),
+                 common.row("machine ceiling: 2 independent processes vs 1", ceiling),
+                 common.row("2 workers vs machine ceiling", speedup / ceiling),
                  common.row("Ray start", ray_start, "s")]
 
         if args.large:
