@@ -38,7 +38,7 @@ test-fast: $(STAMP)
 	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 bench: $(STAMP)
-	$(BIN)/python tools/bench/summary.py $(BENCH_ARGS)
+	OMP_NUM_THREADS=1 $(BIN)/python tools/bench/summary.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_OUT) .pytest_cache

@@ -200,12 +200,16 @@ import numpy as np
 from lossyvision.codecs import parse_spec, from_spec
 from lossyvision.pipelines.prepare import CodecSetting, PrepareConfig, prepare_shards
 from lossyvision import quality
-warm = np.zeros((64, 64, 3), np.uint8)
-for s in specs:
-    from_spec(s).roundtrip(warm)  # codec libraries loaded: the baseline holds them
-quality.Reference(warm).scores(warm)
-base = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() / 2**20  # resident now
+import os, tempfile
+from PIL import Image
 settings = [CodecSetting(n, q=q, bpp=b, options=o) for n, q, b, o in map(parse_spec, specs)]
+warm = tempfile.mkdtemp()
+os.makedirs(os.path.join(warm, "src"))
+Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 200, 3), dtype=np.uint8)).save(os.path.join(warm, "src", "w.png"))
+# one tiny job first: every module, codec library and cache of the pipeline is loaded in the baseline
+prepare_shards(PrepareConfig(dataset="folder", src=os.path.join(warm, "src"), split="train", out=os.path.join(warm, "out"), codecs=settings,
+                             crop="full", workers=1, executor="local", shard_size=1, progress=False))
+base = int(open("/proc/self/statm").read().split()[1]) * resource.getpagesize() / 2**20  # resident now
 cfg = PrepareConfig(dataset="folder", src=src, split="train", out=out, codecs=settings, crop="full", workers=1,
                     executor="local", shard_size=shard_size, progress=False)
 t = time.perf_counter()
@@ -241,116 +245,131 @@ def main() -> None:
     ap.add_argument("--large-size", default="4000x3000")
     ap.add_argument("--large-specs", default="jpeg-q75,bpg-qp51")
     ap.add_argument("--large-code", default=None, help="another checkout to measure the same way (e.g. the commit before)")
+    ap.add_argument("--large-only", action="store_true", help="only the large-image memory measurement (implies --large)")
     ap.add_argument("--quick", action="store_true", help="smoke-test sizes, seconds not minutes")
     ap.add_argument("--json", default=None, help="write the ratio rows here")
     args = ap.parse_args()
     if args.quick:
         args.images, args.scaling_images, args.repeats, args.shard_size = 4, 8, 1, 2
         args.large_images, args.large_size, args.large_specs = 2, "600x400", "jpeg-q75"
-    n = args.images
     rows: list[dict] = []
     tmp = tempfile.mkdtemp(prefix="lv-bench-src-")
+    args.large = args.large or args.large_only
     try:
-        src = make_folder(os.path.join(tmp, "loop"), n)
-        nine = median_parts(src, NINE, args.repeats)
-        jpeg = median_parts(src, JPEG, args.repeats)
-        fwd, inv = colour_ms(args.repeats)
-        print(f"prepare-shards benchmark: real-photo JPEGs 500x375 -> resize256/center224, medians of {args.repeats} runs\n")
-        print("| loop | images | source s | codecs s | metrics s | metrics share |")
-        print("| --- | --- | --- | --- | --- | --- |")
-        for name, p in (("nine settings", nine), ("JPEG only (3)", jpeg)):
-            print(f"| {name} | {n} | {p['source']:.2f} | {p['codecs']:.2f} | {p['metrics']:.2f} | {100 * p['share']:.1f} % |")
-        print(f"\nRGB -> YCbCr 4:2:0: {fwd:.3f} ms, back: {inv:.3f} ms per 224x224 crop\n")
-        rows += [common.target_row("metrics share, nine settings", 100 * nine["share"], "<=", 10, "%"),
-                 common.row("metrics share, JPEG only", 100 * jpeg["share"], "%"),
-                 common.row("metrics ms per setting (SSIM+MS-SSIM+PSNR, 224x224)", nine["metrics"] / (n * len(NINE)) * 1e3, "ms"),
-                 common.target_row("RGB -> YCbCr 4:2:0 per 224x224", fwd, "<=", 0.5, "ms"),
-                 common.target_row("YCbCr 4:2:0 -> RGB per 224x224", inv, "<=", 0.5, "ms")]
-
-        # pipeline vs bare; 1 vs 2 workers
-        big = make_folder(os.path.join(tmp, "scale"), args.scaling_images)
-        ns = args.scaling_images
-        from lossyvision.pipelines.raypool import init_ray
-
-        bare = statistics.median(bare_parts(big, JPEG)["total"] for _ in range(args.repeats))
-        ceiling = machine_ceiling(big, args.repeats)
-        t = time.perf_counter()
-        init_ray(2)
-        ray_start = time.perf_counter() - t
-        import ray
-
-        pipeline(big, JPEG[:1], 2, "ray", max(1, ns // 4))  # warm both worker processes (imports, libraries)
-        one, two, tasks1, tasks2, drv2 = [], [], [], [], []
-        w0, o0 = ray_system_cpu()
-        for _ in range(args.repeats):  # alternated, so drift in the machine's speed hits both alike
-            dt, tk, _ = pipeline(big, JPEG, 1, "local", args.shard_size)
-            one.append(dt)
-            tasks1 += tk
-            dt, tk, cpu = pipeline(big, JPEG, 2, "ray", args.shard_size)
-            two.append(dt)
-            tasks2 += tk
-            drv2.append(cpu)
-        w1, o1 = ray_system_cpu()
-        separate = statistics.median(sum(pipeline(big, [s], 1, "local", args.shard_size)[0] for s in JPEG) for _ in range(args.repeats))
-        ray.shutdown()
-        p1, p2 = statistics.median(one), statistics.median(two)
-        speedup = p1 / p2
-        per1 = statistics.mean(w for w, _ in tasks1) if tasks1 else float("nan")
-        per2 = statistics.mean(w for w, _ in tasks2) if tasks2 else float("nan")
-        util = sum(w for w, _ in tasks2) / (2 * sum(two)) if tasks2 else float("nan")
-        slow = per2 / per1
-        cpu1 = sum(c for _, c in tasks1) / sum(w for w, _ in tasks1) if tasks1 else float("nan")
-        cpu2 = sum(c for _, c in tasks2) / sum(w for w, _ in tasks2) if tasks2 else float("nan")
-        print(f"Pipeline and scaling: {ns} images, settings {', '.join(JPEG)}, --shard-size {args.shard_size}\n")
-        print("| measurement | wall s | images/s | ratio |")
-        print("| --- | --- | --- | --- |")
-        print(f"| bare loop (1 process) | {bare:.2f} | {ns / bare:.1f} | 1.00 |")
-        print(f"| pipeline, 1 worker, in-process | {p1:.2f} | {ns / p1:.1f} | {bare / p1:.2f} x bare speed |")
-        print(f"| pipeline, 2 Ray workers (Ray started) | {p2:.2f} | {ns / p2:.1f} | {speedup:.2f} x 1 worker |")
-        print(f"| 3 settings as 3 separate runs | {separate:.2f} | - | one pass = {p1 / separate:.2f} x separate |")
-        print(f"| Ray start (local, 2 CPUs) | {ray_start:.2f} | - | pays off above ~{ray_start / (p1 / ns / 2):.0f} images |")
-        print(f"| machine ceiling: 2 independent bare loops at once vs 1 | - | - | {ceiling:.2f} x |")
-        runs = len(two)
-        print(f"\nWhere 2 workers lose against 2x: worker utilisation {100 * util:.1f} % (task seconds / (2 x wall)); "
-              f"a task takes {slow:.2f}x as long next to another one as alone ({per2 * 1e3:.0f} vs {per1 * 1e3:.0f} ms per "
-              f"{args.shard_size}-image task; a task's CPU time is {100 * cpu1:.0f} % of its wall alone and {100 * cpu2:.0f} % "
-              f"alongside, so the slowdown is {'CPU time itself (shared caches, memory bandwidth, clock)' if cpu2 > 0.9 else 'waiting'}); "
-              f"per run the driver used {statistics.median(drv2):.2f} CPU s and Ray's own "
-              f"processes {(o1 - o0) / runs:.2f} CPU s (workers {(w1 - w0) / runs:.2f}) of {2 * p2:.2f} core-seconds. "
-              f"Speed-up ~= 2 x utilisation / slowdown = {2 * util / slow:.2f}.\n")
-        rows += [common.target_row("1 -> 2 workers (Ray)", speedup, ">=", 1.8),
-                 common.row("pipeline (1 worker) vs bare loop, speed", bare / p1),
-                 common.row("one pass vs separate runs, time", p1 / separate),
-                 common.row("2-worker utilisation", 100 * util, "%"),
-                 common.row("task slowdown next to another task", slow),
-                 common.row("machine ceiling: 2 independent processes vs 1", ceiling),
-                 common.row("2 workers vs machine ceiling", speedup / ceiling),
-                 common.row("Ray start", ray_start, "s")]
-
+        if not args.large_only:
+            rows += loop_and_scaling(args, tmp)
         if args.large:
-            w, h = map(int, args.large_size.split("x"))
-            lsrc = make_folder(os.path.join(tmp, "large"), args.large_images, (w, h))
-            img_mib = w * h * 3 / 2**20
-            cases = [("this checkout", None)] + ([(f"{args.large_code}", args.large_code)] if args.large_code else [])
-            print(f"Peak RSS of one prepare-shards worker: {args.large_images} photos {w}x{h} (one image = {img_mib:.0f} MiB "
-                  f"of uint8 RGB), --crop full, {args.large_specs}, fresh process, above its RSS after imports\n")
-            print("| code | --shard-size | peak - baseline MiB | x one image | wall s |")
-            print("| --- | --- | --- | --- | --- |")
-            for label, code in cases:
-                for ss in (1, args.large_images):
-                    r = peak_rss(lsrc, args.large_specs.split(","), ss, code)
-                    if "error" in r:
-                        print(f"| {label} | {ss} | failed: {r['error']} | - | - |")
-                        rows.append(common.row(f"large-image peak RSS ({label}, shard {ss})", None, "MiB"))
-                        continue
-                    d = r["peak_mib"] - r["baseline_mib"]
-                    print(f"| {label} | {ss} | {d:.0f} | {d / img_mib:.1f} | {r['wall_s']:.1f} |")
-                    name = f"large-image peak RSS / image bytes ({'after' if code is None else 'other code'}, shard {ss})"
-                    rows.append(common.target_row(name, d / img_mib, "<=", 24) if code is None else common.row(name, d / img_mib))
-            print()
+            rows += large_images(args, tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     common.write_json(args.json, "prepare", rows)
+
+
+def loop_and_scaling(args, tmp: str) -> list[dict]:
+    n = args.images
+    rows: list[dict] = []
+    src = make_folder(os.path.join(tmp, "loop"), n)
+    nine = median_parts(src, NINE, args.repeats)
+    jpeg = median_parts(src, JPEG, args.repeats)
+    fwd, inv = colour_ms(args.repeats)
+    print(f"prepare-shards benchmark: real-photo JPEGs 500x375 -> resize256/center224, medians of {args.repeats} runs\n")
+    print("| loop | images | source s | codecs s | metrics s | metrics share |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    for name, p in (("nine settings", nine), ("JPEG only (3)", jpeg)):
+        print(f"| {name} | {n} | {p['source']:.2f} | {p['codecs']:.2f} | {p['metrics']:.2f} | {100 * p['share']:.1f} % |")
+    print(f"\nRGB -> YCbCr 4:2:0: {fwd:.3f} ms, back: {inv:.3f} ms per 224x224 crop\n")
+    rows += [common.target_row("metrics share, nine settings", 100 * nine["share"], "<=", 10, "%"),
+             common.row("metrics share, JPEG only", 100 * jpeg["share"], "%"),
+             common.row("metrics ms per setting (SSIM+MS-SSIM+PSNR, 224x224)", nine["metrics"] / (n * len(NINE)) * 1e3, "ms"),
+             common.target_row("RGB -> YCbCr 4:2:0 per 224x224", fwd, "<=", 0.5, "ms"),
+             common.target_row("YCbCr 4:2:0 -> RGB per 224x224", inv, "<=", 0.5, "ms")]
+
+    # pipeline vs bare; 1 vs 2 workers
+    big = make_folder(os.path.join(tmp, "scale"), args.scaling_images)
+    ns = args.scaling_images
+    from lossyvision.pipelines.raypool import init_ray
+
+    bare = statistics.median(bare_parts(big, JPEG)["total"] for _ in range(args.repeats))
+    ceiling = machine_ceiling(big, args.repeats)
+    t = time.perf_counter()
+    init_ray(2)
+    ray_start = time.perf_counter() - t
+    import ray
+
+    pipeline(big, JPEG[:1], 2, "ray", max(1, ns // 4))  # warm both worker processes (imports, libraries)
+    one, two, tasks1, tasks2, drv2 = [], [], [], [], []
+    w0, o0 = ray_system_cpu()
+    for _ in range(args.repeats):  # alternated, so drift in the machine's speed hits both alike
+        dt, tk, _ = pipeline(big, JPEG, 1, "local", args.shard_size)
+        one.append(dt)
+        tasks1 += tk
+        dt, tk, cpu = pipeline(big, JPEG, 2, "ray", args.shard_size)
+        two.append(dt)
+        tasks2 += tk
+        drv2.append(cpu)
+    w1, o1 = ray_system_cpu()
+    separate = statistics.median(sum(pipeline(big, [s], 1, "local", args.shard_size)[0] for s in JPEG) for _ in range(args.repeats))
+    ray.shutdown()
+    p1, p2 = statistics.median(one), statistics.median(two)
+    speedup = p1 / p2
+    per1 = statistics.mean(w for w, _ in tasks1) if tasks1 else float("nan")
+    per2 = statistics.mean(w for w, _ in tasks2) if tasks2 else float("nan")
+    util = sum(w for w, _ in tasks2) / (2 * sum(two)) if tasks2 else float("nan")
+    slow = per2 / per1
+    cpu1 = sum(c for _, c in tasks1) / sum(w for w, _ in tasks1) if tasks1 else float("nan")
+    cpu2 = sum(c for _, c in tasks2) / sum(w for w, _ in tasks2) if tasks2 else float("nan")
+    print(f"Pipeline and scaling: {ns} images, settings {', '.join(JPEG)}, --shard-size {args.shard_size}\n")
+    print("| measurement | wall s | images/s | ratio |")
+    print("| --- | --- | --- | --- |")
+    print(f"| bare loop (1 process) | {bare:.2f} | {ns / bare:.1f} | 1.00 |")
+    print(f"| pipeline, 1 worker, in-process | {p1:.2f} | {ns / p1:.1f} | {bare / p1:.2f} x bare speed |")
+    print(f"| pipeline, 2 Ray workers (Ray started) | {p2:.2f} | {ns / p2:.1f} | {speedup:.2f} x 1 worker |")
+    print(f"| 3 settings as 3 separate runs | {separate:.2f} | - | one pass = {p1 / separate:.2f} x separate |")
+    print(f"| Ray start (local, 2 CPUs) | {ray_start:.2f} | - | pays off above ~{ray_start / (p1 / ns / 2):.0f} images |")
+    print(f"| machine ceiling: 2 independent bare loops at once vs 1 | - | - | {ceiling:.2f} x |")
+    runs = len(two)
+    print(f"\nWhere 2 workers lose against 2x: worker utilisation {100 * util:.1f} % (task seconds / (2 x wall)); "
+          f"a task takes {slow:.2f}x as long next to another one as alone ({per2 * 1e3:.0f} vs {per1 * 1e3:.0f} ms per "
+          f"{args.shard_size}-image task; a task's CPU time is {100 * cpu1:.0f} % of its wall alone and {100 * cpu2:.0f} % "
+          f"alongside, so the slowdown is {'CPU time itself (shared caches, memory bandwidth, clock)' if cpu2 > 0.9 else 'waiting'}); "
+          f"per run the driver used {statistics.median(drv2):.2f} CPU s and Ray's own "
+          f"processes {(o1 - o0) / runs:.2f} CPU s (workers {(w1 - w0) / runs:.2f}) of {2 * p2:.2f} core-seconds. "
+          f"Speed-up ~= 2 x utilisation / slowdown = {2 * util / slow:.2f}.\n")
+    rows += [common.target_row("1 -> 2 workers (Ray)", speedup, ">=", 1.8),
+             common.row("pipeline (1 worker) vs bare loop, speed", bare / p1),
+             common.row("one pass vs separate runs, time", p1 / separate),
+             common.row("2-worker utilisation", 100 * util, "%"),
+             common.row("task slowdown next to another task", slow),
+             common.row("machine ceiling: 2 independent processes vs 1", ceiling),
+             common.row("2 workers vs machine ceiling", speedup / ceiling),
+             common.row("Ray start", ray_start, "s")]
+
+    return rows
+
+
+def large_images(args, tmp: str) -> list[dict]:
+    rows: list[dict] = []
+    w, h = map(int, args.large_size.split("x"))
+    lsrc = make_folder(os.path.join(tmp, "large"), args.large_images, (w, h))
+    img_mib = w * h * 3 / 2**20
+    cases = [("this checkout", None)] + ([(f"{args.large_code}", args.large_code)] if args.large_code else [])
+    print(f"Peak RSS of one prepare-shards worker: {args.large_images} photos {w}x{h} (one image = {img_mib:.0f} MiB "
+          f"of uint8 RGB), --crop full, {args.large_specs}, fresh process, above its RSS after imports\n")
+    print("| code | --shard-size | peak - baseline MiB | x one image | wall s |")
+    print("| --- | --- | --- | --- | --- |")
+    for label, code in cases:
+        for ss in (1, args.large_images):
+            r = peak_rss(lsrc, args.large_specs.split(","), ss, code)
+            if "error" in r:
+                print(f"| {label} | {ss} | failed: {r['error']} | - | - |")
+                rows.append(common.row(f"large-image peak RSS ({label}, shard {ss})", None, "MiB"))
+                continue
+            d = r["peak_mib"] - r["baseline_mib"]
+            print(f"| {label} | {ss} | {d:.0f} | {d / img_mib:.1f} | {r['wall_s']:.1f} |")
+            name = f"large-image peak RSS / image bytes ({'after' if code is None else 'other code'}, shard {ss})"
+            rows.append(common.target_row(name, d / img_mib, "<=", 24) if code is None else common.row(name, d / img_mib))
+    print()
+    return rows
 
 
 if __name__ == "__main__":

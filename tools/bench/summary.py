@@ -51,6 +51,8 @@ QUICK = {
               "--mix-batch", "8"],
     "scale": ["--quick"],
 }
+# arguments of a full run that differ from the scripts' defaults
+FULL = {"prepare": ["--large"]}
 
 
 def run_script(name: str, quick: bool) -> tuple[list[dict], str | None, str | None, float]:
@@ -61,7 +63,7 @@ def run_script(name: str, quick: bool) -> tuple[list[dict], str | None, str | No
     fd, tmp = tempfile.mkstemp(prefix=f"lv-bench-{name}-", suffix=".json")
     os.close(fd)
     os.unlink(tmp)  # the script creates it: a file left behind means the script wrote it
-    cmd = [sys.executable, str(script), *(QUICK[name] if quick else []), JSON_FLAG.get(name, "--json"), tmp]
+    cmd = [sys.executable, str(script), *(QUICK[name] if quick else FULL.get(name, [])), JSON_FLAG.get(name, "--json"), tmp]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     print(f"\n## tools/bench/{name}.py{' (quick)' if quick else ''}\n", flush=True)
     t = time.perf_counter()
