@@ -65,6 +65,18 @@ def test_fashion_mnist_repro_runs_end_to_end(tmp_path):
 
 
 @pytest.mark.slow
+def test_prepare_bench_runs_every_measurement(tmp_path):
+    out = _run(["tools/bench/prepare.py", "--quick", "--large", "--json", str(tmp_path / "prepare.json")])
+    for text in ("metrics share", "RGB -> YCbCr 4:2:0", "machine ceiling", "Where 2 workers lose", "Peak RSS"):
+        assert text in out, text
+    rows = _rows(tmp_path / "prepare.json", "prepare")
+    for name, target in (("metrics share, nine settings", "<= 10 %"), ("RGB -> YCbCr 4:2:0 per 224x224", "<= 0.5 ms"),
+                         ("1 -> 2 workers (Ray)", ">= 1.8x"), ("large-image peak RSS / image bytes (after, shard 2)", "<= 24x")):
+        assert rows[name]["target"] == target, rows[name]
+    assert 0 < rows["metrics share, JPEG only"]["value"] < 100
+
+
+@pytest.mark.slow
 def test_codecs_bench_writes_a_row_per_codec_and_size(tmp_path):
     out = _run(["tools/bench/codecs.py", "--sizes", "32x32,48x32", "--photos", "1", "--repeat", "1",
                 "--codecs", "jpeg-q75,bpg-qp51", "--json", str(tmp_path / "codecs.json")])

@@ -1,6 +1,6 @@
 """HEVC encode in-process (PyAV's bundled libx265) vs the x265 command line, per image, same settings.
 
-    python tools/bench/hevc_cli.py [--size 224x224] [--photos 4] [--repeats 3] [--specs bpg-qp41,bpg-qp51] [--json PATH] [--quick]
+    python tools/bench/hevc_cli.py [--size 224x224] [--photos 6] [--repeats 5] [--specs bpg-qp41,bpg-qp51] [--json PATH] [--quick]
 
 What is timed, per photo and spec, is what a user pays to turn one uint8 RGB image into HEVC bytes:
 
@@ -116,8 +116,8 @@ def bench(exe: str, spec: str, imgs: list, repeats: int, tmpdir: str) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", default="224x224", help="WxH, both even (4:2:0)")
-    ap.add_argument("--photos", type=int, default=4)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--photos", type=int, default=6)
+    ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--specs", default="bpg-qp41,bpg-qp51", help="bpg-qpN or hevc-qpN[-preset] specs, comma separated")
     ap.add_argument("--json", default=None, help="write the ratio rows here")
     ap.add_argument("--quick", action="store_true", help="smoke-test sizes (64x64, 1 photo, 1 repeat, bpg-qp51)")

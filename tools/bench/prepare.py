@@ -214,7 +214,11 @@ cfg = PrepareConfig(dataset="folder", src=src, split="train", out=out, codecs=se
                     executor="local", shard_size=shard_size, progress=False)
 t = time.perf_counter()
 prepare_shards(cfg)
-print(json.dumps({"baseline_mib": base, "peak_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+import lossyvision
+# VmHWM is this address space's peak; ru_maxrss would also count the parent's RSS at fork (Linux
+# carries it across exec), which made the number depend on who started the measurement
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:")) / 1024
+print(json.dumps({"code": lossyvision.__file__, "baseline_mib": base, "peak_mib": hwm,
                   "wall_s": time.perf_counter() - t}))
 """
 
@@ -289,7 +293,6 @@ def loop_and_scaling(args, tmp: str) -> list[dict]:
     ns = args.scaling_images
     from lossyvision.pipelines.raypool import init_ray
 
-    bare = statistics.median(bare_parts(big, JPEG)["total"] for _ in range(args.repeats))
     ceiling = machine_ceiling(big, args.repeats)
     t = time.perf_counter()
     init_ray(2)
@@ -297,9 +300,10 @@ def loop_and_scaling(args, tmp: str) -> list[dict]:
     import ray
 
     pipeline(big, JPEG[:1], 2, "ray", max(1, ns // 4))  # warm both worker processes (imports, libraries)
-    one, two, tasks1, tasks2, drv2 = [], [], [], [], []
+    bares, one, two, tasks1, tasks2, drv2 = [], [], [], [], [], []
     w0, o0 = ray_system_cpu()
-    for _ in range(args.repeats):  # alternated, so drift in the machine's speed hits both alike
+    for _ in range(args.repeats):  # alternated, so drift in the machine's speed hits all alike
+        bares.append(bare_parts(big, JPEG)["total"])
         dt, tk, _ = pipeline(big, JPEG, 1, "local", args.shard_size)
         one.append(dt)
         tasks1 += tk
@@ -310,7 +314,7 @@ def loop_and_scaling(args, tmp: str) -> list[dict]:
     w1, o1 = ray_system_cpu()
     separate = statistics.median(sum(pipeline(big, [s], 1, "local", args.shard_size)[0] for s in JPEG) for _ in range(args.repeats))
     ray.shutdown()
-    p1, p2 = statistics.median(one), statistics.median(two)
+    p1, p2, bare = statistics.median(one), statistics.median(two), statistics.median(bares)
     speedup = p1 / p2
     per1 = statistics.mean(w for w, _ in tasks1) if tasks1 else float("nan")
     per2 = statistics.mean(w for w, _ in tasks2) if tasks2 else float("nan")
