@@ -284,7 +284,8 @@ def test_auto_moves_long_jobs_to_ray_with_identical_output(imagenet_root, tmp_pa
 @pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_sigint_and_sigterm_end_cleanly_and_resume(tmp_path, sig):
-    args = ["--dataset", "samples", "--codec", "bpg", "--q", "30,41", "--shard-size", "2", "--executor", "local"]
+    # full-size photos: long enough (~12 s) that the signal lands mid-job however fast the codecs get
+    args = ["--dataset", "samples", "--codec", "bpg", "--q", "30", "--crop", "full", "--shard-size", "2", "--executor", "local"]
     out = str(tmp_path / "o")
     proc = subprocess.Popen([sys.executable, "-m", "lossyvision.cli", "prepare-shards", "--out", out, *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
