@@ -287,8 +287,11 @@ def test_sigint_and_sigterm_end_cleanly_and_resume(tmp_path, sig):
     # full-size photos: long enough (~12 s) that the signal lands mid-job however fast the codecs get
     args = ["--dataset", "samples", "--codec", "bpg", "--q", "30", "--crop", "full", "--shard-size", "2", "--executor", "local"]
     out = str(tmp_path / "o")
+    # SIGINT back to its default in the child: a test run started in the background (nohup, `&` in a
+    # script) ignores SIGINT, and the child would inherit that and never see the signal
     proc = subprocess.Popen([sys.executable, "-m", "lossyvision.cli", "prepare-shards", "--out", out, *args],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     man = os.path.join(out, "samples", "all", "bpg-qp30", "manifest.json")
     deadline = time.time() + 120
     while time.time() < deadline and not os.path.exists(man):
