@@ -202,6 +202,12 @@ class _Level:
         self.h, self.w = x.shape[:2]
         self.cache: tuple | None = None
 
+    def stats(self) -> tuple:
+        """The reference statistics of the whole level, computed once (single-strip levels only)."""
+        if self.cache is None:
+            self.cache = _ref_stats(self.x)
+        return self.cache
+
     def sums(self, y: np.ndarray, cs_only: bool) -> tuple[np.ndarray | None, np.ndarray, int, np.ndarray | None]:
         """Per-channel sums of the SSIM and contrast-structure maps against ``y`` (same shape), the
         number of map pixels per channel, and ``y`` as float32 when it was converted in one piece."""
@@ -210,12 +216,7 @@ class _Level:
         single = len(strips) == 1
         y32 = None
         for r0, r1 in strips:
-            if single:
-                if self.cache is None:
-                    self.cache = _ref_stats(self.x)
-                ref = self.cache
-            else:
-                ref = _ref_stats(self.x[r0:r1])
+            ref = self.stats() if single else _ref_stats(self.x[r0:r1])
             ssim_map, cs_map, yf = _maps(ref, y[r0:r1], not cs_only)
             if single:
                 y32 = yf
@@ -233,7 +234,7 @@ class _Canvas:
     combined in one pass of calls instead of one per scale. Each scale's valid interior only reaches
     its own pixels, so the bands do not mix; on a 224x224 crop this halves the cost of scales 2-5."""
 
-    __slots__ = ("bands", "shape", "level")
+    __slots__ = ("bands", "buf", "level")
 
     def __init__(self, levels: list[np.ndarray]):
         self.bands = []
@@ -241,20 +242,18 @@ class _Canvas:
         for lv in levels:
             self.bands.append((row, lv.shape[0], lv.shape[1]))
             row += lv.shape[0]
-        self.shape = (row, levels[0].shape[1], levels[0].shape[2])
-        self.level = _Level(self.fill(levels))
+        # one zeroed buffer for the variants' scales: the bands are overwritten, the gaps stay zero
+        self.buf = np.zeros((row, levels[0].shape[1], levels[0].shape[2]), dtype=np.float32)
+        self.level = _Level(self.fill(levels).copy())
 
     def fill(self, levels: list[np.ndarray]) -> np.ndarray:
-        canvas = np.zeros(self.shape, dtype=np.float32)
         for (r0, h, w), lv in zip(self.bands, levels):
-            canvas[r0:r0 + h, :w] = lv
-        return canvas
+            self.buf[r0:r0 + h, :w] = lv
+        return self.buf
 
     def per_scale(self, levels: list[np.ndarray]) -> list[np.ndarray]:
         """Per-channel contrast-structure means of scales 2..n-1 and the SSIM mean of the last."""
-        if self.level.cache is None:
-            self.level.cache = _ref_stats(self.level.x)
-        ssim_map, cs_map, _ = _maps(self.level.cache, self.fill(levels), True)
+        ssim_map, cs_map, _ = _maps(self.level.stats(), self.fill(levels), True)
         out = []
         for k, (r0, h, w) in enumerate(self.bands):
             m = ssim_map if k == len(self.bands) - 1 else cs_map
@@ -265,7 +264,7 @@ class _Canvas:
 class Reference:
     """Reference-side SSIM statistics, computed once and reused for every variant of an image.
 
-    Holds the caller's array (no copy) and, lazily, float32 coarser scales for MS-SSIM; nothing
+    Holds the caller's array (no copy when it is C-contiguous) and, lazily, float32 coarser scales for MS-SSIM; nothing
     refers back to the object, so it is freed as soon as the caller drops it."""
 
     def __init__(self, ref: np.ndarray):

@@ -185,7 +185,6 @@ def encode_shard(t: ShardTask) -> dict:
     _single_threaded_opencv()
     sums: dict[str, dict[str, float]] = {v: {} for v in t.variants}
     counts: dict[str, dict[str, int]] = {v: {} for v in t.variants}
-    keys: dict[str, list[str]] = {v: [] for v in t.variants}
     failures: list[dict] = []
 
     def add(variant: str, key: str, val: float | None) -> None:
@@ -236,13 +235,11 @@ def encode_shard(t: ShardTask) -> dict:
                 data = _encode_lossless(rgb, t.orig_format)
                 meta = {"h": int(rgb.shape[0]), "w": int(rgb.shape[1]), "source": item.ref, "bytes": len(data)}
                 writers[ORIG].write({"__key__": item.key, t.orig_format: data, "json": sample_json(meta), **lab})
-                keys[ORIG].append(item.key)
                 add(ORIG, "bytes", len(data))
                 add(ORIG, "bpp", len(data) * 8.0 / (rgb.shape[0] * rgb.shape[1]))
                 del data
             for spec, (s, st) in made.items():
                 writers[spec].write(s)
-                keys[spec].append(item.key)
                 for k in _STATS:
                     add(spec, k, st.get(k))
             del made, rgb, label
@@ -252,16 +249,15 @@ def encode_shard(t: ShardTask) -> dict:
             sha, size = w.commit()
             path = storage.join(t.variants[variant], shard_name(t.index))
             st = storage.stat(path)
-            ks = keys[variant]
             entries[variant] = {
                 "name": shard_name(t.index),
                 "index": t.index,
-                "count": len(ks),
+                "count": w.count,
                 "sha256": sha,
                 "size": size,
                 "stamp": st.stamp if st else None,
-                "first_key": ks[0] if ks else None,
-                "last_key": ks[-1] if ks else None,
+                "first_key": w.first_key,
+                "last_key": w.last_key,
                 "sums": sums[variant],
                 "counts": counts[variant],
                 "failures": failures,

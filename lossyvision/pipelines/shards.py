@@ -52,6 +52,8 @@ class TarShardWriter:
         self._tee = storage.HashingWriter(self._file.f)
         self._tar = tarfile.open(fileobj=self._tee, mode="w|", format=tarfile.USTAR_FORMAT)
         self.count = 0
+        self.first_key: str | None = None
+        self.last_key: str | None = None
 
     def write(self, sample: dict[str, Any]) -> None:
         key = sample["__key__"]
@@ -66,8 +68,12 @@ class TarShardWriter:
                 self._tar.addfile(ti, io.BytesIO(data))
         except OSError as e:
             self.abort()
+            if isinstance(e, storage.StorageError):
+                raise
             raise storage.as_storage_error(e, self.path) from e
         self.count += 1
+        self.first_key = self.first_key or key
+        self.last_key = key
 
     def commit(self) -> tuple[str, int]:
         """Close the tar, publish it under ``path``; returns (sha256, size)."""
@@ -75,6 +81,8 @@ class TarShardWriter:
             self._tar.close()
         except OSError as e:
             self.abort()
+            if isinstance(e, storage.StorageError):
+                raise
             raise storage.as_storage_error(e, self.path) from e
         self._file.commit()
         return self._tee.h.hexdigest(), self._tee.n

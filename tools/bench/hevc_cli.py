@@ -72,10 +72,10 @@ def cli_args(codec, w: int, h: int, yuv_path: str, out_path: str) -> list[str]:
     return args
 
 
-def write_yuv(codec_input, path: str, frames: int = 1) -> None:
+def write_yuv(yuv, path: str, frames: int = 1) -> None:
     with open(path, "wb") as f:
         for _ in range(frames):
-            f.write(codec_input.tobytes())
+            f.write(yuv.tobytes())
 
 
 def cli_encode(exe: str, codec, w: int, h: int, yuv, tmpdir: str, frames: int = 1) -> bytes:
