@@ -143,12 +143,13 @@ def run_ray(fn: Callable[[Any], Any], tasks: Iterable[Any], workers: int | None 
                 in_flight[remote.remote(t)] = (t, tries + 1)
                 continue
             yield res
-    except BaseException:
+    except BaseException as e:
         for ref in in_flight:
             ray.cancel(ref, force=True)
-        if in_flight:
-            # Let the cancelled tasks end before the caller cleans up after them (their workers die
-            # holding temp files that only the driver can then remove).
+        if in_flight and isinstance(e, Exception):
+            # A failed job (disk full...): let the cancelled tasks end before the caller removes the
+            # temp files their workers die holding. Not on a signal: Ray is shutting down then, and
+            # the next run's start-up cleanup removes them.
             try:
                 ray.wait(list(in_flight), num_returns=len(in_flight), timeout=CANCEL_WAIT_S)
             except Exception:
