@@ -17,6 +17,7 @@ from typing import Any, Callable
 import click
 
 from . import storage
+from .cli_common import OneLineCommand, OneLineGroup
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -37,31 +38,74 @@ def verbose_option(f: Callable) -> Callable:
     return click.option("-v", "--verbose", count=True, expose_value=False, callback=cb, help="Log more (-v info, -vv debug).")(f)
 
 
+def _debugging() -> bool:
+    return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+def _os_error_line(e: OSError) -> str:
+    where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+    return f"{where}{e.strerror or e}"
+
+
 def user_errors(f: Callable) -> Callable:
-    """Turn the library's user-facing exceptions into one-line click errors."""
+    """Turn every error into one line on stderr: exit 2 for bad options or inputs, 1 for failures
+    while running (a full disk, an unreadable output, anything unexpected). -vv shows the traceback."""
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         from .codecs import CodecError
+        from .names import NameError_
         from .pipelines.crops import CropError
         from .pipelines.imageio import SourceError
         from .pipelines.joblock import JobLockError
         from .pipelines.prepare import OutputNotSharedError, PrepareError
+        from .pipelines.shards import ManifestError
         from .storage import StorageError
 
         try:
             return f(*args, **kwargs)
-        except (PrepareError, CodecError, CropError, SourceError) as e:
-            raise click.UsageError(str(e)) from None
-        except (FileNotFoundError, StorageError, JobLockError, OutputNotSharedError) as e:
-            raise click.ClickException(str(e)) from None
-        except ConnectionError as e:  # ray.init with an address nobody answers
-            raise click.ClickException(f"cannot reach the Ray cluster: {e}; check --address / RAY_ADDRESS") from None
+        except click.ClickException:
+            raise
         except KeyboardInterrupt:
             click.echo("interrupted; rerun the same command to resume (finished shards are kept)", err=True)
             sys.exit(130)
+        except Exception as e:
+            if _debugging():
+                raise
+            if isinstance(e, (PrepareError, CodecError, CropError, SourceError, NameError_)):
+                raise click.UsageError(str(e)) from None
+            if isinstance(e, (FileNotFoundError, StorageError, JobLockError, OutputNotSharedError, ManifestError)):
+                raise click.ClickException(str(e)) from None
+            if isinstance(e, ConnectionError):  # ray.init with an address nobody answers
+                raise click.ClickException(f"cannot reach the Ray cluster: {e}; check --address / RAY_ADDRESS") from None
+            if isinstance(e, OSError):  # a read-only --out, no inodes left, a folder where a file belongs...
+                raise click.ClickException(_os_error_line(e)) from None
+            if isinstance(e, MemoryError):
+                raise click.ClickException("out of memory; lower --max-pixels or --workers, or use a machine with more memory") from None
+            if isinstance(e, ValueError):  # the reports' and the library's checks of their inputs
+                raise click.ClickException(str(e)) from None
+            raise click.ClickException(f"{type(e).__name__}: {e} (rerun with -vv for the traceback)") from None
 
     return wrapper
+
+
+def finite(what: str, text: str) -> float:
+    """A finite number from an option value, or a one-line usage error naming the option."""
+    try:
+        v = float(text)
+    except ValueError:
+        raise click.UsageError(f"{what} value '{text}' is not a number") from None
+    if v != v or v in (float("inf"), float("-inf")):
+        raise click.UsageError(f"{what} value '{text}' must be a finite number")
+    return v
+
+
+def max_pixels_option(f: Callable) -> Callable:
+    from .pipelines.imageio import DEFAULT_MAX_PIXELS
+
+    return click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
+                        help="Images whose header holds more pixels (and crops or scales to more) are listed as failures "
+                             "before any decode; the default keeps two workers within 24 GB (docs/scale.md).")(f)
 
 
 def drop_none(**kwargs: Any) -> dict:
@@ -69,7 +113,7 @@ def drop_none(**kwargs: Any) -> dict:
     return {k: v for k, v in kwargs.items() if v is not None}
 
 
-@click.group(context_settings=CONTEXT)
+@click.group(context_settings=CONTEXT, cls=OneLineGroup)
 @click.version_option(package_name="lossyvision")
 @click.option("-v", "--verbose", count=True, help="Log more (-v info, -vv debug).")
 def main(verbose: int) -> None:
@@ -80,7 +124,7 @@ def main(verbose: int) -> None:
 # -- codecs -------------------------------------------------------------------------------
 
 
-@main.command("codecs", context_settings=CONTEXT)
+@main.command("codecs", context_settings=CONTEXT, cls=OneLineCommand)
 @click.version_option(package_name="lossyvision")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 @verbose_option
@@ -109,39 +153,47 @@ def codecs_cmd(as_json: bool) -> None:
     click.echo(markdown(rows, ["name", "q", "range", "example_spec", "description", "versions"]))
 
 
-@main.command("encode", context_settings=CONTEXT)
+@main.command("encode", context_settings=CONTEXT, cls=OneLineCommand)
 @click.version_option(package_name="lossyvision")
 @click.argument("image", type=click.Path(dir_okay=False))
 @click.option("--codec", "codec_name", required=True, help="Codec name (see 'lossyvision codecs').")
-@click.option("--q", "q", type=float, default=None, help="Native codec parameter (JPEG quality, J2K ratio, QP, ...).")
-@click.option("--bpp", type=float, default=None, help="Target rate in bits per pixel instead of --q.")
+@click.option("--q", "q", default=None, help="Native codec parameter (JPEG quality, J2K ratio, QP, ...).")
+@click.option("--bpp", default=None, help="Target rate in bits per pixel instead of --q.")
 @click.option("--opt", "opts", multiple=True, metavar="KEY=VALUE", help="Codec option, e.g. mct=false, preset=slow.")
 @click.option("--crop", default=None, help="Crop policy before encoding (default: none; e.g. imagenet).")
 @click.option("-o", "--output", type=click.Path(dir_okay=False), default=None, help="Write the bitstream here.")
 @click.option("--decoded", type=click.Path(dir_okay=False), default=None, help="Write the decoded image here (PNG).")
 @click.option("--json", "as_json", is_flag=True, help="Print the stats as JSON.")
+@max_pixels_option
 @verbose_option
 @user_errors
-def encode_cmd(image: str, codec_name: str, q: float | None, bpp: float | None, opts: tuple[str, ...], crop: str | None,
-               output: str | None, decoded: str | None, as_json: bool) -> None:
+def encode_cmd(image: str, codec_name: str, q: str | None, bpp: str | None, opts: tuple[str, ...], crop: str | None,
+               output: str | None, decoded: str | None, as_json: bool, max_pixels: int) -> None:
     """Encode one IMAGE and print bytes, bpp, PSNR, SSIM, MS-SSIM and encode/decode time."""
     from .codecs import create, png_encode
     from .pipelines.crops import parse_crop
     from .pipelines.imageio import read_rgb
-    from .quality import ms_ssim, psnr, ssim
+    from . import quality
 
     if q is not None and bpp is not None:
         raise click.UsageError("give --q or --bpp, not both")
+    qv = None if q is None else finite("--q", q)
+    bv = None if bpp is None else finite("--bpp", bpp)
     if not os.path.isfile(image):
         raise click.UsageError(f"image {image} does not exist")
-    codec = create(codec_name, None if q is None else (int(q) if q == int(q) else q), bpp=bpp, **parse_opts(opts))
-    rgb = read_rgb(image)
-    if crop:
-        rgb, _ = parse_crop(crop)(rgb)
+    codec = create(codec_name, None if qv is None else (int(qv) if qv == int(qv) else qv), bpp=bv, **parse_opts(opts))
+    policy = parse_crop(crop) if crop else None
+    if policy is not None:
+        policy.check(max_pixels)
+    codec.check_ready()
+    rgb = read_rgb(image, max_pixels)
+    if policy is not None:
+        rgb, _ = policy(rgb, max_pixels=max_pixels)
     r = codec.roundtrip(rgb)
+    # as in the prepare job: SSIM and MS-SSIM are left out (null) below the 11x11 window
+    s, ms = quality.Reference(rgb).scores(r.decoded, True) if min(rgb.shape[:2]) >= quality.WIN_SIZE else (None, None)
     stats = {"spec": codec.spec, "q": r.q, "h": rgb.shape[0], "w": rgb.shape[1], "bytes": r.bytes, "bpp": r.bpp(),
-             "psnr": psnr(rgb, r.decoded), "ssim": ssim(rgb, r.decoded), "ms_ssim": ms_ssim(rgb, r.decoded),
-             "enc_ms": r.enc_ms, "dec_ms": r.dec_ms}
+             "psnr": quality.psnr(rgb, r.decoded), "ssim": s, "ms_ssim": ms, "enc_ms": r.enc_ms, "dec_ms": r.dec_ms}
     if output:
         with open(output, "wb") as f:
             f.write(r.data)
@@ -199,16 +251,13 @@ def parse_codec_settings(codecs: tuple[str, ...], qs: tuple[str, ...], bpps: tup
     for name, vals in zip(codecs, values):
         for tok in vals.split(","):
             tok = tok.strip()
-            try:
-                v = float(tok)
-            except ValueError:
-                raise click.UsageError(f"--{'q' if qs else 'bpp'} value '{tok}' for codec {name} is not a number") from None
+            v = finite(f"--{'q' if qs else 'bpp'} for codec {name}:", tok)
             v = int(v) if v == int(v) and qs else v
             settings.append(CodecSetting(name, q=v if qs else None, bpp=None if qs else v, options=dict(per_codec.get(name, {}))))
     return settings
 
 
-@main.command("prepare-shards", context_settings=CONTEXT)
+@main.command("prepare-shards", context_settings=CONTEXT, cls=OneLineCommand)
 @click.version_option(package_name="lossyvision")
 @click.option("--dataset", required=True, help="imagenet | cityscapes | folder | samples | fashion-mnist")
 @click.option("--src", default=None, help="Dataset root: a path or an fsspec URL such as s3://bucket/ILSVRC2012 (not needed for samples).")
@@ -236,12 +285,13 @@ def parse_codec_settings(codecs: tuple[str, ...], qs: tuple[str, ...], bpps: tup
 @click.option("--order-seed", type=int, default=None, help="Seed of the shuffled order [0].")
 @click.option("--limit", type=int, default=None, help="Only the first N images in shard order (sorted: the first keys; shuffled: a seeded random subset).")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@max_pixels_option
 @verbose_option
 @user_errors
 def prepare_shards(dataset: str, src: str | None, split: str | None, out: str, codecs: tuple, qs: tuple, bpps: tuple,
                    codec_opts: tuple, crop: str | None, shard_size: int | None, workers: int | None, address: str | None,
                    break_lock: bool, executor: str | None, no_orig: bool, orig_format: str | None, store_decoded: bool | None, no_ms_ssim: bool,
-                   order: str | None, order_seed: int | None, limit: int | None, quiet: bool) -> None:
+                   order: str | None, order_seed: int | None, limit: int | None, quiet: bool, max_pixels: int) -> None:
     """Crop, encode with every codec setting, measure, and write aligned WebDataset shards + manifests.
 
     \b
@@ -259,21 +309,26 @@ def prepare_shards(dataset: str, src: str | None, split: str | None, out: str, c
     signal.signal(signal.SIGTERM, on_term)
     settings = parse_codec_settings(codecs, qs, bpps, codec_opts)
     cfg = PrepareConfig(dataset=dataset, out=out, src=src, split=split, codecs=settings,
-                        write_orig=not no_orig, ms_ssim=not no_ms_ssim, progress=not quiet, break_lock=break_lock,
+                        write_orig=not no_orig, ms_ssim=not no_ms_ssim, progress=not quiet, break_lock=break_lock, max_pixels=max_pixels,
                         **drop_none(crop=crop, shard_size=shard_size, workers=workers, address=address,
                                     executor=executor, store_decoded=store_decoded, limit=limit, orig_format=orig_format,
                                     order=order, order_seed=order_seed))
     manifests = run(cfg)
-    n_fail = max((m.get("num_failures", 0) for m in manifests.values()), default=0)
     first = next(iter(manifests.values()))
+    n_fail = first.get("num_failures", 0)
+    where = storage.join(out, dataset, cfg.split)
+    if n_fail and not first["num_samples"]:
+        f0 = first["failures"][0]
+        raise click.ClickException(f"none of the {n_fail} images could be used (listed in the manifests under {where}); "
+                                   f"the first, {f0['key']}: {f0['reason']}")
     click.echo(f"wrote {len(manifests)} variant(s) x {first['num_shards']} shard(s), {first['num_samples']} images each, "
-               f"to {storage.join(out, dataset, cfg.split)}" + (f"; {n_fail} unreadable source(s) listed in the manifests" if n_fail else ""))
+               f"to {where}" + (f"; {n_fail} image(s) could not be used, listed with the reason under 'failures' in the manifests" if n_fail else ""))
 
 
 # -- rate-report --------------------------------------------------------------------------
 
 
-@main.command("rate-report", context_settings=CONTEXT)
+@main.command("rate-report", context_settings=CONTEXT, cls=OneLineCommand)
 @click.version_option(package_name="lossyvision")
 @click.argument("root")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Folder for CSV/JSON/PNG (default ROOT/report; for a URL ROOT, ./report-<name>).")

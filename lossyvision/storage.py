@@ -19,6 +19,7 @@ import io
 import os
 import posixpath
 import socket
+import stat as _stat
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -118,9 +119,14 @@ def listdir(path: str, dirs_only: bool = False) -> list[str]:
     return sorted(n for n in names if not dirs_only or os.path.isdir(os.path.join(p, n)))
 
 
-def walk_files(top: str, suffixes: tuple[str, ...], rel_to: str | None = None) -> list[tuple[str, FileStat]]:
-    """Every file under ``top`` whose lower-cased name ends with one of ``suffixes``, as sorted
-    ``(path relative to rel_to (default top), FileStat)`` pairs; one listing call per folder."""
+def walk_files(top: str, suffixes: tuple[str, ...], rel_to: str | None = None,
+               errors: list[tuple[str, str]] | None = None) -> list[tuple[str, FileStat]]:
+    """Every regular file under ``top`` whose lower-cased name ends with one of ``suffixes``, as
+    sorted ``(path relative to rel_to (default top), FileStat)`` pairs; one listing call per folder.
+
+    What cannot be listed is skipped; with ``errors`` given, each skipped entry is appended to it as
+    ``(relative path, reason)``: an unreadable folder, a folder reached twice through symlinks (a
+    loop), a dangling symlink or a special file (FIFO, device, socket) with a matching name."""
     rel_to = top if rel_to is None else rel_to
     out: list[tuple[str, FileStat]] = []
     if is_remote(top):
@@ -135,21 +141,61 @@ def walk_files(top: str, suffixes: tuple[str, ...], rel_to: str | None = None) -
                 out.append((posixpath.relpath(name, base), _remote_stat(info)))
         return sorted(out)
     top, rel_to = local_path(top), local_path(rel_to)
+    seen: set[tuple[int, int]] = set()
+
+    def skip(path: str, reason: str) -> None:
+        if errors is not None:
+            errors.append((os.path.relpath(path, rel_to), reason))
 
     def scan(d: str) -> None:
         try:
             entries = sorted(os.scandir(d), key=lambda e: e.name)
-        except OSError:
+        except OSError as e:
+            if d != top:
+                skip(d, f"unreadable folder: {e.strerror or e}")
             return
         for e in entries:
-            if e.is_dir():
-                scan(e.path)
-            elif e.name.lower().endswith(suffixes):
+            try:
+                if e.is_dir():  # follows symlinks
+                    st = e.stat()
+                    if (st.st_dev, st.st_ino) in seen:
+                        skip(e.path, "folder reached twice through a symlink (a loop or a second link); skipped")
+                        continue
+                    seen.add((st.st_dev, st.st_ino))
+                    scan(e.path)
+                    continue
+            except OSError as err:
+                if e.name.lower().endswith(suffixes):
+                    skip(e.path, f"cannot list: {err.strerror or err}")
+                continue
+            if not e.name.lower().endswith(suffixes):
+                continue
+            try:
                 st = e.stat()
-                out.append((os.path.relpath(e.path, rel_to), FileStat(st.st_size, str(st.st_mtime_ns))))
+            except OSError as err:
+                skip(e.path, "dangling symlink" if e.is_symlink() and err.errno == errno.ENOENT else f"cannot stat: {err.strerror or err}")
+                continue
+            if not _stat.S_ISREG(st.st_mode):
+                skip(e.path, f"{special_kind(st.st_mode)}, not a regular file (skipped unread)")
+                continue
+            out.append((os.path.relpath(e.path, rel_to), FileStat(st.st_size, str(st.st_mtime_ns))))
 
+    try:
+        st = os.stat(top)
+        seen.add((st.st_dev, st.st_ino))
+    except OSError:
+        return []
     scan(top)
     return out
+
+
+def special_kind(mode: int) -> str:
+    """What a non-regular file is, in words ("a FIFO", "a character device", ...)."""
+    for test, name in ((_stat.S_ISDIR, "a folder"), (_stat.S_ISFIFO, "a FIFO"), (_stat.S_ISCHR, "a character device"), (_stat.S_ISBLK, "a block device"),
+                       (_stat.S_ISSOCK, "a socket")):
+        if test(mode):
+            return name
+    return "a special file"
 
 
 def _remote_stat(info: dict) -> FileStat:
@@ -206,7 +252,12 @@ def makedirs(path: str) -> None:
             raise StorageError(errno.ENOENT, f"cannot write {path}: the bucket '{bucket}' does not exist; create it first "
                                "(lossyvision never creates buckets) or fix the URL")
         return
-    os.makedirs(local_path(path), exist_ok=True)
+    try:
+        os.makedirs(local_path(path), exist_ok=True)
+    except FileExistsError:
+        raise StorageError(errno.EEXIST, f"cannot write {path}: a file is in the way of this folder; choose another --out") from None
+    except OSError as e:
+        raise _storage_error(e, path) from None
 
 
 def temp_suffix() -> str:
@@ -234,7 +285,7 @@ def as_storage_error(e: OSError, path: str) -> StorageError:
 
 def _storage_error(e: OSError, path: str) -> StorageError:
     if e.errno == errno.ENOSPC:
-        why = "no space left on the device"
+        why = "no space left on the device (no free bytes or no free inodes)"
         hint = "free space there or choose another --out, then rerun the same command to resume"
     elif e.errno == errno.EDQUOT:
         why = "disk quota exceeded"

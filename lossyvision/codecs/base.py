@@ -93,6 +93,10 @@ class Codec:
         """Extra spec text for non-default options (e.g. '-nomct')."""
         return ""
 
+    def check_ready(self) -> None:
+        """Raise CodecError now if this codec cannot run here (missing weights or library), so a job
+        fails before any work instead of listing every image as a failure."""
+
     @staticmethod
     def versions() -> dict[str, str]:
         return {}

@@ -28,11 +28,12 @@ Deviations, each small and documented:
 4. x265 runs single-threaded (``pools=none``, ``frame-threads=1``) so that output does not depend
    on the machine, and so that one task uses one core; parallelism comes from the pipeline.
 
-Odd widths or heights, which 4:2:0 HEVC cannot code, are handled the way bpgenc handles them: the
-picture is padded to even size by repeating its last row/column, and the true size travels in a
+Odd widths or heights, which 4:2:0 HEVC cannot code, and sides under 32 px, which x265 refuses,
+are handled the way bpgenc handles sizes off its coding grid: the picture is padded (to even size,
+and to at least 32 px a side) by repeating its last row/column, and the true size travels in a
 header. BPG's file header always carries it; here an 8-byte prefix (``LVHS`` + width and height as
-big-endian uint16) is added to odd-sized images only, and the decoder crops back. Even-sized images
-(every paper setting) are plain Annex-B.
+big-endian uint16) is added to padded images only, and the decoder crops back. Even-sized images of
+32 px and up (every paper setting) are plain Annex-B.
 
 ``hevc`` is plain x265 at its own QP (no +1) with a choice of preset (default ``medium``, which
 encodes about 2x faster than ``veryslow`` for about 10 % more bytes on scikit-image's photos) and no tune.
@@ -48,6 +49,9 @@ import numpy as np
 from .base import Codec, CodecError
 from .registry import register_codec
 
+# x265 refuses pictures under 32 px a side (it shrinks the CTU below its TU depth settings:
+# avcodec_open2 fails, measured on 1x1 .. 30x30, 16x64, 1x3000); 32 and up encode at any even size.
+MIN_SIDE = 32
 _SIZE_MAGIC = b"LVHS"  # cannot start an Annex-B stream, which begins with a 00 00 01 start code
 X265_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow", "placebo")
 
@@ -77,6 +81,11 @@ _M_HI = (np.hstack([_C_HI, np.array([[0], [128 << (_SHIFT - _SPLIT)], [128 << (_
          / (1 << (_SHIFT - _SPLIT))).astype(np.float32)
 # Inverse (decoder side): float32, offsets for the chroma centre folded into a 3x4 matrix.
 _M_INV = np.hstack([_YCC2RGB, -(_YCC2RGB[:, 1:] @ np.array([128.0, 128.0]))[:, None]]).astype(np.float32)
+
+
+def _padded(n: int) -> int:
+    """The coded size of a side of n pixels: even, and at least MIN_SIDE."""
+    return max(MIN_SIDE, n + n % 2)
 
 
 def rgb_to_ycc444(rgb: np.ndarray) -> np.ndarray:
@@ -148,10 +157,11 @@ class _X265Codec(Codec):
 
     def _encode(self, rgb: np.ndarray) -> bytes:
         h, w = rgb.shape[:2]
-        if h % 2 or w % 2:
+        ph, pw = _padded(h), _padded(w)
+        if (ph, pw) != (h, w):
             if h > 0xFFFF or w > 0xFFFF:
                 raise CodecError(f"codec '{self.name}': {w}x{h} is too large for the size header (65535 at most)")
-            padded = np.pad(rgb, ((0, h % 2), (0, w % 2), (0, 0)), mode="edge")
+            padded = np.pad(rgb, ((0, ph - h), (0, pw - w), (0, 0)), mode="edge")
             return _SIZE_MAGIC + struct.pack(">HH", w, h) + self._encode_even(padded)
         return self._encode_even(rgb)
 
@@ -189,7 +199,7 @@ class _X265Codec(Codec):
                 raise CodecError(f"{self.spec}: truncated size header")
             w, h = struct.unpack(">HH", data[4:8])
             rgb = self._decode_even(data[8:])
-            if rgb.shape[0] != h + h % 2 or rgb.shape[1] != w + w % 2:
+            if rgb.shape[0] != _padded(h) or rgb.shape[1] != _padded(w):
                 raise CodecError(f"{self.spec}: size header says {w}x{h} but the stream holds {rgb.shape[1]}x{rgb.shape[0]}")
             return np.ascontiguousarray(rgb[:h, :w])
         return self._decode_even(data)

@@ -22,8 +22,11 @@ hyperprior is computed in floating point.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import struct
 import threading
+import warnings
 import zlib
 
 import numpy as np
@@ -34,6 +37,8 @@ from .registry import register_codec
 _MAGIC = b"MS"
 _HEADER = struct.Struct(">2sBHHII")
 _MODELS: dict = {}
+WEIGHTS_HINT = ("pass a local state dict of mbt2018_mean at that quality: prepare-shards --codec-opt msh.weights=PATH, "
+                "encode --opt weights=PATH")
 _LOCK = threading.Lock()
 
 
@@ -53,17 +58,21 @@ def load_model(quality: int, weights: str | None, device: str):
             return _MODELS[key]
         try:
             import torch
-            from compressai.zoo import mbt2018_mean
+
+            with warnings.catch_warnings():  # CompressAI's import calls torch.jit.script, deprecated in torch 2.14
+                warnings.simplefilter("ignore", FutureWarning)
+                from compressai.zoo import mbt2018_mean
         except ImportError as e:
             raise CodecError(f"codec 'msh' needs CompressAI ({e}); install it with 'make install-msh' or see the README") from e
         if weights in (None, "", "zoo"):
             try:
-                model = mbt2018_mean(quality=quality, pretrained=True)
+                # torch.hub writes 'Downloading: ...' to stdout whatever progress says: kept out of the commands' output
+                with contextlib.redirect_stdout(io.StringIO()):
+                    model = mbt2018_mean(quality=quality, pretrained=True, progress=False)
             except Exception as e:  # URLError, HTTPError, socket errors: all mean "no weights here"
                 raise CodecError(
                     f"codec 'msh': cannot fetch CompressAI's pretrained mbt2018_mean weights for quality {quality} "
-                    f"({type(e).__name__}); this machine may be offline. Pass weights=PATH (--codec-opt weights=PATH) "
-                    "to a local state dict of mbt2018_mean at that quality"
+                    f"({type(e).__name__}); this machine may be offline; {WEIGHTS_HINT}"
                 ) from e
         elif weights == "untrained":
             model = mbt2018_mean(quality=quality, pretrained=False)
@@ -73,6 +82,8 @@ def load_model(quality: int, weights: str | None, device: str):
                 state = torch.load(weights, map_location="cpu", weights_only=True)
             except FileNotFoundError:
                 raise CodecError(f"codec 'msh': weights file {weights!r} does not exist") from None
+            except Exception as e:  # a text file, an empty file, a folder: UnpicklingError, EOFError, OSError...
+                raise CodecError(f"codec 'msh': {weights!r} is not a PyTorch checkpoint ({type(e).__name__}); {WEIGHTS_HINT}") from None
             if isinstance(state, dict) and "state_dict" in state:
                 state = state["state_dict"]
             try:
@@ -100,6 +111,9 @@ class MSH(Codec):
         self._only_options("weights", "device")
         self.weights = self.options.get("weights")
         self.device = self.options.get("device")
+
+    def check_ready(self) -> None:
+        load_model(int(self.q), self.weights, _device(self.device))
 
     def _encode(self, rgb: np.ndarray) -> bytes:
         import torch

@@ -16,9 +16,16 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .imageio import DEFAULT_MAX_PIXELS
+
 
 class CropError(ValueError):
     pass
+
+
+def _check_size(w: int, h: int, max_pixels: int, what: str) -> None:
+    if w * h > max_pixels:
+        raise CropError(f"{what} would be {w}x{h} = {w * h} pixels, over --max-pixels {max_pixels}")
 
 
 def _resize(a: np.ndarray, size: tuple[int, int], label: bool) -> np.ndarray:
@@ -44,8 +51,17 @@ class CropPolicy:
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def __call__(self, rgb: np.ndarray, label: object = None) -> tuple[np.ndarray, object]:
-        """Apply to an image and, if it is a label map (2-D array), to its label."""
+    def check(self, max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+        """Refuse sizes that no image could be cropped or scaled to within ``max_pixels``, before any work."""
+        if self.crop_w:
+            _check_size(self.crop_w, self.crop_h, max_pixels, f"crop {self.name}")
+        if self.scale_w:
+            _check_size(self.scale_w, self.scale_h, max_pixels, f"scale {self.name}")
+
+    def __call__(self, rgb: np.ndarray, label: object = None, max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, object]:
+        """Apply to an image and, if it is a label map (2-D array), to its label; a resize whose
+        result would exceed ``max_pixels`` (a 1x3000 image resized to a shorter side of 256) raises
+        CropError before it allocates."""
         is_map = isinstance(label, np.ndarray) and label.ndim == 2
         if is_map and label.shape != rgb.shape[:2]:
             raise CropError(f"label map {label.shape} and image {rgb.shape[:2]} differ in size")
@@ -54,12 +70,14 @@ class CropPolicy:
             s = self.resize
             # torchvision Resize(int): shorter side -> s, longer side int(s * long / short)
             nw, nh = (s, int(s * h / w)) if w <= h else (int(s * w / h), s)
+            _check_size(nw, nh, max_pixels, f"resizing {w}x{h} to a shorter side of {s}")
             rgb = _resize(rgb, (nw, nh), False)
             if is_map:
                 label = _resize(label, (nw, nh), True)
             h, w = nh, nw
         if self.scale_w or self.scale:
             nw, nh = (self.scale_w, self.scale_h) if self.scale_w else (max(1, round(w * self.scale)), max(1, round(h * self.scale)))
+            _check_size(nw, nh, max_pixels, f"scaling {w}x{h}")
             rgb = _resize(rgb, (nw, nh), False)
             if is_map:
                 label = _resize(label, (nw, nh), True)
@@ -86,6 +104,17 @@ FULL = CropPolicy(name="full")
 def parse_crop(text: str) -> CropPolicy:
     """'imagenet' | 'resize256-center224' | 'full' | 'crop:WxH[+X+Y]' | 'scale:WxH' | 'scale:F'."""
     t = text.strip().lower()
+    policy = _parse(t, text)
+    if (policy.crop_w == 0) != (policy.crop_h == 0) or policy.crop_w < 0 or (policy.name.startswith("crop:") and policy.crop_w == 0):
+        raise CropError(f"crop policy '{text}': width and height must be at least 1")
+    if policy.name.startswith("scale:") and not policy.scale and (policy.scale_w < 1 or policy.scale_h < 1):
+        raise CropError(f"crop policy '{text}': width and height must be at least 1")
+    if policy.name.startswith("resize") and (policy.resize < 1 or policy.crop_w < 1):
+        raise CropError(f"crop policy '{text}': sizes must be at least 1")
+    return policy
+
+
+def _parse(t: str, text: str) -> CropPolicy:
     if t in ("imagenet", "resize256-center224"):
         return IMAGENET
     if t == "full":

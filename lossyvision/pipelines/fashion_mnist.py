@@ -20,7 +20,7 @@ _FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
 
 
 try:  # the shared protocol; registering makes `--dataset fashion-mnist` work in prepare-shards
-    from lossyvision.pipelines.sources import Item, Source, register_source
+    from lossyvision.pipelines.sources import Item, Source, SourceError, register_source
 except ImportError:  # pragma: no cover - only while sources.py is absent
     @dataclass(frozen=True)
     class Item:  # type: ignore[no-redef]
@@ -34,19 +34,24 @@ except ImportError:  # pragma: no cover - only while sources.py is absent
     def register_source(cls):  # type: ignore[no-redef]
         return cls
 
+    SourceError = ValueError  # type: ignore[misc,assignment]
+
 
 def _read_idx(path: str) -> np.ndarray:
     """Read an IDX file (optionally .gz): big-endian header, magic 0x0000080N with N dims."""
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        data = f.read()
-    if data[:2] != b"\x00\x00" or data[2] != 0x08:
-        raise ValueError(f"{path}: not an unsigned-byte IDX file (magic {data[:4].hex()})")
+    try:
+        with opener(path, "rb") as f:
+            data = f.read()
+    except (OSError, EOFError) as e:
+        raise SourceError(f"cannot read {path}: {e}") from None
+    if len(data) < 4 or data[:2] != b"\x00\x00" or data[2] != 0x08:
+        raise SourceError(f"{path}: not an unsigned-byte IDX file (magic {data[:4].hex()})")
     ndim = data[3]
     shape = tuple(int.from_bytes(data[4 + 4 * i: 8 + 4 * i], "big") for i in range(ndim))
     arr = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if arr.size != int(np.prod(shape)):
-        raise ValueError(f"{path}: truncated IDX file ({arr.size} values, header says {shape})")
+        raise SourceError(f"{path}: truncated IDX file ({arr.size} values, header says {shape})")
     return arr.reshape(shape)
 
 
@@ -55,7 +60,7 @@ def _find(root: str, stem: str) -> str:
         path = os.path.join(root, name)
         if os.path.exists(path):
             return path
-    raise FileNotFoundError(
+    raise SourceError(
         f"{stem}(.gz) not found in {root}; install it with 'apt-get install dataset-fashion-mnist' "
         f"(files land in {DEFAULT_ROOT}) or pass the folder holding the IDX files")
 
@@ -74,7 +79,7 @@ class FashionMNISTSource(Source):
 
     def __init__(self, root: str | None = None, split: str = "train") -> None:
         if split not in _FILES:
-            raise ValueError(f"unknown fashion-mnist split {split!r}; choose one of {sorted(_FILES)}")
+            raise SourceError(f"unknown fashion-mnist split {split!r}; choose --split {' or '.join(sorted(_FILES))}")
         self.root = root or DEFAULT_ROOT
         self.split = split
         self._images: np.ndarray | None = None
@@ -86,7 +91,7 @@ class FashionMNISTSource(Source):
             self._images = _read_idx(_find(self.root, img_stem))
             self._labels = _read_idx(_find(self.root, lbl_stem))
             if len(self._images) != len(self._labels):
-                raise ValueError(f"{self.root}: {len(self._images)} images but {len(self._labels)} labels")
+                raise SourceError(f"{self.root}: {len(self._images)} images but {len(self._labels)} labels")
         return self._images, self._labels
 
     def __getstate__(self) -> dict:

@@ -22,9 +22,12 @@ import numpy as np
 
 from .. import storage
 from ..codecs import Codec, CodecError, create, png_encode
+from ..names import NameError_, check_name
 from .crops import FULL, IMAGENET, CropError, CropPolicy, parse_crop
+from .imageio import DEFAULT_MAX_PIXELS
 from .joblock import JobLock
-from .shards import FORMAT, MANIFEST, clean_temp_files, library_versions, load_manifest, sample_json, sha256_file, shard_name, TarShardWriter, write_json_atomic
+from .shards import (FORMAT, MANIFEST, TarShardWriter, clean_temp_files, library_versions, load_manifest, sample_json,
+                     sha256_file, shard_name, write_json_atomic)
 from .sources import Item, Source, SourceError, create_source
 
 log = logging.getLogger(__name__)
@@ -33,6 +36,8 @@ DEFAULT_CROPS = {"imagenet": IMAGENET, "samples": IMAGENET}
 # Cityscapes frames cost ~4 s of CPU and ~2.3 MB of output each: 100 per shard still gives
 # 30 tasks for train (docs/scale.md), where 1000 would give 3.
 DEFAULT_SHARD_SIZES = {"cityscapes": 100}
+# the split a dataset is prepared from when --split is not given: its evaluation split
+DEFAULT_SPLITS = {"folder": "all", "samples": "all", "fashion-mnist": "test"}
 # The driver rewrites the manifests at most this often (and at the end, and when interrupted):
 # rewriting all of them after every shard costs O(shards^2), minutes for ImageNet train at 1024 cores.
 MANIFEST_EVERY_S = 2.0
@@ -83,7 +88,7 @@ class PrepareConfig:
     dataset: str
     out: str
     src: str | None = None
-    split: str | None = None  # None: "all" for folder/samples, else "val"
+    split: str | None = None  # None: "all" for folder/samples, "test" for fashion-mnist, else "val"
     codecs: list[CodecSetting] = field(default_factory=list)
     crop: str | None = None  # None: the dataset's default (imagenet/samples: resize256-center224; others: full)
     shard_size: int | None = None  # None: 100 for cityscapes (2 MB frames, seconds each), else 1000
@@ -103,11 +108,13 @@ class PrepareConfig:
     order_seed: int = 0
     limit: int | None = None  # first N images in shard order (sorted: by key; shuffled: a seeded random subset)
     break_lock: bool = False  # take over a lease lock left by a job known to be dead on another host
+    # images (and crops, scales) with more pixels are listed as failures before any decode (imageio)
+    max_pixels: int = DEFAULT_MAX_PIXELS
     progress: bool = True
 
     def __post_init__(self) -> None:
         if self.split is None:
-            self.split = "all" if self.dataset in ("folder", "samples") else "val"
+            self.split = DEFAULT_SPLITS.get(self.dataset, "val")
         if self.shard_size is None:
             self.shard_size = DEFAULT_SHARD_SIZES.get(self.dataset, 1000)
         if self.order is None:
@@ -132,6 +139,7 @@ class ShardTask:
     ms_ssim: bool
     orig_format: str = "png"
     lock_path: str = ""  # the driver's lock file: a worker that cannot see it is not on the shared output
+    max_pixels: int = DEFAULT_MAX_PIXELS
 
 
 _STATS = ("bytes", "bpp", "psnr", "ssim", "ms_ssim", "enc_ms", "dec_ms")
@@ -171,6 +179,56 @@ def _single_threaded_opencv() -> None:
         cv2.setNumThreads(1)
 
 
+def _reason(e: BaseException) -> str:
+    """The failure reason recorded in the manifest: the library's own message for the errors it
+    expects, the exception type too for anything else (a codec library's own error)."""
+    if isinstance(e, (SourceError, CropError, CodecError)):
+        return str(e)
+    if isinstance(e, MemoryError):
+        return "out of memory for this image; lower --max-pixels or give the workers more memory"
+    return f"{type(e).__name__}: {e}"
+
+
+def _encode_item(t: ShardTask, item: Item, codecs: list[Codec], quality: Any) -> dict[str, tuple[dict, dict]]:
+    """Every variant's sample of one image and its stats, or an exception: nothing is written
+    until the whole image (read, crop, orig, every encode, decode and metric) has succeeded."""
+    rgb, label = t.source.load(item)
+    rgb, label = t.crop(rgb, label, max_pixels=t.max_pixels)
+    if min(rgb.shape[:2]) < 1:
+        raise CropError("empty image after cropping")
+    lab = _label_fields(t.source.task, label)
+    made: dict[str, tuple[dict, dict]] = {}
+    if t.write_orig:
+        data = _encode_lossless(rgb, t.orig_format)
+        meta = {"h": int(rgb.shape[0]), "w": int(rgb.shape[1]), "source": item.ref, "bytes": len(data)}
+        made[ORIG] = ({"__key__": item.key, t.orig_format: data, "json": sample_json(meta), **lab},
+                      {"bytes": len(data), "bpp": len(data) * 8.0 / (rgb.shape[0] * rgb.shape[1])})
+        del data
+    ref = quality.Reference(rgb) if min(rgb.shape[:2]) >= quality.WIN_SIZE else None
+    for codec in codecs:
+        r = codec.roundtrip(rgb)
+        ssim, ms = ref.scores(r.decoded, t.ms_ssim) if ref is not None else (None, None)
+        st = {
+            "spec": codec.spec,
+            "q": r.q,
+            "bytes": r.bytes,
+            "bpp": r.bpp(),
+            "h": int(rgb.shape[0]),
+            "w": int(rgb.shape[1]),
+            "psnr": quality.psnr(rgb, r.decoded),
+            "ssim": ssim,
+            "ms_ssim": ms,
+        }
+        if getattr(codec, "last_over_target", False):
+            st["over_target"] = True
+        s = {"__key__": item.key, codec.ext: r.data, "json": sample_json(st), **lab}
+        if t.store_decoded:
+            s["decoded.png"] = png_encode(r.decoded, level=1)
+        made[codec.spec] = (s, {**st, "enc_ms": r.enc_ms, "dec_ms": r.dec_ms})
+        del r  # the decoded image is not kept past its metrics
+    return made
+
+
 def encode_shard(t: ShardTask) -> dict:
     """Produce shard ``t.index`` of every variant; returns the manifest entries (runs in a worker)."""
     from .. import quality
@@ -199,50 +257,15 @@ def encode_shard(t: ShardTask) -> dict:
         writers = {v: stack.enter_context(TarShardWriter(storage.join(vdir, shard_name(t.index)))) for v, vdir in t.variants.items()}
         for item in t.items:
             try:
-                rgb, label = t.source.load(item)
-                rgb, label = t.crop(rgb, label)
-                if min(rgb.shape[:2]) < 1:
-                    raise CropError("empty image after cropping")
-                lab = _label_fields(t.source.task, label)
-                ref = quality.Reference(rgb) if min(rgb.shape[:2]) >= quality.WIN_SIZE else None
-                made: dict[str, tuple[dict, dict]] = {}
-                for codec in codecs:
-                    r = codec.roundtrip(rgb)
-                    ssim, ms = ref.scores(r.decoded, t.ms_ssim) if ref is not None else (None, None)
-                    st = {
-                        "spec": codec.spec,
-                        "q": r.q,
-                        "bytes": r.bytes,
-                        "bpp": r.bpp(),
-                        "h": int(rgb.shape[0]),
-                        "w": int(rgb.shape[1]),
-                        "psnr": quality.psnr(rgb, r.decoded),
-                        "ssim": ssim,
-                        "ms_ssim": ms,
-                    }
-                    if getattr(codec, "last_over_target", False):
-                        st["over_target"] = True
-                    s = {"__key__": item.key, codec.ext: r.data, "json": sample_json(st), **lab}
-                    if t.store_decoded:
-                        s["decoded.png"] = png_encode(r.decoded, level=1)
-                    made[codec.spec] = (s, {**st, "enc_ms": r.enc_ms, "dec_ms": r.dec_ms})
-                    del r  # the decoded image is not kept past its metrics
-                del ref
-            except (SourceError, CropError, CodecError) as e:
-                failures.append({"source": item.ref, "key": item.key, "reason": str(e)})
+                made = _encode_item(t, item, codecs, quality)
+            except Exception as e:  # noqa: BLE001 - one image never stops the job: it is listed with the reason
+                failures.append({"source": item.ref, "key": item.key, "reason": _reason(e)})
                 continue
-            if t.write_orig:
-                data = _encode_lossless(rgb, t.orig_format)
-                meta = {"h": int(rgb.shape[0]), "w": int(rgb.shape[1]), "source": item.ref, "bytes": len(data)}
-                writers[ORIG].write({"__key__": item.key, t.orig_format: data, "json": sample_json(meta), **lab})
-                add(ORIG, "bytes", len(data))
-                add(ORIG, "bpp", len(data) * 8.0 / (rgb.shape[0] * rgb.shape[1]))
-                del data
-            for spec, (s, st) in made.items():
-                writers[spec].write(s)
+            for v, (s, st) in made.items():
+                writers[v].write(s)
                 for k in _STATS:
-                    add(spec, k, st.get(k))
-            del made, rgb, label
+                    add(v, k, st.get(k))
+            del made
 
         entries = {}
         for variant, w in writers.items():
@@ -354,14 +377,26 @@ def validate(cfg: PrepareConfig) -> tuple[Source, CropPolicy, list[Codec]]:
         raise PrepareError(f"--order must be one of {', '.join(ORDERS)}, got {cfg.order!r}")
     if cfg.limit is not None and cfg.limit < 1:
         raise PrepareError(f"--limit must be at least 1, got {cfg.limit}")
+    if cfg.max_pixels < 1:
+        raise PrepareError(f"--max-pixels must be at least 1, got {cfg.max_pixels}")
+    if not cfg.out or not str(cfg.out).strip():
+        raise PrepareError("--out is empty; give the folder (or URL) to write the shards to")
+    try:
+        check_name("--dataset", cfg.dataset)
+        check_name("--split", cfg.split)
+    except NameError_ as e:
+        raise PrepareError(str(e)) from None
     if cfg.orig_format not in ORIG_FORMATS:
         raise PrepareError(f"--orig-format must be one of {', '.join(ORIG_FORMATS)}, got {cfg.orig_format!r}")
     if not cfg.codecs and not cfg.write_orig:
         raise PrepareError("nothing to write: give at least one --codec, or keep the orig variant")
     try:
         crop = _resolve_crop(cfg)
+        crop.check(cfg.max_pixels)
         codecs = [s.build() for s in cfg.codecs]
-    except (CropError, CodecError) as e:
+        for c in codecs:
+            check_name("codec spec", c.spec)
+    except (CropError, CodecError, NameError_) as e:
         raise PrepareError(str(e)) from None
     specs = [c.spec for c in codecs]
     dup = sorted({s for s in specs if specs.count(s) > 1})
@@ -377,9 +412,18 @@ def validate(cfg: PrepareConfig) -> tuple[Source, CropPolicy, list[Codec]]:
             src, out = os.path.realpath(storage.local_path(cfg.src)), os.path.realpath(storage.local_path(cfg.out))
             if out == src or out.startswith(src + os.sep):
                 raise PrepareError(f"--out {cfg.out} is inside --src {cfg.src}; write shards outside the source tree")
+    if not storage.is_remote(cfg.out):
+        out = storage.local_path(cfg.out)
+        if os.path.exists(out) and not os.path.isdir(out):
+            raise PrepareError(f"--out {cfg.out} is a file, not a folder; give a folder to write the shards to")
     try:
-        source = create_source(cfg.dataset, cfg.src, cfg.split)
+        source = create_source(cfg.dataset, cfg.src, cfg.split, max_pixels=cfg.max_pixels)
     except SourceError as e:
+        raise PrepareError(str(e)) from None
+    try:  # setup errors (learned-codec weights missing) fail here, before any work, not once per image
+        for c in codecs:
+            c.check_ready()
+    except CodecError as e:
         raise PrepareError(str(e)) from None
     return source, crop, codecs
 
@@ -451,7 +495,7 @@ def _prepare_locked(cfg: PrepareConfig, source: Source, crop: CropPolicy, codecs
         ofp = _options_fingerprint(crop, cfg.shard_size, infos[v] if v != ORIG else {"orig_format": cfg.orig_format}, source,
                                    _order_info(cfg))
         fp = _fingerprint(keys, ofp)
-        old = load_manifest(vdir)
+        old = load_manifest(vdir)  # ManifestError (exit 1) when it is not valid JSON or not ours
         if old is not None and old.get("fingerprint") != fp:
             if old.get("options_fingerprint") == ofp:
                 raise PrepareError(_source_change_message(vdir, old, chunks, len(items)))
@@ -518,7 +562,8 @@ def _prepare_locked(cfg: PrepareConfig, source: Source, crop: CropPolicy, codecs
         if time.monotonic() - last_write[0] >= MANIFEST_EVERY_S:
             write_manifests()
 
-    tasks = (ShardTask(i, chunks[i], source, crop, cfg.codecs, variants, cfg.write_orig, cfg.store_decoded, cfg.ms_ssim, cfg.orig_format, lock_path)
+    tasks = (ShardTask(i, chunks[i], source, crop, cfg.codecs, variants, cfg.write_orig, cfg.store_decoded, cfg.ms_ssim, cfg.orig_format, lock_path,
+                       cfg.max_pixels)
              for i in pending)
     if pending:
         try:
@@ -526,8 +571,8 @@ def _prepare_locked(cfg: PrepareConfig, source: Source, crop: CropPolicy, codecs
         except BaseException:
             try:  # record what did finish, so a rerun does not redo it (a full disk may refuse this too)
                 write_manifests()
-            except Exception as e:
-                log.warning("could not record the finished shards in the manifests: %s", e)
+            except Exception as e:  # info, not a warning: the error that stops the job is the one line the user sees
+                log.info("could not record the finished shards in the manifests: %s", e)
             for vdir in variants.values():  # tars of tasks that were cancelled mid-write (this job holds the lock)
                 clean_temp_files(vdir)
             raise

@@ -14,6 +14,7 @@ import io
 import json
 import math
 import os
+import re
 import tarfile
 from typing import Any, Iterable
 
@@ -148,15 +149,31 @@ def library_versions(*extra: str) -> dict[str, str]:
     return out
 
 
+class ManifestError(ValueError):
+    """A manifest.json that is not valid JSON, not an object, or of another format."""
+
+
 def load_manifest(vdir: str) -> dict | None:
     """The manifest of a variant folder (local or URL), or None when there is none yet."""
     p = storage.join(vdir, MANIFEST)
     if not storage.isfile(p):
         return None
-    m = json.loads(storage.read_text(p))
+    try:
+        m = json.loads(storage.read_text(p))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise ManifestError(f"{p} is not valid JSON ({e}); delete the folder to rebuild it, or write to a new --out") from None
+    if not isinstance(m, dict):
+        raise ManifestError(f"{p} is not a lossyvision manifest (a JSON {type(m).__name__}, not an object); delete the folder "
+                            "to rebuild it, or write to a new --out")
     if m.get("format") != FORMAT:
-        raise ValueError(f"{p}: unknown manifest format {m.get('format')!r}; expected {FORMAT}")
+        raise ManifestError(f"{p}: unknown manifest format {m.get('format')!r}; expected {FORMAT}: delete the folder to rebuild "
+                            "it, or write to a new --out")
     return m
+
+
+# What AtomicWriter leaves when killed: <shard or manifest>.tmp-<host>-<pid>-<8 hex> (storage.temp_suffix).
+# Nothing else is ever deleted, whatever the folder holds.
+_TEMP_NAME = re.compile(r"(shard-\d{6,}\.tar|manifest\.json)\.tmp-.+-\d+-[0-9a-f]{8}")
 
 
 def clean_temp_files(vdir: str) -> int:
@@ -166,6 +183,8 @@ def clean_temp_files(vdir: str) -> int:
         return 0
     n = 0
     for p in glob.glob(os.path.join(storage.local_path(vdir), "*.tmp-*")):
+        if not _TEMP_NAME.fullmatch(os.path.basename(p)) or not os.path.isfile(p) or os.path.islink(p):
+            continue
         try:
             os.unlink(p)
             n += 1

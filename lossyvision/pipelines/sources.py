@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from .. import storage
-from .imageio import SourceError, read_rgb
+from .imageio import DEFAULT_MAX_PIXELS, SourceError, check_pixels, header_size, read_file_bounded, read_rgb
 
 __all__ = ["Item", "Source", "SourceError", "register_source", "create_source", "source_names", "make_key"]
 
@@ -30,6 +30,7 @@ class Item:
     ref: str  # what load() needs: a path relative to the source root, or an index
     label: Any = None  # int class index, relative path of a label map, or None
     stamp: str = ""  # size and change stamp of the source file(s): a rerun rebuilds shards whose stamps changed
+    error: str = ""  # set when listing found this entry unusable (a dangling symlink, a FIFO...): load() raises it
 
 
 def make_key(relpath: str) -> str:
@@ -49,6 +50,7 @@ class Source:
     task: str = "none"  # "classification" | "segmentation" | "none"
     classes: list[str] | None = None
     root: str = ""
+    max_pixels: int = DEFAULT_MAX_PIXELS  # images whose header says more are listed as failures, not decoded
 
     def items(self) -> list[Item]:
         raise NotImplementedError
@@ -81,7 +83,11 @@ def create_source(name: str, root: str | None, split: str, **kwargs: Any) -> Sou
     _load_optional()
     if name not in _SOURCES:
         raise SourceError(f"unknown dataset '{name}'; choose one of {', '.join(source_names())}")
-    return _SOURCES[name](root, split, **kwargs)
+    max_pixels = kwargs.pop("max_pixels", None)
+    src = _SOURCES[name](root, split, **kwargs)
+    if max_pixels is not None:
+        src.max_pixels = max_pixels
+    return src
 
 
 def _load_optional() -> None:
@@ -92,17 +98,40 @@ def _load_optional() -> None:
 
 
 def _unique_keys(items: list[Item]) -> list[Item]:
-    items = sorted(items, key=lambda it: it.key)
-    for a, b in zip(items, items[1:]):
-        if a.key == b.key:
-            raise SourceError(f"two source files map to the same key '{a.key}': {a.ref} and {b.ref}; rename one")
-    return items
+    """Items sorted by key; when several files map to one key (``a.png`` and ``a.jpg``), the first
+    by path keeps it and the others become failures under keys of their own, so the job goes on."""
+    items = sorted(items, key=lambda it: (it.key, it.ref))
+    taken = {it.key for it in items}
+    first: dict[str, Item] = {}
+    out: list[Item] = []
+    for it in items:
+        if it.key not in first:
+            first[it.key] = it
+            out.append(it)
+            continue
+        n = 1
+        while f"{it.key}__dup{n}" in taken:
+            n += 1
+        taken.add(f"{it.key}__dup{n}")
+        out.append(Item(f"{it.key}__dup{n}", it.ref, it.label, it.stamp, f"maps to the same key '{it.key}' as {first[it.key].ref}; rename one"))
+    return sorted(out, key=lambda it: it.key)
 
 
 def _walk_images(top: str, rel_to: str) -> list[tuple[str, str]]:
     """Sorted ``(path relative to rel_to, stamp)`` of the images under ``top`` (local or URL);
-    relative paths use '/' whatever the platform."""
-    return [(rel.replace(os.sep, "/"), f"{st.size}:{st.stamp}") for rel, st in storage.walk_files(top, IMAGE_EXTS, rel_to)]
+    relative paths use '/' whatever the platform. Entries that cannot be listed (dangling symlinks,
+    loops, unreadable folders, FIFOs) come back with the stamp ``!<reason>``: see :func:`_entry`."""
+    errors: list[tuple[str, str]] = []
+    found = [(rel.replace(os.sep, "/"), f"{st.size}:{st.stamp}") for rel, st in storage.walk_files(top, IMAGE_EXTS, rel_to, errors)]
+    found += [(rel.replace(os.sep, "/"), "!" + reason) for rel, reason in errors]
+    return sorted(found)
+
+
+def _entry(key_path: str, rel: str, label: Any, stamp: str) -> Item:
+    """An Item for a listed file, or a failing one for an entry listing could not use."""
+    if stamp.startswith("!"):
+        return Item(make_key(key_path), rel, label, "unusable", stamp[1:])
+    return Item(make_key(key_path), rel, label, stamp)
 
 
 def _need_dir(path: str, what: str) -> None:
@@ -114,9 +143,15 @@ def _root(root: str) -> str:
     return root.rstrip("/") if storage.is_remote(root) else os.path.abspath(storage.local_path(root))
 
 
+def _raise_listing_error(item: Item) -> None:
+    if item.error:
+        raise SourceError(item.error)
+
+
 class _FileSource(Source):
     def load(self, item: Item) -> tuple[np.ndarray, Any]:
-        return read_rgb(storage.join(self.root, item.ref)), item.label
+        _raise_listing_error(item)
+        return read_rgb(storage.join(self.root, item.ref), self.max_pixels), item.label
 
     def __getstate__(self) -> dict:
         # Ray tasks receive the source object; caches (ImageNet's 1.28 M items) stay in the driver.
@@ -165,7 +200,7 @@ class ImageNetSource(_FileSource):
             items = []
             for w in dirs:
                 for rel, stamp in _walk_images(storage.join(self.root, self.split, w), self.root):
-                    items.append(Item(make_key(rel), rel, index[w], stamp))
+                    items.append(_entry(rel, rel, index[w], stamp))
             self.classes = wnids
         else:
             items = self._flat_items()
@@ -205,10 +240,11 @@ class ImageNetSource(_FileSource):
         for rel, stamp in files:
             stem = os.path.splitext(os.path.basename(rel))[0]
             w = labels.get(stem)
-            items.append(Item(make_key(rel), rel, index[w] if w in index else None, stamp))
+            items.append(_entry(rel, rel, index[w] if w in index else None, stamp))
         return items
 
     def load(self, item: Item) -> tuple[np.ndarray, Any]:
+        _raise_listing_error(item)
         if item.label is None:
             raise SourceError("no ground-truth label for this image")
         return super().load(item)
@@ -258,6 +294,9 @@ class CityscapesSource(_FileSource):
         labels = dict(_walk_images(storage.join(self.root, "gtFine", self.split), self.root))
         items = []
         for rel, stamp in _walk_images(storage.join(self.root, "leftImg8bit", self.split), self.root):
+            if stamp.startswith("!"):
+                items.append(_entry(rel, rel, None, stamp))
+                continue
             if not rel.endswith("_leftImg8bit.png"):
                 continue
             parts = rel.split("/")
@@ -267,16 +306,22 @@ class CityscapesSource(_FileSource):
         return _unique_keys(items)
 
     def load(self, item: Item) -> tuple[np.ndarray, Any]:
-        rgb = read_rgb(storage.join(self.root, item.ref))
+        _raise_listing_error(item)
+        rgb = read_rgb(storage.join(self.root, item.ref), self.max_pixels)
         path = storage.join(self.root, item.label)
         import imagecodecs
 
+        if not storage.exists(path):
+            raise SourceError(f"label map missing: {item.label}")
         try:
-            data = storage.read_bytes(path)
-        except FileNotFoundError:
-            raise SourceError(f"label map missing: {item.label}") from None
+            data = read_file_bounded(path, self.max_pixels)
+        except SourceError as e:
+            raise SourceError(f"label map {item.label}: {e}") from None
         try:
+            check_pixels(*header_size(data), self.max_pixels, f"label map {item.label}")
             ids = imagecodecs.png_decode(data)
+        except SourceError:
+            raise
         except Exception as e:
             raise SourceError(f"corrupt label map {item.label}: {e}") from None
         if ids.ndim != 2 or ids.dtype != np.uint8:
@@ -302,7 +347,7 @@ class FolderSource(_FileSource):
         _need_dir(self.root, "source folder")
 
     def items(self) -> list[Item]:
-        return _unique_keys([Item(make_key(rel), rel, None, stamp) for rel, stamp in _walk_images(self.root, self.root)])
+        return _unique_keys([_entry(rel, rel, None, stamp) for rel, stamp in _walk_images(self.root, self.root)])
 
 
 # Real photographs that scikit-image ships in its wheel (no download needed), for the demo.
