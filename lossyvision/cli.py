@@ -72,7 +72,9 @@ def user_errors(f: Callable) -> Callable:
         except Exception as e:
             if _debugging():
                 raise
-            if isinstance(e, (PrepareError, CodecError, CropError, SourceError, NameError_)):
+            from .eval.rates import ResultsError
+
+            if isinstance(e, (PrepareError, CodecError, CropError, SourceError, NameError_, ResultsError)):
                 raise click.UsageError(str(e)) from None
             if isinstance(e, (FileNotFoundError, StorageError, JobLockError, OutputNotSharedError, ManifestError)):
                 raise click.ClickException(str(e)) from None

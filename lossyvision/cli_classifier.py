@@ -9,25 +9,124 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import sys
 from pathlib import Path
+from typing import Any, Callable
 
 import click
 
-_USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, KeyError)
+from lossyvision.cli_common import OneLineCommand  # usage errors as one line (exit 2)
 
 
-def _user_errors(fn):
-    """Turn the library's user-facing errors into one-line click errors (no traceback)."""
+def _debugging() -> bool:
+    return logging.getLogger().isEnabledFor(logging.DEBUG)
+
+
+def _one_line(e: BaseException) -> str:
+    """The message of `e` as one line; for an error a DataLoader worker raised, its original message
+    (torch replaces it with "Caught X in DataLoader worker process N." and the worker's traceback)."""
+    from lossyvision.pipelines.stream import worker_error_message
+
+    msg = e.args[0] if isinstance(e, KeyError) and e.args else worker_error_message(e)
+    lines = str(msg).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+def user_errors(fn: Callable) -> Callable:
+    """Every error as one line on stderr: exit 2 for a bad option value, 1 for a failure while running
+    (a bad shard, a missing variant, anything unexpected); -vv shows the traceback as well."""
     @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from lossyvision.pipelines.stream import ShardError
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from lossyvision.names import NameError_
+        from lossyvision.pipelines.imageio import SourceError
+        from lossyvision.pipelines.stream import OptionError, ShardError
         from lossyvision.train.models import WeightsUnavailable
+
         try:
             return fn(*args, **kwargs)
-        except (ShardError, WeightsUnavailable, *_USER_ERRORS) as e:
-            msg = e.args[0] if isinstance(e, KeyError) and e.args else str(e)
-            raise click.ClickException(str(msg)) from None
+        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise
+        except KeyboardInterrupt:
+            click.echo("interrupted; rerun the command (a training one with --resume) to continue", err=True)
+            sys.exit(130)
+        except Exception as e:
+            if _debugging():
+                logging.getLogger("lossyvision").debug("traceback of the error below", exc_info=True)
+            msg = _one_line(e)
+            # free the frames now: a DataLoader iterator they hold shuts its workers down here, not at a later fork
+            e.__traceback__ = None
+            if isinstance(e, (OptionError, NameError_)):
+                raise click.UsageError(msg) from None
+            if isinstance(e, (ShardError, WeightsUnavailable, SourceError, FileNotFoundError, ValueError, KeyError,
+                              FloatingPointError, ImportError)):
+                raise click.ClickException(msg) from None
+            if isinstance(e, OSError):  # a read-only --out, a full disk
+                where = f"{e.filename}: " if getattr(e, "filename", None) else ""
+                raise click.ClickException(f"{where}{e.strerror or msg}") from None
+            if isinstance(e, MemoryError):
+                raise click.ClickException("out of memory; lower --batch-size, --workers or --max-pixels") from None
+            raise click.ClickException(f"{type(e).__name__}: {msg} (rerun with -vv for the traceback)") from None
     return wrapper
+
+
+_user_errors = user_errors
+
+
+def verbose_option(f: Callable) -> Callable:
+    """-v / -vv (-vv: debug logging and tracebacks of errors)."""
+    def cb(ctx: click.Context, param: click.Parameter, value: int) -> int:
+        if value:
+            level = logging.INFO if value == 1 else logging.DEBUG
+            logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+        return value
+    return click.option("-v", "--verbose", count=True, expose_value=False, callback=cb,
+                        help="Log more (-v info, -vv debug and tracebacks).")(f)
+
+
+def device_value(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """cpu, cuda, cuda:N, mps or auto, and available here; None/auto: the library's default."""
+    if value is None or value == "auto":
+        return None
+    from lossyvision.pipelines.stream import OptionError, resolve_device
+    try:
+        resolve_device(value)
+    except OptionError as e:
+        raise click.BadParameter(str(e)) from None
+    return value
+
+
+def name_value(ctx: click.Context, param: click.Parameter, value):
+    """A dataset/split/variant name that becomes a path component (one or a tuple of them)."""
+    from lossyvision.names import NameError_, check_name
+    if value is None:
+        return None
+    what = param.opts[0] if param.opts else param.name
+    try:
+        if isinstance(value, tuple):
+            return tuple(check_name(what, v) for v in value)
+        return check_name(what, value)
+    except NameError_ as e:
+        raise click.BadParameter(str(e)) from None
+
+
+def positive(lo: int = 1) -> click.IntRange:
+    return click.IntRange(min=lo)
+
+
+POSITIVE_FLOAT = click.FloatRange(min=0, min_open=True)
+
+
+def max_pixels_option(f: Callable) -> Callable:
+    """prepare-shards' --max-pixels (same name and default), for the images inside shards."""
+    from lossyvision.pipelines.imageio import DEFAULT_MAX_PIXELS
+    return click.option("--max-pixels", type=positive(), default=DEFAULT_MAX_PIXELS, show_default=True,
+                        help="A shard's image whose header holds more pixels (width x height) is an error naming "
+                             "the shard and the sample, before any decode.")(f)
+
+
+def _refuse_resume_and_overwrite(resume, overwrite) -> None:
+    if resume and overwrite:
+        raise click.UsageError("--resume continues a run and --overwrite replaces it; give one of them")
 
 
 def _floats3(ctx, param, value):
@@ -39,6 +138,8 @@ def _floats3(ctx, param, value):
         raise click.BadParameter(f"expected three comma-separated numbers, got {value!r}") from None
     if len(parts) != 3:
         raise click.BadParameter(f"expected three comma-separated numbers, got {value!r}")
+    if param.name == "std" and any(p <= 0 for p in parts):
+        raise click.BadParameter(f"std values must be positive, got {value!r}")
     return parts
 
 
@@ -48,40 +149,41 @@ def _logging(quiet: bool) -> None:
 
 _TRAIN_OPTIONS = [
     click.option("--shards", required=True, type=str, help="ROOT/<dataset> holding <split>/<variant>/ folders (a path or an fsspec URL such as s3://bucket/root)."),
-    click.option("--variant", "variant", multiple=True, help="Compressed variant to train on, e.g. j2k-r200 (not needed for "
+    click.option("--variant", "variant", multiple=True, callback=name_value, help="Compressed variant to train on, e.g. j2k-r200 (not needed for "
                  "stability). Repeat it to train one universal model on their mixture (each sample draws one)."),
     click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder (config.json, log.jsonl, last.pt, best.pt)."),
     click.option("--preset", default=None, help="Paper settings, e.g. marie2022-resnet50-expert-bpg-qp51 (a Table I cell, "
                  "variant included) or marie2022-mnasnet-expert; --list-presets shows them. Explicit options override it."),
     click.option("--model", default=None, help="torchvision:NAME[:WEIGHTS], a registered name, or a checkpoint [mnasnet1_0]."),
     click.option("--weights", default=None, help="State dict PATH (or a weights enum name) for --model."),
-    click.option("--num-classes", type=int, default=None, help="Default: the manifest's class count."),
-    click.option("--epochs", type=int, default=None, help="[45]"),
-    click.option("--batch-size", type=int, default=None, help="Per process [320, the paper's MnasNet batch; ResNet50: 384]."),
-    click.option("--lr", type=float, default=None, help="[1e-5]"),
-    click.option("--alpha", type=float, default=None, help="Weight of the KL term [3.2 with batchmean = the paper's 1e-2 "
+    click.option("--num-classes", type=positive(), default=None, help="Default: the manifest's class count."),
+    click.option("--epochs", type=positive(), default=None, help="[45]"),
+    click.option("--batch-size", type=positive(), default=None, help="Per process [320, the paper's MnasNet batch; ResNet50: 384]."),
+    click.option("--lr", type=POSITIVE_FLOAT, default=None, help="[1e-5]"),
+    click.option("--alpha", type=click.FloatRange(min=0), default=None, help="Weight of the KL term [3.2 with batchmean = the paper's 1e-2 "
                  "with reduction 'sum' at batch 320, at any batch size]."),
     click.option("--kl-reduction", type=click.Choice(["batchmean", "sum"]), default=None,
                  help="[batchmean]; sum = the paper code's form (alpha_sum = alpha_batchmean / batch)."),
-    click.option("--temperature", type=float, default=None, help="KL temperature [1]."),
-    click.option("--sigma", type=float, default=None, help="Stability: noise std [0.04; x 256 levels with uint8 noise]."),
+    click.option("--temperature", type=POSITIVE_FLOAT, default=None, help="KL temperature [1]."),
+    click.option("--sigma", type=click.FloatRange(min=0), default=None, help="Stability: noise std [0.04; x 256 levels with uint8 noise]."),
     click.option("--stability-noise", type=click.Choice(["uint8", "gaussian"]), default=None,
                  help="[uint8]: the authors' clipped, truncated pixel noise; gaussian: unclipped, in normalised space."),
-    click.option("--patience", "plateau_patience", type=int, default=None, help="Epochs without a better val loss before lr/5, minus one [2]."),
-    click.option("--max-lr-cuts", type=int, default=None, help="Stop rule's number of lr cuts [3]."),
+    click.option("--patience", "plateau_patience", type=positive(0), default=None, help="Epochs without a better val loss before lr/5, minus one [2]."),
+    click.option("--max-lr-cuts", type=positive(), default=None, help="Stop rule's number of lr cuts [3]."),
     click.option("--stop-rule", type=click.Choice(["authors", "cuts"]), default=None,
                  help="[authors]: stop once lr <= lr0/5^cuts in the authors' float arithmetic (4 cuts at lr0 1e-5 and "
                       "5e-6, 3 at 1e-6); cuts: after exactly --max-lr-cuts cuts."),
     click.option("--teacher-cache", default=None, help="'auto' (<out>/teacher-<split>.h5), 'off', or a path [auto]."),
-    click.option("--train-split", default=None, help="[train]"),
-    click.option("--val-split", default=None, help="[val]"),
-    click.option("--workers", type=int, default=None, help="DataLoader workers per process [4]."),
+    click.option("--train-split", default=None, callback=name_value, help="[train]"),
+    click.option("--val-split", default=None, callback=name_value, help="[val]"),
+    click.option("--workers", type=positive(0), default=None, help="DataLoader workers per process [4]."),
     click.option("--seed", type=int, default=None, help="[0]"),
     click.option("--amp/--no-amp", default=None, help="bf16 autocast [on with CUDA]; --no-amp: fp32 with TF32 off, as the paper."),
     click.option("--channels-last/--no-channels-last", default=None, help="[on with CUDA]"),
-    click.option("--device", default=None, help="cuda, cuda:1, cpu [cuda if available]."),
+    click.option("--device", default=None, callback=device_value, help="cpu, cuda, cuda:N, mps or auto [auto: cuda if available]."),
     click.option("--resume", is_flag=True, default=None, help="Continue from <out>/last.pt."),
-    click.option("--max-steps-per-epoch", type=int, default=None, help="Cap batches per epoch (quick looks)."),
+    click.option("--overwrite", is_flag=True, default=None, help="Replace the run in --out (its checkpoints and log)."),
+    click.option("--max-steps-per-epoch", type=positive(), default=None, help="Cap batches per epoch (quick looks)."),
     click.option("--quiet", is_flag=True, default=False, help="No progress bars, warnings only."),
 ]
 
@@ -99,6 +201,7 @@ def _list_presets(ctx, param, value):
 def _train_options(fn):
     for opt in reversed(_TRAIN_OPTIONS):
         fn = opt(fn)
+    fn = max_pixels_option(verbose_option(fn))
     return click.option("--list-presets", is_flag=True, expose_value=False, is_eager=True, callback=_list_presets,
                         help="List the presets (name, recipe, variant, lr, alpha, batch) and exit.")(fn)
 
@@ -119,47 +222,53 @@ def _run_training(recipe: str | None, quiet: bool, **options) -> None:
             raise click.UsageError("--variant is required (the compressed variant to train on, e.g. jpeg-q10), "
                                    "or a preset of a Table I cell (--list-presets)")
         options["variant"] = "orig"
-    cfg = preset_config(preset, progress=not quiet, **options)
+    _refuse_resume_and_overwrite(options.get("resume"), options.get("overwrite"))
+    try:
+        cfg = preset_config(preset, progress=not quiet, **options)
+    except ValueError as e:  # the config's checks of option values
+        raise click.UsageError(str(e)) from None
     summary = train(cfg)
     click.echo(json.dumps({k: v for k, v in summary.items() if k != "history"}))
 
 
-@click.command("train-classifier")
+@click.command("train-classifier", cls=OneLineCommand)
 @click.version_option(package_name="lossyvision")
 @click.option("--recipe", type=click.Choice(["finetune", "expert", "stability"]), default=None, help="[expert]")
 @_train_options
-@_user_errors
+@user_errors
 def train_classifier(recipe, quiet, **options):
     """Fine-tune / expert-train / stability-train a classifier on shards (Marie et al. 2022)."""
     _run_training(recipe, quiet, **options)
 
 
-@click.command("train-expert")
+@click.command("train-expert", cls=OneLineCommand)
 @click.version_option(package_name="lossyvision")
 @_train_options
-@_user_errors
+@user_errors
 def train_expert(quiet, **options):
     """Expert training: CE(f(x~), y) + alpha KL(g(x) || f(x~)), g the frozen initial model."""
     _run_training("expert", quiet, **options)
 
 
-@click.command("eval-classifier")
+@click.command("eval-classifier", cls=OneLineCommand)
 @click.version_option(package_name="lossyvision")
 @click.option("--model", required=True, help="torchvision:NAME[:WEIGHTS], a checkpoint, or a TorchScript file.")
 @click.option("--weights", default=None, help="State dict PATH for a torchvision/registered --model.")
 @click.option("--shards", required=True, type=str, help="ROOT/<dataset>/<split> holding variant folders (a path or an fsspec URL such as s3://bucket/root).")
-@click.option("--variant", "variants", multiple=True, help="Variant(s) to evaluate, repeatable [orig].")
-@click.option("--batch-size", type=int, default=None)
-@click.option("--workers", type=int, default=None)
-@click.option("--device", default=None)
+@click.option("--variant", "variants", multiple=True, callback=name_value, help="Variant(s) to evaluate, repeatable [orig].")
+@click.option("--batch-size", type=positive(), default=None)
+@click.option("--workers", type=positive(0), default=None)
+@click.option("--device", default=None, callback=device_value, help="cpu, cuda, cuda:N, mps or auto [auto].")
 @click.option("--mean", callback=_floats3, default=None, help="Normalisation mean, 'r,g,b' [ImageNet].")
 @click.option("--std", callback=_floats3, default=None, help="Normalisation std, 'r,g,b' [ImageNet].")
-@click.option("--max-samples", type=int, default=None)
+@click.option("--max-samples", type=positive(), default=None, help="Evaluate the first N samples of each variant.")
+@max_pixels_option
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--csv", "csv_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--md", "md_path", type=click.Path(dir_okay=False), default=None)
 @click.option("--quiet", is_flag=True, default=False)
-@_user_errors
+@verbose_option
+@user_errors
 def eval_classifier(json_path, csv_path, md_path, quiet, variants, **options):
     """Top-1/top-5 of one model on one or more shard variants."""
     from lossyvision.eval.classification import EvalConfig, evaluate, markdown_table, write_results
@@ -167,27 +276,32 @@ def eval_classifier(json_path, csv_path, md_path, quiet, variants, **options):
     kw = {k: v for k, v in options.items() if v is not None}
     if variants:
         kw["variants"] = list(variants)
-    cfg = EvalConfig(progress=not quiet, **kw)
+    try:
+        cfg = EvalConfig(progress=not quiet, **kw)
+    except ValueError as e:
+        raise click.UsageError(str(e)) from None
     rows = evaluate(cfg)
     write_results(rows, json_path, csv_path, md_path, config=cfg.to_dict())
     click.echo(markdown_table(rows), nl=False)
 
 
-@click.command("eval-matrix")
+@click.command("eval-matrix", cls=OneLineCommand)
 @click.version_option(package_name="lossyvision")
 @click.option("--model", "models", multiple=True, required=True,
               help="LABEL=REF (repeatable): a model trained on variant LABEL, e.g. jpeg-q10=runs/jpeg-q10/best.pt.")
 @click.option("--shards", required=True, type=str, help="ROOT/<dataset>/<split> holding variant folders (a path or an fsspec URL such as s3://bucket/root).")
-@click.option("--variant", "variants", multiple=True, required=True, help="Test variant(s), repeatable.")
+@click.option("--variant", "variants", multiple=True, required=True, callback=name_value, help="Test variant(s), repeatable.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for matrix.json, matrix.md, matrix.png.")
-@click.option("--batch-size", type=int, default=None)
-@click.option("--workers", type=int, default=None)
-@click.option("--device", default=None)
+@click.option("--batch-size", type=positive(), default=None)
+@click.option("--workers", type=positive(0), default=None)
+@click.option("--device", default=None, callback=device_value, help="cpu, cuda, cuda:N, mps or auto [auto].")
 @click.option("--mean", callback=_floats3, default=None)
 @click.option("--std", callback=_floats3, default=None)
-@click.option("--max-samples", type=int, default=None)
+@click.option("--max-samples", type=positive(), default=None, help="Evaluate the first N samples of each variant.")
+@max_pixels_option
 @click.option("--quiet", is_flag=True, default=False)
-@_user_errors
+@verbose_option
+@user_errors
 def eval_matrix(models, variants, out, quiet, **options):
     """Train-on-A / test-on-B accuracy matrix with a heatmap (paper 1, Fig. 5)."""
     from lossyvision.eval.classification import eval_matrix as run_matrix, matrix_markdown, plot_matrix

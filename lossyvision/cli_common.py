@@ -7,9 +7,14 @@ own errors and for those a command raises. ``--help`` still shows the usage.
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import click
+
+# torch warns when --workers exceeds the CPUs it may use (4 DataLoader workers on a 2-CPU laptop); a
+# command's stderr is kept for its one error line, and more workers than CPUs is only slower.
+warnings.filterwarnings("ignore", message=r"This DataLoader will create \d+ worker processes", category=UserWarning)
 
 
 def _one_line(e: click.UsageError) -> click.UsageError:

@@ -16,8 +16,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lossyvision.pipelines.stream import (IMAGENET_MEAN, IMAGENET_STD, ShardStream, make_loader, read_variant,
-                                          to_device, variant_dir)
+from lossyvision.names import check_name
+from lossyvision.pipelines.imageio import DEFAULT_MAX_PIXELS
+from lossyvision.pipelines.stream import (IMAGENET_MEAN, IMAGENET_STD, ShardError, ShardStream, check_limits,
+                                          make_loader, read_variant, resolve_device, to_device, variant_dir)
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,12 @@ class EvalConfig:
     max_samples: int | None = None
     amp: bool | None = None                  # None: bf16 autocast on CUDA
     progress: bool = False
+    max_pixels: int = DEFAULT_MAX_PIXELS     # images in shards over this many pixels are refused before decoding
+
+    def __post_init__(self) -> None:
+        self.variants = [check_name("--variant", v) for v in self.variants]
+        check_limits(batch_size=self.batch_size, max_samples=self.max_samples, max_pixels=self.max_pixels,
+                     workers=(self.workers, 0))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -44,18 +52,22 @@ class EvalConfig:
 @torch.no_grad()
 def accuracy(model: nn.Module, vdir: str | os.PathLike, *, device: torch.device | str = "cpu", batch_size: int = 128,
              workers: int = 0, mean=IMAGENET_MEAN, std=IMAGENET_STD, max_samples: int | None = None,
-             amp: bool = False, progress: bool = False) -> dict:
-    """Top-1/top-5 (fractions) of `model` on one variant folder, plus its mean rate from the manifest."""
+             amp: bool = False, progress: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+    """Top-1/top-5 (fractions) of `model` on one variant folder (its first `max_samples` samples), plus
+    its mean rate from the manifest."""
     from tqdm import tqdm
+    check_limits(batch_size=batch_size, max_samples=max_samples, max_pixels=max_pixels)
     dev = torch.device(device)
     info = read_variant(vdir)
-    ds = ShardStream(vdir, shuffle=False, rank=0, world_size=1)
+    ds = ShardStream(vdir, shuffle=False, rank=0, world_size=1, max_pixels=max_pixels)
     loader = make_loader(ds, batch_size, workers, pin_memory=dev.type == "cuda")
     correct1 = correct5 = n = 0
-    for xt, y, _ in tqdm(loader, desc=f"eval {info.variant}", disable=not progress,
-                         total=len(loader)):
-        if max_samples is not None and n >= max_samples:
-            break
+    for xt, y, keys in tqdm(loader, desc=f"eval {info.variant}", disable=not progress,
+                            total=len(loader)):
+        if max_samples is not None:
+            if n >= max_samples:
+                break
+            xt, y, keys = xt[:max_samples - n], y[:max_samples - n], keys[:max_samples - n]
         if not torch.is_tensor(y) or y.dim() != 1:
             raise ValueError(f"{vdir}: samples carry no class labels (task {info.task!r})")
         if (y < 0).any():
@@ -63,6 +75,10 @@ def accuracy(model: nn.Module, vdir: str | os.PathLike, *, device: torch.device 
         y = y.to(dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
             logits = model(to_device(xt, dev, mean, std)).float()
+        if (y >= logits.shape[1]).any():
+            i = int((y >= logits.shape[1]).nonzero()[0])
+            raise ShardError(f"{vdir}: sample {keys[i]!r} has class {int(y[i])} but the model has "
+                             f"{logits.shape[1]} outputs; evaluate it on shards of its own classes")
         k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices
         hit = top == y[:, None]
@@ -79,13 +95,14 @@ def accuracy(model: nn.Module, vdir: str | os.PathLike, *, device: torch.device 
 def evaluate(cfg: EvalConfig) -> list[dict]:
     """Evaluate one model on each variant of cfg.variants; one result row per variant."""
     from lossyvision.train.models import load_for_eval
-    dev = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(cfg.device)
     model = load_for_eval(cfg.model, weights=cfg.weights).to(dev)
     amp = dev.type == "cuda" if cfg.amp is None else cfg.amp
     rows = []
     for v in cfg.variants:
         r = accuracy(model, variant_dir(cfg.shards, v), device=dev, batch_size=cfg.batch_size, workers=cfg.workers,
-                     mean=cfg.mean, std=cfg.std, max_samples=cfg.max_samples, amp=amp, progress=cfg.progress)
+                     mean=cfg.mean, std=cfg.std, max_samples=cfg.max_samples, amp=amp, progress=cfg.progress,
+                     max_pixels=cfg.max_pixels)
         rows.append({"model": cfg.model, **r})
         log.info("%s on %s: top-1 %.4f top-5 %.4f (%d samples)", cfg.model, v, r["top1"], r["top5"], r["samples"])
     return rows
@@ -134,7 +151,8 @@ class MatrixResult:
 def eval_matrix(models: dict[str, str], shards: str, variants: list[str], **accuracy_kwargs) -> MatrixResult:
     """Evaluate each model (label -> reference) on each variant (paper 1, Fig. 5)."""
     from lossyvision.train.models import load_for_eval
-    device = torch.device(accuracy_kwargs.pop("device", None) or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(accuracy_kwargs.pop("device", None))
+    variants = [check_name("--variant", v) for v in variants]
     top1, top5 = [], []
     for label, ref in models.items():
         model = load_for_eval(ref).to(device)

@@ -16,6 +16,10 @@ COLUMNS = [
 ]  # fmt: skip
 
 
+class ResultsError(ValueError):
+    """A --results file that is not an accuracy results file (eval-classifier --json / eval-matrix)."""
+
+
 def find_manifests(root: str) -> list[str]:
     """Every manifest.json under ``root`` (a shard root, a dataset/split folder or one variant; a path or URL)."""
     if storage.isfile(storage.join(root, MANIFEST)):
@@ -63,8 +67,13 @@ def rate_table(root: str) -> list[dict]:
     rows = []
     for p in find_manifests(root):
         m = load_manifest(_parent(p))
-        if m is not None:
+        if m is None:
+            continue
+        try:
             rows.append(variant_row(m))
+        except (KeyError, TypeError, AttributeError) as e:
+            raise ValueError(f"{p}: not a complete lossyvision manifest ({type(e).__name__}: {e}); rebuild the "
+                             "variant with prepare-shards") from None
     order = {"lossless": 0}
     rows.sort(key=lambda r: (r["dataset"], r["split"], order.get(r["codec"], 1), r["codec"], -(r["bpp"] or 0)))
     return rows
@@ -75,9 +84,18 @@ def _parent(path: str) -> str:
 
 
 def load_results(paths: list[str]) -> list[dict]:
-    """Accuracy results (JSON lists of rows with 'variant' and metric columns) to join onto the table."""
+    """Accuracy results (JSON lists of rows with 'variant' and metric columns) to join onto the table;
+    ResultsError naming the file when one is not such a file."""
     out = []
     for p in paths:
-        data = json.loads(storage.read_text(p))
-        out.extend(data if isinstance(data, list) else data.get("results", data.get("rows", [])))
+        try:
+            data = json.loads(storage.read_text(p))
+        except (UnicodeDecodeError, ValueError) as e:
+            raise ResultsError(f"--results {p} is not valid JSON ({e}); pass the --json of eval-classifier") from None
+        rows = data if isinstance(data, list) else data.get("results", data.get("rows")) if isinstance(data, dict) else None
+        if not isinstance(rows, list) or not rows or not all(
+                isinstance(r, dict) and isinstance(r.get("variant"), str) and ("top1" in r or "top5" in r) for r in rows):
+            raise ResultsError(f"--results {p} is not an accuracy results file (rows with 'variant' and 'top1'); "
+                               "pass the --json of eval-classifier")
+        out.extend(rows)
     return out

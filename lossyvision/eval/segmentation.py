@@ -111,11 +111,14 @@ def predict(model: torch.nn.Module, x: torch.Tensor, multiple: int = 32) -> torc
 
 
 def evaluate_model(model: torch.nn.Module, variant_dir: str, device: torch.device, num_classes: int = 19,
-                   amp: bool = True, max_images: int | None = None) -> tuple[np.ndarray, int]:
-    """Full-frame, single-scale evaluation of one variant; returns (confusion matrix, images)."""
-    from lossyvision.pipelines.stream import ShardStream, to_device
+                   amp: bool = True, max_images: int | None = None,
+                   max_pixels: int | None = None) -> tuple[np.ndarray, int]:
+    """Full-frame, single-scale evaluation of one variant (its first `max_images` images); returns
+    (confusion matrix, images)."""
+    from lossyvision.pipelines.stream import ShardStream, check_limits, to_device
 
-    stream = ShardStream(variant_dir, rank=0, world_size=1)
+    check_limits(max_images=max_images, max_pixels=max_pixels)
+    stream = ShardStream(variant_dir, rank=0, world_size=1, max_pixels=max_pixels)
     cm = np.zeros((num_classes, num_classes), np.int64)
     n = 0
     was_training = model.training
@@ -130,7 +133,10 @@ def evaluate_model(model: torch.nn.Module, variant_dir: str, device: torch.devic
                 raise ValueError(f"{variant_dir}: sample {key!r} has no seg.png label map")
             with torch.autocast(device.type, dtype=dtype, enabled=use_amp):
                 pred = predict(model, to_device(x[None], device))
-            cm += confusion_matrix(pred[0].cpu(), y, num_classes)
+            try:
+                cm += confusion_matrix(pred[0].cpu(), y, num_classes)
+            except ValueError as e:  # label ids outside the classes
+                raise ValueError(f"{variant_dir}: sample {key!r}: {e}") from None
             n += 1
     finally:
         model.train(was_training)
@@ -154,6 +160,17 @@ class EvalConfig:
     device: str | None = None
     amp: bool = True
     max_images: int | None = None
+    max_pixels: int | None = None  # None: lossyvision.pipelines.imageio.DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        from lossyvision.names import check_name
+        from lossyvision.pipelines.stream import check_limits
+
+        self.test_variants = [check_name("--test-variant", v) for v in self.test_variants]
+        check_name("--split", self.split)
+        if self.train_variant is not None:
+            check_name("--train-variant", self.train_variant)
+        check_limits(max_images=self.max_images, max_pixels=self.max_pixels)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -175,12 +192,19 @@ def evaluate_checkpoint(cfg: EvalConfig) -> list[dict]:
     from lossyvision.pipelines.stream import variant_dir
     from lossyvision.train.segmentation import load_segmentation_model
 
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from lossyvision.names import check_name
+    from lossyvision.pipelines.stream import resolve_device
+
+    device = resolve_device(cfg.device)
+    for v in cfg.test_variants:  # before the model loads: a typo fails at once
+        variant_dir(storage.join(cfg.shards, cfg.split), v)
     model, meta = load_segmentation_model(cfg.checkpoint, device)
     tcfg = meta.get("config", {})
     train_variant = cfg.train_variant or tcfg.get("train_variant")
     if not train_variant:
-        raise ValueError(f"{cfg.checkpoint} does not record its training variant; pass train_variant")
+        raise ValueError(f"{cfg.checkpoint} does not record its training variant; pass --train-variant")
+    # it names the results file: the checkpoint's record must be a safe name too
+    check_name(f"the training variant recorded in {cfg.checkpoint}", train_variant)
     train_bpp = None
     train_dir = storage.join(tcfg["shards"], tcfg.get("train_split", "train"), train_variant) if tcfg.get("shards") else None
     if train_dir and storage.isdir(train_dir):
@@ -189,7 +213,7 @@ def evaluate_checkpoint(cfg: EvalConfig) -> list[dict]:
     records = []
     for test_variant in cfg.test_variants:
         vdir = variant_dir(storage.join(cfg.shards, cfg.split), test_variant)
-        cm, n = evaluate_model(model, vdir, device, amp=cfg.amp, max_images=cfg.max_images)
+        cm, n = evaluate_model(model, vdir, device, amp=cfg.amp, max_images=cfg.max_images, max_pixels=cfg.max_pixels)
         rec = result_record(cm, n, train_variant, test_variant, train_bpp, variant_bpp(vdir),
                             checkpoint=str(cfg.checkpoint), split=cfg.split)
         save_result(rec, out)
@@ -210,7 +234,17 @@ def save_result(record: dict, out_dir: Path) -> Path:
 
 
 def load_results(out_dir: Path) -> list[dict]:
-    return [json.loads(p.read_text()) for p in sorted((Path(out_dir) / "results").glob("*.json"))]
+    """The result records under OUT/results (ValueError naming a file that is not one)."""
+    records = []
+    for p in sorted((Path(out_dir) / "results").glob("*.json")):
+        try:
+            r = json.loads(p.read_text())
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise ValueError(f"{p}: not valid JSON ({e}); delete it or rerun eval-segmentation --checkpoint") from None
+        if not isinstance(r, dict) or not {"configuration", "train_variant", "test_variant", "per_class"} <= r.keys():
+            raise ValueError(f"{p}: not an eval-segmentation result; move it out of {Path(out_dir) / 'results'}")
+        records.append(r)
+    return records
 
 
 def _json_safe(obj):

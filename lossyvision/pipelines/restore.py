@@ -39,6 +39,20 @@ class RestoreConfig:
     amp: bool = True              # autocast on CUDA
     png_level: int = 1            # zlib level of the restored PNGs (docs/shards.md: level 1)
     overwrite: bool = False       # rewrite shards written by another generator
+    max_pixels: int | None = None  # None: lossyvision.pipelines.imageio.DEFAULT_MAX_PIXELS
+
+    def __post_init__(self) -> None:
+        from lossyvision.names import check_name
+        from lossyvision.pipelines.stream import check_limits
+
+        # every name becomes a path component under --shards: checked before anything is created
+        for what, name in (("--variant", self.variant), ("--split", self.split), ("--orig-variant", self.orig_variant),
+                           ("--out-variant", self.out_variant)):
+            if name:
+                check_name(what, name)
+        if self.variant:
+            check_name("--out-variant", self.output_variant)
+        check_limits(tile=(self.tile, 0), overlap=(self.overlap, 0), max_pixels=self.max_pixels)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -110,11 +124,13 @@ def _mean(values: list) -> float | None:
     return float(np.mean(v)) if v else None
 
 
-def _paired(source: str, orig: str | None) -> Iterator[tuple[dict, dict | None]]:
+def _paired(source: str, orig: str | None, source_check: tuple = (None, None),
+            orig_check: tuple = (None, None)) -> Iterator[tuple[dict, dict | None]]:
+    """Aligned samples of a source shard and its orig shard; each `(size, sha256)` from its manifest is checked."""
     from lossyvision.pipelines.stream import ShardError, iter_tar_samples
 
-    oit = iter_tar_samples(orig) if orig is not None else None
-    for s in iter_tar_samples(source):
+    oit = iter_tar_samples(orig, *orig_check) if orig is not None else None
+    for s in iter_tar_samples(source, *source_check):
         o = None
         if oit is not None:
             o = next(oit, None)
@@ -135,7 +151,9 @@ def restore_shards(cfg: RestoreConfig, progress: bool = False) -> dict:
     """Write ``<shards>/<split>/<output_variant>``; return its manifest. Reruns skip finished shards."""
     from lossyvision.codecs import png_encode
     from lossyvision.pipelines.shards import FORMAT, library_versions, sample_json, sha256_file, write_json_atomic, write_tar_atomic
-    from lossyvision.pipelines.stream import decode_lossless, decode_png, read_variant, variant_dir
+    from lossyvision.pipelines.stream import (ShardError, check_image_pixels, decode_lossless, decode_png, read_variant,
+                                              resolve_device, variant_dir)
+    from lossyvision.pipelines.imageio import DEFAULT_MAX_PIXELS
     from lossyvision.quality import ms_ssim, psnr, ssim
     from lossyvision.train.restoration import load_generator
 
@@ -143,6 +161,7 @@ def restore_shards(cfg: RestoreConfig, progress: bool = False) -> dict:
         raise ValueError("shards, variant and generator are required")
     if cfg.variant == cfg.orig_variant:
         raise ValueError(f"variant {cfg.variant!r} is the original; restore a compressed variant")
+    max_pixels = cfg.max_pixels or DEFAULT_MAX_PIXELS
     split_dir = storage.join(cfg.shards, cfg.split)
     src = read_variant(variant_dir(split_dir, cfg.variant))
     orig = None
@@ -153,7 +172,7 @@ def restore_shards(cfg: RestoreConfig, progress: bool = False) -> dict:
     else:
         log.warning("no %s variant under %s: psnr/ssim vs the original are left null", cfg.orig_variant, split_dir)
 
-    device = torch.device(cfg.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = resolve_device(cfg.device)
     generator, ckpt = load_generator(cfg.generator, device)
     gen_sha = sha256_file(str(cfg.generator))
     out_dir = storage.join(split_dir, cfg.output_variant)
@@ -202,26 +221,40 @@ def restore_shards(cfg: RestoreConfig, progress: bool = False) -> dict:
             def samples() -> Iterator[dict]:
                 nonlocal codec
                 opath = orig.shard_path(info.name) if orig is not None else None
-                for s, o in _paired(src.shard_path(info.name), opath):
+                ocheck = next(((o.size, o.sha256) for o in orig.shards if o.name == info.name), (None, None)) \
+                    if orig is not None else (None, None)
+                for s, o in _paired(src.shard_path(info.name), opath, (info.size, info.sha256), ocheck):
                     key = s["__key__"]
                     keys.append(key)
-                    meta = json.loads(s["json"]) if "json" in s else {}
-                    t = time.perf_counter()
-                    if "decoded.png" in s:
-                        rgb = decode_png(s["decoded.png"])
-                    elif src.spec is None:
-                        rgb = decode_lossless(s[src.ext], src.ext)
-                    else:
-                        if codec is None:
-                            from lossyvision.codecs import from_spec
-                            codec = from_spec(src.spec)
-                        rgb = codec.decode(s[src.ext])
+                    try:
+                        meta = json.loads(s["json"]) if "json" in s else {}
+                        t = time.perf_counter()
+                        if "decoded.png" in s:
+                            check_image_pixels(s["decoded.png"], "png", None, max_pixels)
+                            rgb = decode_png(s["decoded.png"])
+                        elif src.ext not in s:
+                            raise ValueError(f"no .{src.ext} member")
+                        elif src.spec is None:
+                            check_image_pixels(s[src.ext], src.ext, s.get("json"), max_pixels)
+                            rgb = decode_lossless(s[src.ext], src.ext)
+                        else:
+                            check_image_pixels(s[src.ext], src.ext, s.get("json"), max_pixels)
+                            if codec is None:
+                                from lossyvision.codecs import from_spec
+                                codec = from_spec(src.spec)
+                            rgb = codec.decode(s[src.ext])
+                    except Exception as e:  # a decoder's own error type, or over --max-pixels
+                        raise ShardError(f"{src.shard_path(info.name)}: sample {key!r} does not decode "
+                                         f"({type(e).__name__}: {str(e)[:300]})") from None
                     dec_ms.append((time.perf_counter() - t) * 1e3)
                     t = time.perf_counter()
                     restored = restore_image(generator, rgb, device, cfg.tile, cfg.overlap, cfg.amp)
                     restore_ms.append((time.perf_counter() - t) * 1e3)
                     h, w = restored.shape[:2]
-                    ref = decode_lossless(o[orig.ext], orig.ext) if o is not None else None
+                    ref = None
+                    if o is not None:
+                        check_image_pixels(o[orig.ext], orig.ext, o.get("json"), max_pixels)
+                        ref = decode_lossless(o[orig.ext], orig.ext)
                     png = png_encode(restored, cfg.png_level)
                     stats = {
                         "bytes": meta.get("bytes"), "bpp": meta.get("bpp"), "h": h, "w": w,

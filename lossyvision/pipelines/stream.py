@@ -18,12 +18,19 @@ Why not webdataset's own `split_by_node` / `split_by_worker`: they deal whole sh
 unequal sample counts whenever shards differ in size or do not divide evenly (an ImageNet train split
 is 1282 shards, the last one short), and DDP hangs on the last all-reduce of the rank with more
 batches. webdataset does the rest: tar members are grouped into samples by `group_by_keys`, the
-sample buffer is `webdataset.filters._shuffle` and batching is `webdataset.filters._batched`; tar
-headers are parsed by a small USTAR reader (below) because `tarfile` costs ~40 us per member.
+sample buffer is `webdataset.filters._shuffle`; batching is done here, so a batch of mixed image sizes
+names its shard and key; tar headers are parsed by a small USTAR reader (below) because `tarfile`
+costs ~40 us per member.
+
+Integrity: a shard's size is checked against the manifest before it is read, and a shard read to its
+end is hashed while it streams (sha256, once per process) and checked then: flipped bytes fail
+loudly instead of decoding to garbage. Images are checked against `max_pixels` from their header
+before they are decoded.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -40,6 +47,7 @@ import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from lossyvision import storage
+from lossyvision.pipelines.imageio import SourceError
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +61,60 @@ class ShardError(RuntimeError):
     """A shard is unreadable, truncated, or disagrees with its manifest or with `orig`."""
 
 
+class OptionError(ValueError):
+    """An option's value is wrong (the CLIs exit 2 with its message)."""
+
+
+def check_limits(**values) -> None:
+    """OptionError unless each value (or (value, lowest)) is None or an int >= its lowest (1 by default)."""
+    for name, v in values.items():
+        v, lo = v if isinstance(v, tuple) else (v, 1)
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int) or v < lo):
+            raise OptionError(f"--{name.replace('_', '-')} must be an integer >= {lo}, got {v!r}")
+
+
+_WORKER_WRAP = re.compile(r"Caught (\w+) in DataLoader worker process \d+\.\nOriginal Traceback")
+
+
+def worker_error_message(e: BaseException) -> str:
+    """The original message of an exception a DataLoader worker raised.
+
+    torch re-raises it in the main process as the same type with the message replaced by
+    "Caught X in DataLoader worker process N." and the worker's whole traceback; its last line is
+    "X: <original message>"."""
+    msg = str(e)
+    if not _WORKER_WRAP.match(msg):
+        return msg
+    last = msg.rstrip().rsplit("\n", 1)[-1]
+    name, sep, rest = last.partition(": ")
+    return rest if sep and re.fullmatch(r"[\w.]+", name) else last
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """`cpu`, `cuda`, `cuda:N`, `mps`, or None / `auto` (cuda if available, else cpu); OptionError
+    naming the fix when the device does not exist here."""
+    if name in (None, "", "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(r"cpu|mps|cuda(:\d+)?", name):
+        raise OptionError(f"unknown device {name!r}; choose cpu, cuda, cuda:N, mps or auto")
+    dev = torch.device(name)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise OptionError("CUDA is not available here; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise OptionError(f"device {name} does not exist: this machine has {torch.cuda.device_count()} "
+                              "CUDA device(s), cuda:0 to cuda:{}".format(torch.cuda.device_count() - 1))
+    if dev.type == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise OptionError("MPS is not available here; use --device cpu")
+    return dev
+
+
 @dataclass(frozen=True)
 class ShardInfo:
     name: str
     count: int
+    size: int | None = None       # bytes, as the manifest records them (None: not recorded)
+    sha256: str | None = None
 
 
 @dataclass(frozen=True)
@@ -91,10 +149,22 @@ def read_variant(variant_dir: str | os.PathLike) -> VariantInfo:
     path = storage.join(root, "manifest.json")
     if not storage.isfile(path):
         raise FileNotFoundError(f"no manifest.json in {root} (is this a variant folder written by prepare-shards?)")
-    m = json.loads(storage.read_text(path))
+    try:
+        m = json.loads(storage.read_text(path))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{path}: not valid JSON ({e}); rebuild the variant with prepare-shards") from None
+    if not isinstance(m, dict) or not isinstance(m.get("shards", []), list):
+        raise ValueError(f"{path}: not a lossyvision manifest (a JSON {type(m).__name__}, expected an object "
+                         "with a 'shards' list); rebuild the variant with prepare-shards")
     codec = m.get("codec")
     done = [s for s in m.get("shards", []) if s]  # unfinished shards of an interrupted job are null
-    shards = tuple(ShardInfo(s["name"], int(s["count"])) for s in sorted(done, key=lambda s: s["name"]))
+    try:
+        shards = tuple(_shard_info(s) for s in sorted(done, key=lambda s: s["name"]))
+        if codec is not None and not (isinstance(codec, dict) and isinstance(codec.get("ext"), str)):
+            raise TypeError("codec")
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"{path}: malformed manifest ({type(e).__name__}: {e}); rebuild the variant with "
+                         "prepare-shards") from None
     if not shards:
         raise ValueError(f"{path}: manifest lists no shards")
     if not m.get("complete", True):
@@ -105,6 +175,14 @@ def read_variant(variant_dir: str | os.PathLike) -> VariantInfo:
         spec=codec["spec"] if codec else None, ext=codec["ext"] if codec else m.get("orig_format", "png"),
         shards=shards, task=m.get("task", "none"),
         classes=tuple(classes) if classes else None, manifest=m)
+
+
+def _shard_info(s: dict) -> ShardInfo:
+    from lossyvision.names import check_name
+
+    size = s.get("size")
+    return ShardInfo(check_name("shard", s["name"]), int(s["count"]), int(size) if size is not None else None,
+                     s.get("sha256") or None)
 
 
 def check_aligned(a: VariantInfo, b: VariantInfo) -> None:
@@ -165,21 +243,87 @@ def _ustar_files(f, path: str) -> Iterator[dict]:
             yield {"fname": name.decode("utf-8"), "data": data}
 
 
-def iter_tar_samples(path: str | os.PathLike) -> Iterator[dict]:
+class _CountingReader:
+    """A shard's file object that counts, and optionally hashes, the bytes as they are read, so the
+    integrity check costs no second read. A backward seek (the tarfile fallback re-reads one header)
+    re-reads bytes already hashed; a forward seek leaves a gap, and the hash is then dropped."""
+
+    def __init__(self, f, hash_it: bool) -> None:
+        self.f, self.pos, self.done = f, 0, 0
+        self.sha = hashlib.sha256() if hash_it else None
+        self.gap = False
+
+    def read(self, n: int = -1) -> bytes:
+        data = self.f.read(n)
+        end = self.pos + len(data)
+        if end > self.done:
+            if self.pos > self.done:
+                self.gap, self.sha = True, None
+            elif self.sha is not None:
+                self.sha.update(memoryview(data)[self.done - self.pos:])
+            self.done = end
+        self.pos = end
+        return data
+
+    def seekable(self) -> bool:
+        return self.f.seekable()
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        self.pos = self.f.seek(offset, whence)
+        return self.pos
+
+    def tell(self) -> int:
+        return self.pos
+
+    def drain(self) -> None:
+        while self.read(1 << 20):
+            pass
+
+
+# shards whose sha256 this process has checked: (path, sha256); each is hashed on its first full read
+_VERIFIED: set[tuple[str, str]] = set()
+
+
+def _check_size_before(path: str, size: int | None) -> None:
+    if size is None or storage.is_remote(path):
+        return  # remote: the bytes read are counted instead (no extra request per shard)
+    st = storage.stat(path)
+    if st is not None and st.size != size:
+        raise ShardError(f"{path}: {st.size} bytes but the manifest says {size} (truncated or changed since it was "
+                         "written); rebuild it with prepare-shards")
+
+
+def _check_after(path: str, r: _CountingReader, size: int | None, sha256: str | None) -> None:
+    r.drain()  # the end-of-archive blocks and padding: a few KiB
+    if size is not None and not r.gap and r.done != size:
+        raise ShardError(f"{path}: {r.done} bytes but the manifest says {size} (truncated or changed since it was "
+                         "written); rebuild it with prepare-shards")
+    if sha256 is not None and r.sha is not None:
+        if r.sha.hexdigest() != sha256:
+            raise ShardError(f"{path}: does not match the manifest's sha256; rebuild it with prepare-shards")
+        _VERIFIED.add((path, sha256))
+
+
+def iter_tar_samples(path: str | os.PathLike, size: int | None = None, sha256: str | None = None) -> Iterator[dict]:
     """Yield `{"__key__": key, ext: bytes, ...}` groups from a tar (local path or URL), in file order.
 
     Members are grouped into samples by webdataset's `group_by_keys` (key = name up to the first dot
     of its last component, as every webdataset reader splits it); errors become ShardError naming
-    the shard."""
+    the shard. With `size` / `sha256` (the manifest's), a local shard's size is checked before it is
+    read, and once it is read to its end its byte count and (on the first full read in this process)
+    its sha256, hashed while streaming, must match: a shard changed after it was written fails there."""
     from webdataset.tariterators import group_by_keys
 
     path = os.fspath(path)
     try:
+        _check_size_before(path, size)
         with storage.open_read(path) as f:
-            files = ({**m, "__url__": path} for m in _ustar_files(f, path))
+            r = _CountingReader(f, hash_it=sha256 is not None and (path, sha256) not in _VERIFIED)
+            files = ({**m, "__url__": path} for m in _ustar_files(r, path))
             for sample in group_by_keys(files, lcase=False):
                 sample.pop("__url__", None)
                 yield sample
+            _check_after(path, r, size, sha256)
     except ShardError:
         raise
     except (tarfile.TarError, EOFError, OSError, ValueError, UnicodeDecodeError) as e:
@@ -241,16 +385,105 @@ def _as_chw(rgb: np.ndarray) -> torch.Tensor:
     return torch.from_numpy(rgb).permute(2, 0, 1)
 
 
-def _label(sample: dict, where: str):
+def _label(sample: dict, where: str, classes: tuple[str, ...] | None):
     if "cls" in sample:
+        key = sample["__key__"]
         try:
-            return int(sample["cls"])
+            y = int(sample["cls"])
         except ValueError:
-            raise ShardError(f"{where}: sample {sample['__key__']!r} has a non-integer .cls "
+            raise ShardError(f"{where}: sample {key!r} has a non-integer .cls "
                              f"{sample['cls'][:20]!r}") from None
+        if classes is not None and not 0 <= y < len(classes):
+            raise ShardError(f"{where}: sample {key!r} has .cls {y}, outside the manifest's {len(classes)} "
+                             f"classes (0..{len(classes) - 1}); rebuild the shard with prepare-shards")
+        if y < 0:
+            raise ShardError(f"{where}: sample {key!r} has a negative .cls {y}; rebuild the shard with prepare-shards")
+        return y
     if "seg.png" in sample:
         return torch.from_numpy(decode_png(sample["seg.png"], mode="L"))
     return NO_LABEL
+
+
+_PNG_SIG = b"\x89PNG\r\n\x1a\n"
+
+
+def image_size(data: bytes, ext: str, meta: bytes | None) -> tuple[int, int] | None:
+    """(width, height) of an encoded image without decoding it: PNG and QOI headers directly, other
+    formats Pillow reads from their header, and bitstreams Pillow cannot read (HEVC, BPG, msh) from
+    the sample's json (`w`, `h`), which prepare-shards records; None for .npy (its pixels are its bytes)."""
+    if data[:8] == _PNG_SIG and data[12:16] == b"IHDR" and len(data) >= 24:
+        return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
+    if data[:4] == b"qoif" and len(data) >= 12:
+        return int.from_bytes(data[4:8], "big"), int.from_bytes(data[8:12], "big")
+    if data[:2] == b"\xff\xd8":
+        size = _jpeg_size(data)
+        if size is not None:
+            return size
+    if ext == "npy":
+        return None
+    from lossyvision.pipelines.imageio import SourceError, header_size
+
+    try:
+        return header_size(data)
+    except SourceError:
+        pass
+    try:
+        m = json.loads(meta) if meta else {}
+        return int(m["w"]), int(m["h"])
+    except (ValueError, TypeError, KeyError):
+        raise ValueError(f"cannot read the size of its .{ext} from the header, and its json has no w and h "
+                         "to check against --max-pixels") from None
+
+
+_SOF = frozenset((0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF))
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) from a JPEG's SOF segment, walking the marker segments before it: ~2-5 us
+    against Pillow's ~60 us (an eighth of decoding a 224x224 crop); None when it cannot tell."""
+    i, n = 2, len(data)
+    while i + 9 <= n:
+        if data[i] != 0xFF:
+            return None
+        marker = data[i + 1]
+        if marker == 0xFF:  # fill byte
+            i += 1
+            continue
+        if marker in _SOF:
+            return int.from_bytes(data[i + 7:i + 9], "big"), int.from_bytes(data[i + 5:i + 7], "big")
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
+            i += 2
+            continue
+        if marker in (0xD9, 0xDA):  # end of image / start of scan before any SOF
+            return None
+        i += 2 + int.from_bytes(data[i + 2:i + 4], "big")
+    return None
+
+
+def check_image_pixels(data: bytes, ext: str, meta: bytes | None, max_pixels: int) -> None:
+    """SourceError when an encoded image is over `max_pixels` (see `image_size`), before it is decoded."""
+    from lossyvision.pipelines.imageio import check_pixels
+
+    size = image_size(data, ext, meta)
+    if size is not None:
+        check_pixels(size[0], size[1], max_pixels, f".{ext}")
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:300]
+
+
+def _check_meta_size(rgb: np.ndarray, meta: bytes | None) -> None:
+    """A decoded image must have the size its json records (a bitstream that decodes to another size is corrupt)."""
+    if not meta:
+        return
+    try:
+        m = json.loads(meta)
+        h, w = int(m["h"]), int(m["w"])
+    except (ValueError, TypeError, KeyError):
+        return
+    if rgb.shape[:2] != (h, w):
+        raise ValueError(f"decodes to {rgb.shape[1]}x{rgb.shape[0]} but its json says {w}x{h}")
 
 
 def split_range(start: int, stop: int, parts: int, index: int) -> tuple[int, int]:
@@ -268,8 +501,9 @@ class _Raw:
     where: str                 # the variant shard it came from, for error messages
     label: dict                # the members holding the label (`cls` or `seg.png`), possibly empty
     vidx: int                  # which variant of a mixture was drawn
-    image: dict                # the chosen variant's members (`decoded.png` and/or its codec ext)
+    image: dict                # the chosen variant's members (`decoded.png` and/or its codec ext, json)
     orig: bytes | None
+    orig_meta: bytes | None = None
 
 
 class ShardStream(IterableDataset):
@@ -287,8 +521,11 @@ class ShardStream(IterableDataset):
     def __init__(self, variant_dir: str | os.PathLike | list | tuple, orig_dir: str | os.PathLike | None = None, *,
                  shuffle: bool = False, seed: int = 0, buffer_size: int = 0,
                  rank: int | None = None, world_size: int | None = None,
-                 drop_remainder: bool | None = None) -> None:
+                 drop_remainder: bool | None = None, max_pixels: int | None = None) -> None:
         super().__init__()
+        from lossyvision.pipelines.imageio import DEFAULT_MAX_PIXELS
+
+        self.max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
         dirs = [variant_dir] if isinstance(variant_dir, (str, os.PathLike)) else list(variant_dir)
         if not dirs:
             raise ValueError("ShardStream needs at least one variant folder")
@@ -371,7 +608,8 @@ class ShardStream(IterableDataset):
         infos = [*self.variants, *([self.orig] if self.orig is not None else [])]
         name = self.variant.shards[i].name
         paths = [v.shard_path(name) for v in infos]
-        its = [iter_tar_samples(p) for p in paths]
+        # aligned variants list the same shards in the same order (check_aligned): shard i of each
+        its = [iter_tar_samples(p, v.shards[i].size, v.shards[i].sha256) for v, p in zip(infos, paths)]
         n = 0
         for vs in its[0]:
             group = [vs]
@@ -393,17 +631,23 @@ class ShardStream(IterableDataset):
             chosen = group[k]
             label_src = next((g for g in (chosen, *group) if "cls" in g or "seg.png" in g), chosen)
             label = {m: label_src[m] for m in ("__key__", "cls", "seg.png") if m in label_src}
-            image = {m: chosen[m] for m in (infos[k].ext, "decoded.png") if m in chosen}
-            if not image:
+            image = {m: chosen[m] for m in (infos[k].ext, "decoded.png", "json") if m in chosen}
+            if image.keys() <= {"json"}:
                 raise ShardError(f"{paths[k]}: sample {key!r} has no .{infos[k].ext} member "
                                  f"(members: {sorted(m for m in chosen if m != '__key__')})")
-            orig = None
+            orig = orig_meta = None
             if self.orig is not None:
                 o = group[-1]
                 if self.orig.ext not in o:
                     raise ShardError(f"{paths[-1]}: sample {key!r} has no .{self.orig.ext} member")
-                orig = o[self.orig.ext]
-            yield _Raw(key, paths[k], label, k, image, orig)
+                orig, orig_meta = o[self.orig.ext], o.get("json")
+            yield _Raw(key, paths[k], label, k, image, orig, orig_meta)
+        for p, it in zip(paths[1:], its[1:]):
+            # read the aligned shards to their end too: more samples is an error, and their size and sha256 get checked
+            extra = next(it, None)
+            if extra is not None:
+                raise ShardError(f"{p}: holds more samples than {paths[0]} (first extra key {extra['__key__']!r}); "
+                                 "prepare both variants from the same source list")
         if n < min(stop, self.variant.shards[i].count):
             raise ShardError(f"{paths[0]}: holds {n} samples but the manifest says {self.variant.shards[i].count} "
                              "(truncated shard? rerun prepare-shards to rewrite it)")
@@ -412,33 +656,51 @@ class ShardStream(IterableDataset):
         """`([x,] x_tilde, y, key)` with the images as decoded: uint8 HxWx3 (or HxW) NumPy arrays."""
         info = self.variants[r.vidx]
         try:
+            meta = r.image.get("json")
             if "decoded.png" in r.image:
+                check_image_pixels(r.image["decoded.png"], "png", None, self.max_pixels)
                 rgb = decode_png(r.image["decoded.png"])
             elif info.spec is None:
+                check_image_pixels(r.image[info.ext], info.ext, meta, self.max_pixels)
                 rgb = decode_lossless(r.image[info.ext], info.ext)
             else:
+                check_image_pixels(r.image[info.ext], info.ext, meta, self.max_pixels)
                 codec = self._codecs.get(info.spec)
                 if codec is None:
                     from lossyvision.codecs import from_spec
                     codec = self._codecs[info.spec] = from_spec(info.spec)
                 rgb = codec.decode(r.image[info.ext])
-            y = _label(r.label, r.where) if r.label else NO_LABEL
+            _check_meta_size(rgb, meta)
+            y = _label(r.label, r.where, self.classes) if r.label else NO_LABEL
+            if isinstance(y, torch.Tensor) and tuple(y.shape) != rgb.shape[:2]:
+                raise ValueError(f"its seg.png is {y.shape[1]}x{y.shape[0]} but its image is {rgb.shape[1]}x{rgb.shape[0]}")
             if r.orig is None:
                 return rgb, y, r.key
-            return decode_lossless(r.orig, self.orig.ext), rgb, y, r.key
+            check_image_pixels(r.orig, self.orig.ext, r.orig_meta, self.max_pixels)
+            x = decode_lossless(r.orig, self.orig.ext)
+            if x.shape[:2] != rgb.shape[:2]:
+                raise ValueError(f"its {self.orig.variant} image is {x.shape[1]}x{x.shape[0]} but its {info.variant} "
+                                 f"image is {rgb.shape[1]}x{rgb.shape[0]}")
+            return x, rgb, y, r.key
         except ShardError:
             raise
+        except SourceError as e:  # over --max-pixels
+            raise ShardError(f"{r.where}: sample {r.key!r}: {e}") from None
         except Exception as e:  # a decoder's own error type: name the shard and the sample
-            raise ShardError(f"{r.where}: sample {r.key!r} does not decode ({type(e).__name__}: {e})") from e
+            raise ShardError(f"{r.where}: sample {r.key!r} does not decode "
+                             f"({type(e).__name__}: {_first_line(e)})") from e
 
-    def _iter_range(self, lo: int, hi: int, wid: int) -> Iterator[tuple]:
+    def _iter_raw(self, lo: int, hi: int, wid: int) -> Iterator[_Raw]:
         raw: Iterator[_Raw] = (s for seg in self._segments(lo, hi) for s in self._read_shard(*seg))
         if self.buffer_size > 1:
             from webdataset.filters import _shuffle
 
             rng = random.Random(hash((self.seed, self.epoch, self.rank, wid)))
             raw = _shuffle(raw, bufsize=self.buffer_size, initial=self.buffer_size, rng=rng)
-        return (self._decode(r) for r in raw)
+        return raw
+
+    def _iter_range(self, lo: int, hi: int, wid: int) -> Iterator[tuple]:
+        return (self._decode(r) for r in self._iter_raw(lo, hi, wid))
 
     @staticmethod
     def _worker() -> tuple[int, int]:
@@ -454,15 +716,35 @@ class ShardStream(IterableDataset):
 
     def iter_batches(self, batch_size: int, drop_last: bool = False) -> Iterator:
         """This worker's batches: a contiguous run of the rank's whole batches, collated."""
-        from webdataset.filters import _batched
-
         wid, nw = self._worker()
         a, b = self._rank_range()
         nb = self.num_batches(batch_size, drop_last)
         blo, bhi = split_range(0, nb, nw, wid)
         lo, hi = a + blo * batch_size, min(a + bhi * batch_size, b)
-        yield from _batched(self._iter_range(lo, hi, wid), batch_size, collation_fn=collate,
-                            partial=not drop_last)
+        samples, wheres = [], []
+        for r in self._iter_raw(lo, hi, wid):
+            samples.append(self._decode(r))
+            wheres.append(r.where)
+            if len(samples) == batch_size:
+                yield _collate_named(samples, wheres)
+                samples, wheres = [], []
+        if samples and not drop_last:
+            yield _collate_named(samples, wheres)
+
+
+def _collate_named(samples: list, wheres: list[str]) -> list:
+    """`collate`, refusing a batch of different image sizes with the shard and key of the odd one out."""
+    from collections import Counter
+
+    sizes = [s[0].shape[:2] for s in samples]
+    common = Counter(sizes).most_common(1)[0][0]
+    if any(sz != common for sz in sizes):
+        i = next(i for i, sz in enumerate(sizes) if sz != common)
+        j = sizes.index(common)
+        raise ShardError(f"{wheres[i]}: sample {samples[i][-1]!r} is {sizes[i][1]}x{sizes[i][0]} but sample "
+                         f"{samples[j][-1]!r} ({wheres[j]}) of the same batch is {common[1]}x{common[0]}; prepare the "
+                         "shards with one crop size, or use batch size 1")
+    return collate(samples)
 
 
 def collate(samples: list) -> list:

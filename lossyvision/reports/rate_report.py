@@ -46,6 +46,16 @@ def rate_report(root: str, out: str | None = None, results: list[str] | None = N
         shown += extra
     out = out or default_out(root)
     files = {"csv": os.path.join(out, "rates.csv"), "json": os.path.join(out, "rates.json")}
+    try:
+        _write(rows, columns, out, files, plot, bool(results))
+    except OSError as e:  # a read-only or full --out: one line naming the file and the fix
+        raise type(e)(e.errno, f"{e.strerror or e}; pass a writable --out", e.filename or out) from None
+    return RateReport(rows, markdown(rows, shown), files)
+
+
+def _write(rows: list[dict], columns: list[str], out: str, files: dict, plot: bool, results: bool) -> None:
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise NotADirectoryError(20, "not a folder", out)
     write_csv(rows, columns, files["csv"])
     write_json(rows, files["json"])
     if plot:
@@ -56,7 +66,6 @@ def rate_report(root: str, out: str | None = None, results: list[str] | None = N
             p = rate_accuracy_plot(rows, os.path.join(out, "rate_accuracy.png"))
             if p:
                 files["rate_accuracy_plot"] = p
-    return RateReport(rows, markdown(rows, shown), files)
 
 
 def default_out(root: str) -> str:

@@ -29,8 +29,10 @@ import torch
 from torch import nn
 
 from lossyvision import storage
-from lossyvision.pipelines.stream import (IMAGENET_MEAN, IMAGENET_STD, ShardStream, make_loader, to_device,
-                                          variant_dir)
+from lossyvision.names import check_name
+from lossyvision.pipelines.imageio import DEFAULT_MAX_PIXELS
+from lossyvision.pipelines.stream import (IMAGENET_MEAN, IMAGENET_STD, OptionError, ShardStream, check_limits,
+                                          make_loader, resolve_device, to_device, variant_dir)
 from lossyvision.train import models as model_lib
 from lossyvision.train.recipes import PAPER_ALPHA_BATCHMEAN, Batch, Recipe, create_recipe
 
@@ -84,6 +86,22 @@ class TrainConfig:
     std: tuple[float, float, float] = IMAGENET_STD
     deterministic: bool = False
     progress: bool = True
+    overwrite: bool = False          # replace a run already in `out` (else it is refused without `resume`)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # images in shards over this many pixels are refused before decoding
+
+    def __post_init__(self) -> None:
+        check_limits(epochs=self.epochs, batch_size=self.batch_size, num_classes=self.num_classes,
+                     workers=(self.workers, 0), max_steps_per_epoch=self.max_steps_per_epoch,
+                     max_pixels=self.max_pixels, patience=(self.plateau_patience, 0), max_lr_cuts=self.max_lr_cuts)
+        for what, name in (("--train-split", self.train_split), ("--val-split", self.val_split),
+                           ("orig_variant", self.orig_variant)):
+            check_name(what, name)
+        for v in [self.variant] if isinstance(self.variant, str) else self.variant:
+            check_name("--variant", v)
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise OptionError(f"--lr must be a positive number, got {self.lr!r}")
+        if self.resume and self.overwrite:
+            raise OptionError("--resume continues a run and --overwrite replaces it; give one of them")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -214,6 +232,37 @@ def seed_everything(seed: int, deterministic: bool = False) -> None:
         torch.backends.cudnn.benchmark = False
 
 
+# -- the run folder --------------------------------------------------------------------------------
+
+SUMMARY = "summary.json"  # written when a run ends: its presence marks a finished run
+
+
+def check_run_folder(out: Path, checkpoints: tuple[str, ...], resume: bool, overwrite: bool) -> None:
+    """Refuse to start a new run over a finished (or an interrupted) one unless `resume` or `overwrite`."""
+    if resume or overwrite:
+        return
+    if (out / SUMMARY).is_file():
+        raise OptionError(f"{out} holds a finished run; pass --resume to continue it or --overwrite to replace it")
+    found = [c for c in checkpoints if (out / c).is_file()]
+    if found:
+        raise OptionError(f"{out} holds an unfinished run ({found[0]}); pass --resume to continue it or --overwrite "
+                          "to replace it")
+
+
+def clear_run(out: Path, names: tuple[str, ...]) -> None:
+    """--overwrite: remove the previous run's own files (only these names, only inside `out`)."""
+    for n in names:
+        p = out / n
+        if p.is_file() or p.is_symlink():
+            p.unlink()
+
+
+def write_summary(out: Path, summary: dict) -> None:
+    tmp = out / f".{SUMMARY}.tmp"
+    tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    tmp.replace(out / SUMMARY)
+
+
 # -- the run ---------------------------------------------------------------------------------------
 
 class Trainer:
@@ -221,7 +270,7 @@ class Trainer:
 
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
-        dev = cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
+        dev = str(resolve_device(cfg.device))
         self.dist = _init_distributed(torch.device(dev).type)
         if torch.device(dev).type == "cuda" and self.dist.world_size > 1:
             dev = f"cuda:{self.dist.local_rank}"
@@ -342,7 +391,7 @@ class Trainer:
                 # the teacher runs once per image here, so it runs in fp32 whatever the student's precision
                 tc.get_or_build(path, self.teacher, self.model_spec, orig, self.cfg.mean, self.cfg.std,
                                 device=self.device, batch_size=self.cfg.batch_size, workers=self.cfg.workers,
-                                progress=self.cfg.progress)
+                                progress=self.cfg.progress, max_pixels=self.cfg.max_pixels)
             _barrier(self.dist)
             self.caches[split] = tc.open_cache(path, tc.expected_meta(self.model_spec, self.teacher, orig,
                                                                        self.cfg.mean, self.cfg.std))
@@ -351,7 +400,8 @@ class Trainer:
     def _stream(self, split: str, train: bool) -> ShardStream:
         d = self.dirs[split]
         kw = dict(shuffle=train, seed=self.cfg.seed, buffer_size=self.cfg.shuffle_buffer if train else 0,
-                  rank=self.dist.rank, world_size=self.dist.world_size, drop_remainder=self.dist.world_size > 1)
+                  rank=self.dist.rank, world_size=self.dist.world_size, drop_remainder=self.dist.world_size > 1,
+                  max_pixels=self.cfg.max_pixels)
         if self.recipe.inputs == "orig":
             return ShardStream(d["orig"], **kw)
         if self.recipe.inputs == "pair" and not self.caches:
@@ -447,7 +497,9 @@ class Trainer:
         path = self.out / "last.pt"
         if not path.exists():
             raise FileNotFoundError(f"--resume: no checkpoint {path}")
-        ck = torch.load(path, map_location="cpu", weights_only=False)
+        ck = model_lib.load_checkpoint(path, "--resume: checkpoint", weights_only=False)
+        if not isinstance(ck, dict) or "model" not in ck:
+            raise ValueError(f"{path} is not a train-classifier checkpoint; start a new --out or pass --overwrite")
         self.model.load_state_dict(ck["model"])
         if "plateau" not in ck:
             raise ValueError(f"{path} was written by an older lossyvision (no plateau state); start a new --out")
@@ -477,8 +529,12 @@ class Trainer:
 
     def run(self) -> dict:
         cfg = self.cfg
+        # after the inputs and the model were checked, so their errors come first
+        check_run_folder(self.out, ("last.pt",), cfg.resume, cfg.overwrite)
         if self.dist.main:
             self.out.mkdir(parents=True, exist_ok=True)
+            if cfg.overwrite:
+                clear_run(self.out, ("last.pt", "best.pt", "log.jsonl", SUMMARY))
             (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
         _barrier(self.dist)
         if cfg.resume:
@@ -514,9 +570,12 @@ class Trainer:
                      record["epoch"], tr["loss"], va["loss"], va["top1"], lr_before)
         if self.stopped:
             log.info("stopping: learning rate cut %d times (lr %.3g)", self.lr_cuts, self.plateau["lr"])
+        summary = {"out": str(self.out), "epochs": self.epoch, "lr_cuts": self.lr_cuts, "best_val_loss": self.best_val,
+                   "stopped": self.stopped}
+        if self.dist.main:
+            write_summary(self.out, summary)
         _barrier(self.dist)
-        return {"out": str(self.out), "epochs": self.epoch, "lr_cuts": self.lr_cuts, "best_val_loss": self.best_val,
-                "history": self.history}
+        return {**summary, "history": self.history}
 
     def close(self) -> None:
         if self.dist.initialized_here:

@@ -170,17 +170,44 @@ def is_torchscript(path: str) -> bool:
         return False
 
 
-def load_state(path: str) -> tuple[dict, dict | None]:
+def load_checkpoint(path: str | os.PathLike, what: str = "checkpoint", weights_only: bool = True):
+    """`torch.load` on the CPU; a file that is not a PyTorch checkpoint (a text file, an empty or
+    truncated one) raises OptionError naming the option (`what`) instead of an unpickling error."""
+    from lossyvision.pipelines.stream import OptionError
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"{what} {path}: no such file")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=weights_only)
+    except MemoryError:
+        raise
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ValueError, ... here
+        detail = (str(e).strip().splitlines() or [""])[0][:200]
+        raise OptionError(f"{what} {path} is not a PyTorch checkpoint ({type(e).__name__}: {detail})") from None
+
+
+def load_state(path: str, what: str = "--weights") -> tuple[dict, dict | None]:
     """(state_dict, lossyvision checkpoint dict or None) from a .pt/.pth file."""
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = load_checkpoint(path, what)
     if isinstance(obj, dict) and "model" in obj and isinstance(obj["model"], dict):
         return obj["model"], obj
     if isinstance(obj, dict) and "state_dict" in obj:
         obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise ValueError(f"{path}: not a state dict or lossyvision checkpoint")
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        from lossyvision.pipelines.stream import OptionError
+
+        raise OptionError(f"{what} {path}: not a state dict or lossyvision checkpoint")
     # weights saved from nn.DataParallel / DDP carry a 'module.' prefix (the paper's do)
     return {k.removeprefix("module."): v for k, v in obj.items()}, None
+
+
+def _load_into(model: nn.Module, state: dict, what: str, strict: bool):
+    try:
+        return model.load_state_dict(state, strict=strict)
+    except RuntimeError as e:  # shape mismatches, even with strict=False
+        from lossyvision.pipelines.stream import OptionError
+
+        raise OptionError(f"{what} does not fit {type(model).__name__} ({_first(e)})") from None
 
 
 def create_model(ref: str, weights: str | None = None, num_classes: int | None = None) -> nn.Module:
@@ -188,12 +215,12 @@ def create_model(ref: str, weights: str | None = None, num_classes: int | None =
     if os.path.isfile(ref):
         if is_torchscript(ref):
             raise ValueError(f"{ref} is TorchScript; it can be evaluated but not trained here")
-        state, ckpt = load_state(ref)
+        state, ckpt = load_state(ref, "--model")
         if ckpt is None or "model_spec" not in ckpt:
             raise ValueError(f"{ref} is a plain state dict; pass the architecture with --model NAME --weights {ref}")
         s = ckpt["model_spec"]
         model = build_model(ModelSpec(s["name"], None, s.get("num_classes")))
-        model.load_state_dict(state)
+        _load_into(model, state, f"--model {ref}", strict=True)
         return model
     spec = parse_model_ref(ref)
     if weights and spec.weights:
@@ -207,17 +234,21 @@ def create_model(ref: str, weights: str | None = None, num_classes: int | None =
     model = build_model(spec)
     if weights:
         state, _ = load_state(weights)
-        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing, unexpected = _load_into(model, state, f"--weights {weights}", strict=False)
         if missing or unexpected:
             raise ValueError(f"--weights {weights} does not fit {spec.name}: missing {missing[:5]}, "
                              f"unexpected {unexpected[:5]}")
     return model
 
 
+def _first(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [""])[0][:200]
+
+
 def model_spec_of(ref: str, num_classes: int | None) -> dict:
     """The spec to store in checkpoints, so `create_model(checkpoint)` can rebuild the architecture."""
     if os.path.isfile(ref):
-        _, ckpt = load_state(ref)
+        _, ckpt = load_state(ref, "--model")
         return dict(ckpt["model_spec"])
     spec = parse_model_ref(ref)
     return ModelSpec(spec.name, None, num_classes).to_dict()
@@ -226,7 +257,12 @@ def model_spec_of(ref: str, num_classes: int | None) -> dict:
 def load_for_eval(ref: str, weights: str | None = None, num_classes: int | None = None) -> nn.Module:
     """Like `create_model`, plus TorchScript files; returns the model in eval mode."""
     if os.path.isfile(ref) and is_torchscript(ref):
-        model = torch.jit.load(ref, map_location="cpu")
+        try:
+            model = torch.jit.load(ref, map_location="cpu")
+        except RuntimeError as e:
+            from lossyvision.pipelines.stream import OptionError
+
+            raise OptionError(f"--model {ref} is not a loadable TorchScript file ({_first(e)})") from None
     else:
         model = create_model(ref, weights=weights, num_classes=num_classes)
     return model.eval()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import random
 import time
@@ -24,6 +25,9 @@ import torch.nn.functional as F
 from torch.utils.data import IterableDataset
 
 from lossyvision import storage
+from lossyvision.names import check_name
+from lossyvision.pipelines.imageio import DEFAULT_MAX_PIXELS
+from lossyvision.pipelines.stream import OptionError, check_limits, resolve_device
 from lossyvision.train.networks.finenet import (
     GENERATOR_STRIDE, Generator, MultiScaleDiscriminator, VGGFeatures)
 
@@ -71,8 +75,22 @@ class RestorationConfig:
     ckpt_every: int = 5000
     sample_size: int = 512           # side of the centre crop shown in sample grids
     resume: bool = False
+    overwrite: bool = False          # replace a run already in out_dir (else it is refused without resume)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # images in shards over this many pixels are refused before decoding
 
     def __post_init__(self) -> None:
+        for what, name in (("--variant", self.variant), ("--split", self.split), ("--orig-variant", self.orig_variant)):
+            if name:
+                check_name(what, name)
+        check_limits(steps=self.steps, batch_size=self.batch_size, patch_size=self.patch_size, width=self.width,
+                     n_blocks=self.n_blocks, disc_width=self.disc_width, max_images=self.max_images,
+                     num_workers=(self.num_workers, 0), log_every=self.log_every, sample_every=self.sample_every,
+                     ckpt_every=self.ckpt_every, lr_decay_step=(self.lr_decay_step, 0), max_pixels=self.max_pixels,
+                     sample_size=self.sample_size)
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise OptionError(f"--lr must be a positive number, got {self.lr!r}")
+        if self.resume and self.overwrite:
+            raise OptionError("--resume continues a run and --overwrite replaces it; give one of them")
         if self.recipe not in RECIPES:
             raise ValueError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
         if self.patch_size % GENERATOR_STRIDE:
@@ -104,11 +122,13 @@ class PatchPairs(IterableDataset):
     """
 
     def __init__(self, variant_dir: str, orig_dir: str, patch_size: int, *, seed: int = 0,
-                 shuffle: bool = True, buffer_size: int = 64, keys: frozenset[str] | None = None) -> None:
+                 shuffle: bool = True, buffer_size: int = 64, keys: frozenset[str] | None = None,
+                 max_pixels: int | None = None) -> None:
         super().__init__()
         from lossyvision.pipelines.stream import ShardStream
 
-        self.stream = ShardStream(variant_dir, orig_dir, shuffle=shuffle, seed=seed, buffer_size=buffer_size)
+        self.stream = ShardStream(variant_dir, orig_dir, shuffle=shuffle, seed=seed, buffer_size=buffer_size,
+                                  max_pixels=max_pixels)
         self.patch_size = patch_size
         self.seed = seed
         self.keys = keys  # restrict to these keys (paper Fig. 8: fewer training images)
@@ -146,11 +166,13 @@ def first_keys(variant_dir: str, n: int) -> frozenset[str]:
     return frozenset(out)
 
 
-def fixed_pair(variant_dir: str, orig_dir: str, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+def fixed_pair(variant_dir: str, orig_dir: str, size: int,
+               max_pixels: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """The first pair of the variant, centre-cropped to at most ``size`` (a multiple of 8): uint8 1x3xHxW."""
     from lossyvision.pipelines.stream import ShardStream
 
-    x, xc, _, _ = next(iter(ShardStream(variant_dir, orig_dir, shuffle=False, rank=0, world_size=1)))
+    x, xc, _, _ = next(iter(ShardStream(variant_dir, orig_dir, shuffle=False, rank=0, world_size=1,
+                                        max_pixels=max_pixels)))
     h, w = x.shape[-2:]
     ch = min(size, h) // GENERATOR_STRIDE * GENERATOR_STRIDE
     cw = min(size, w) // GENERATOR_STRIDE * GENERATOR_STRIDE
@@ -207,9 +229,14 @@ def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tupl
     if not path.is_file():
         raise FileNotFoundError(f"generator checkpoint {path} not found (train-restoration writes "
                                 "OUT/generator.pt)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if "generator" not in ckpt or "arch" not in ckpt:
-        raise ValueError(f"{path} is not a restoration checkpoint (no 'generator'/'arch' entries)")
+    from lossyvision.train.models import load_checkpoint
+
+    ckpt = load_checkpoint(path, "--generator", weights_only=False)
+    if not isinstance(ckpt, dict) or "generator" not in ckpt or "arch" not in ckpt:
+        from lossyvision.pipelines.stream import OptionError
+
+        raise OptionError(f"{path} is not a restoration checkpoint (no 'generator'/'arch' entries); pass the "
+                          "generator.pt that train-restoration wrote")
     g = Generator(**ckpt["arch"], zero_init_residual=False)
     g.load_state_dict(ckpt["generator"])
     return g.to(device).eval(), ckpt
@@ -366,9 +393,7 @@ class RestorationTrainer:
 
 
 def _device(name: str | None) -> torch.device:
-    if name:
-        return torch.device(name)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return resolve_device(name)
 
 
 def train_restoration(cfg: RestorationConfig) -> dict:
@@ -384,23 +409,30 @@ def train_restoration(cfg: RestorationConfig) -> dict:
     split_dir = storage.join(cfg.shards, cfg.split)
     vdir, odir = variant_dir(split_dir, cfg.variant), variant_dir(split_dir, cfg.orig_variant)
     out = Path(cfg.out_dir)
+    from lossyvision.train.classifier import check_run_folder, clear_run, write_summary
+    check_run_folder(out, ("generator.pt", "checkpoints/last.pt"), cfg.resume, cfg.overwrite)
+    device = _device(cfg.device)
     out.mkdir(parents=True, exist_ok=True)
+    if cfg.overwrite:
+        clear_run(out, ("generator.pt", "checkpoints/last.pt", "log.jsonl", "summary.json"))
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
 
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
-    device = _device(cfg.device)
     trainer = RestorationTrainer(cfg, device)
     ckpt_path = out / "checkpoints" / "last.pt"
     if cfg.resume:
         if not ckpt_path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
-        trainer.load_state_dict(torch.load(ckpt_path, map_location=device, weights_only=False))
+        from lossyvision.train.models import load_checkpoint
+
+        trainer.load_state_dict(load_checkpoint(ckpt_path, "--resume: checkpoint", weights_only=False))
         log.info("resumed from %s at step %d", ckpt_path, trainer.step)
 
     keys = first_keys(vdir, cfg.max_images) if cfg.max_images is not None else None
-    dataset = PatchPairs(vdir, odir, cfg.patch_size, seed=cfg.seed, buffer_size=cfg.shuffle_buffer, keys=keys)
-    sample_x, sample_xc = fixed_pair(vdir, odir, cfg.sample_size)
+    dataset = PatchPairs(vdir, odir, cfg.patch_size, seed=cfg.seed, buffer_size=cfg.shuffle_buffer, keys=keys,
+                         max_pixels=cfg.max_pixels)
+    sample_x, sample_xc = fixed_pair(vdir, odir, cfg.sample_size, cfg.max_pixels)
     sample_x_dev = to_unit(sample_xc.to(device))
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
@@ -442,5 +474,7 @@ def train_restoration(cfg: RestorationConfig) -> dict:
                                {"step": step, "config": cfg.to_dict()})
     finally:
         logf.close()
-    return {"steps": trainer.step, "out_dir": str(out), "generator": str(out / "generator.pt"),
-            "last": last, "seconds": round(time.time() - t0, 2)}
+    summary = {"steps": trainer.step, "out_dir": str(out), "generator": str(out / "generator.pt"),
+               "last": last, "seconds": round(time.time() - t0, 2)}
+    write_summary(out, summary)
+    return summary

@@ -25,6 +25,9 @@ from torch.utils.data import IterableDataset
 
 from lossyvision import storage
 from lossyvision.eval.segmentation import IGNORE_INDEX
+from lossyvision.names import check_name
+from lossyvision.pipelines.imageio import DEFAULT_MAX_PIXELS
+from lossyvision.pipelines.stream import OptionError, check_limits, resolve_device
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +65,20 @@ class SegmentationConfig:
     resume: bool = False
     evaluate: bool = True            # evaluate on test_variant at the end
     max_eval_images: int | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS  # images in shards over this many pixels are refused before decoding
+    overwrite: bool = False          # replace a run already in out_dir (else it is refused without resume)
 
     def __post_init__(self) -> None:
+        for what, name in (("--train-variant", self.train_variant), ("--test-variant", self.test_variant),
+                           ("--train-split", self.train_split), ("--test-split", self.test_split)):
+            check_name(what, name)
+        check_limits(crop_size=self.crop_size, batch_size=self.batch_size, steps=self.steps,
+                     num_workers=(self.num_workers, 0), log_every=self.log_every, ckpt_every=self.ckpt_every,
+                     max_eval_images=self.max_eval_images, max_pixels=self.max_pixels, num_classes=self.num_classes)
+        if not self.lr > 0 or not math.isfinite(self.lr):
+            raise OptionError(f"--lr must be a positive number, got {self.lr!r}")
+        if self.resume and self.overwrite:
+            raise OptionError("--resume continues a run and --overwrite replaces it; give one of them")
         if self.output_stride not in (8, 16):
             raise ValueError(f"output_stride must be 8 or 16, got {self.output_stride}")
         if not 0 < self.scale_min <= self.scale_max:
@@ -104,7 +119,11 @@ def build_model(encoder: str = "resnet101", num_classes: int = 19, output_stride
                            f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); run once online to fill the "
                            "cache, or pass a local encoder state dict with --encoder-weights PATH") from exc
     if encoder_weights is not None and named is None:
-        state = torch.load(encoder_weights, map_location="cpu", weights_only=True)
+        from lossyvision.train.models import load_checkpoint
+
+        state = load_checkpoint(encoder_weights, "--encoder-weights")
+        if not isinstance(state, dict):
+            raise OptionError(f"--encoder-weights {encoder_weights} is not a state dict")
         # nn.Module's own method: some smp encoders override it and return nothing
         missing, unexpected = torch.nn.Module.load_state_dict(model.encoder, state, strict=False)
         if len(missing) > len(state) or not state:
@@ -120,9 +139,12 @@ def load_segmentation_model(path: str | Path, device: str | torch.device = "cpu"
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"segmentation checkpoint {path} not found (train-segmentation writes OUT/model.pt)")
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    if "model" not in ckpt or "arch" not in ckpt:
-        raise ValueError(f"{path} is not a segmentation checkpoint (no 'model'/'arch' entries)")
+    from lossyvision.train.models import load_checkpoint
+
+    ckpt = load_checkpoint(path, "--checkpoint", weights_only=False)
+    if not isinstance(ckpt, dict) or "model" not in ckpt or "arch" not in ckpt:
+        raise OptionError(f"{path} is not a segmentation checkpoint (no 'model'/'arch' entries); pass the "
+                          "model.pt that train-segmentation wrote")
     model = build_model(**ckpt["arch"])
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), ckpt
@@ -162,7 +184,8 @@ class SegmentationCrops(IterableDataset):
         super().__init__()
         from lossyvision.pipelines.stream import ShardStream
 
-        self.stream = ShardStream(variant_dir, shuffle=True, seed=cfg.seed, buffer_size=cfg.shuffle_buffer)
+        self.stream = ShardStream(variant_dir, shuffle=True, seed=cfg.seed, buffer_size=cfg.shuffle_buffer,
+                                  max_pixels=cfg.max_pixels)
         self.crop, self.scale, self.flip, self.seed = cfg.crop_size, (cfg.scale_min, cfg.scale_max), cfg.flip, cfg.seed
         self.epoch = 0
 
@@ -191,8 +214,8 @@ def _dist_setup(cfg: SegmentationConfig) -> tuple[int, int, torch.device]:
         backend = "nccl" if torch.cuda.is_available() else "gloo"
         torch.distributed.init_process_group(backend)
     rank = torch.distributed.get_rank() if world > 1 else 0
-    if cfg.device:
-        device = torch.device(cfg.device)
+    if cfg.device and cfg.device != "auto":
+        device = resolve_device(cfg.device)
     elif torch.cuda.is_available():
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
         torch.cuda.set_device(device)
@@ -225,8 +248,12 @@ def train_segmentation(cfg: SegmentationConfig) -> dict:
         variant_dir(storage.join(cfg.shards, cfg.test_split), cfg.test_variant)  # fail before training, not after
     rank, world, device = _dist_setup(cfg)
     out = Path(cfg.out_dir)
+    from lossyvision.train.classifier import check_run_folder, clear_run, write_summary
+    check_run_folder(out, ("model.pt", "checkpoints/last.pt"), cfg.resume, cfg.overwrite)
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
+        if cfg.overwrite:
+            clear_run(out, ("model.pt", "checkpoints/last.pt", "log.jsonl", "summary.json"))
         (out / "config.json").write_text(json.dumps({**cfg.to_dict(), "world_size": world}, indent=2) + "\n")
     random.seed(cfg.seed + rank)
     torch.manual_seed(cfg.seed)
@@ -245,7 +272,9 @@ def train_segmentation(cfg: SegmentationConfig) -> dict:
     if cfg.resume:
         if not ckpt_path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
-        state = torch.load(ckpt_path, map_location=device, weights_only=False)
+        from lossyvision.train.models import load_checkpoint
+
+        state = load_checkpoint(ckpt_path, "--resume: checkpoint", weights_only=False)
         if state["arch"] != model_arch(cfg):
             raise ValueError(f"checkpoint model {state['arch']} does not match the config {model_arch(cfg)}")
         model.load_state_dict(state["model"])
@@ -320,9 +349,10 @@ def train_segmentation(cfg: SegmentationConfig) -> dict:
             records = evaluate_checkpoint(EvalConfig(
                 checkpoint=str(out / "model.pt"), shards=cfg.shards, test_variants=[cfg.test_variant],
                 split=cfg.test_split, out_dir=str(out), device=str(device), amp=cfg.amp,
-                max_images=cfg.max_eval_images))
+                max_images=cfg.max_eval_images, max_pixels=cfg.max_pixels))
             summary["miou"] = records[0]["miou"]
             summary["configuration"] = records[0]["configuration"]
+        write_summary(out, summary)
     if world > 1:
         torch.distributed.barrier()
     return summary

@@ -94,12 +94,12 @@ def open_cache(path: str | Path, expect: dict) -> TeacherCache:
 @torch.no_grad()
 def build_cache(path: str | Path, teacher: nn.Module, orig_dir: str | Path, meta: dict,
                 device: torch.device | str = "cpu", batch_size: int = 256, workers: int = 0,
-                progress: bool = False) -> TeacherCache:
+                progress: bool = False, max_pixels: int | None = None) -> TeacherCache:
     """Run `teacher` over every clean sample of `orig_dir` once and write the HDF5 cache atomically."""
     import h5py
     from tqdm import tqdm
     mean, std = meta["mean"], meta["std"]
-    ds = ShardStream(orig_dir, shuffle=False, rank=0, world_size=1)
+    ds = ShardStream(orig_dir, shuffle=False, rank=0, world_size=1, max_pixels=max_pixels)
     loader = make_loader(ds, batch_size, workers)
     teacher.eval()
     keys: list[str] = []

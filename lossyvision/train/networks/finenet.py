@@ -149,9 +149,15 @@ class VGGFeatures(nn.Module):
         elif weights is None:
             model = vgg19(weights=None)
         else:
+            from lossyvision.train.models import _load_into, load_checkpoint
+
             model = vgg19(weights=None)
-            state = torch.load(weights, map_location="cpu", weights_only=True)
-            model.load_state_dict(state)
+            state = load_checkpoint(weights, "--vgg-weights")
+            if not isinstance(state, dict):
+                from lossyvision.pipelines.stream import OptionError
+
+                raise OptionError(f"--vgg-weights {weights} is not a state dict")
+            _load_into(model, state, f"--vgg-weights {weights}", strict=True)
         features = model.features[: self.BLOCK_ENDS[-1]]
         starts = (0,) + self.BLOCK_ENDS[:-1]
         self.blocks = nn.ModuleList(features[a:b] for a, b in zip(starts, self.BLOCK_ENDS))
