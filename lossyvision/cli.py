@@ -290,10 +290,7 @@ def parse_codec_settings(codecs: tuple[str, ...], qs: tuple[str, ...], bpps: tup
 @max_pixels_option
 @verbose_option
 @user_errors
-def prepare_shards(dataset: str, src: str | None, split: str | None, out: str, codecs: tuple, qs: tuple, bpps: tuple,
-                   codec_opts: tuple, crop: str | None, shard_size: int | None, workers: int | None, address: str | None,
-                   break_lock: bool, executor: str | None, no_orig: bool, orig_format: str | None, store_decoded: bool | None, no_ms_ssim: bool,
-                   order: str | None, order_seed: int | None, limit: int | None, quiet: bool, max_pixels: int) -> None:
+def prepare_shards(**options: Any) -> None:
     """Crop, encode with every codec setting, measure, and write aligned WebDataset shards + manifests.
 
     \b
@@ -303,12 +300,22 @@ def prepare_shards(dataset: str, src: str | None, split: str | None, out: str, c
     """
     import signal
 
-    from .pipelines.prepare import PrepareConfig, prepare_shards as run
-
     def on_term(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt  # SIGTERM (a scheduler's pre-emption) ends like Ctrl-C: in-flight work cancelled
 
-    signal.signal(signal.SIGTERM, on_term)
+    old_term = signal.signal(signal.SIGTERM, on_term)
+    try:
+        _prepare(**options)
+    finally:  # called in-process (a notebook, a test runner), the caller's handler comes back
+        signal.signal(signal.SIGTERM, old_term)
+
+
+def _prepare(dataset: str, src: str | None, split: str | None, out: str, codecs: tuple, qs: tuple, bpps: tuple,
+             codec_opts: tuple, crop: str | None, shard_size: int | None, workers: int | None, address: str | None,
+             break_lock: bool, executor: str | None, no_orig: bool, orig_format: str | None, store_decoded: bool | None, no_ms_ssim: bool,
+             order: str | None, order_seed: int | None, limit: int | None, quiet: bool, max_pixels: int) -> None:
+    from .pipelines.prepare import PrepareConfig, prepare_shards as run
+
     settings = parse_codec_settings(codecs, qs, bpps, codec_opts)
     cfg = PrepareConfig(dataset=dataset, out=out, src=src, split=split, codecs=settings,
                         write_orig=not no_orig, ms_ssim=not no_ms_ssim, progress=not quiet, break_lock=break_lock, max_pixels=max_pixels,

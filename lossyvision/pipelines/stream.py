@@ -625,6 +625,10 @@ class ShardStream(IterableDataset):
             if n <= first:
                 continue
             if n > stop:
+                count = self.variant.shards[i].count
+                if stop >= count:  # a shard read to the manifest's count must end there
+                    raise ShardError(f"{paths[0]}: holds more than the manifest's {count} samples (first extra key "
+                                     f"{vs['__key__']!r}); rebuild it with prepare-shards")
                 return
             key = vs["__key__"]
             k = self._draw(key)
