@@ -9,86 +9,52 @@ from __future__ import annotations
 
 import functools
 import json
-import logging
 import os
-import sys
 from typing import Any, Callable
 
 import click
 
 from . import storage
-from .cli_common import OneLineCommand, OneLineGroup
+from .cli_common import OneLineCommand, OneLineGroup, setup_logging, user_errors, verbose_option
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
-def setup_logging(verbose: int) -> None:
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+def _usage_errors() -> tuple[type, ...]:
+    from .codecs import CodecError
+    from .eval.rates import ResultsError
+    from .names import NameError_
+    from .pipelines.crops import CropError
+    from .pipelines.imageio import SourceError
+    from .pipelines.prepare import PrepareError
+
+    return (PrepareError, CodecError, CropError, SourceError, NameError_, ResultsError)
 
 
-def verbose_option(f: Callable) -> Callable:
-    """-v / -vv on every command (standalone scripts have no group to carry it)."""
+def _failures() -> tuple[type, ...]:
+    from .pipelines.joblock import JobLockError
+    from .pipelines.prepare import OutputNotSharedError
+    from .pipelines.shards import ManifestError
+    from .storage import StorageError
 
-    def cb(ctx: click.Context, param: click.Parameter, value: int) -> int:
-        if value:
-            setup_logging(value)
-        return value
-
-    return click.option("-v", "--verbose", count=True, expose_value=False, callback=cb, help="Log more (-v info, -vv debug).")(f)
+    return (FileNotFoundError, StorageError, JobLockError, OutputNotSharedError, ManifestError)
 
 
-def _debugging() -> bool:
-    return logging.getLogger().isEnabledFor(logging.DEBUG)
+_errors = user_errors(_usage_errors, _failures, interrupted="interrupted; rerun the same command to resume (finished shards are kept)",
+                      memory_hint="lower --max-pixels or --workers, or use a machine with more memory")
 
 
-def _os_error_line(e: OSError) -> str:
-    where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-    return f"{where}{e.strerror or e}"
-
-
-def user_errors(f: Callable) -> Callable:
-    """Turn every error into one line on stderr: exit 2 for bad options or inputs, 1 for failures
-    while running (a full disk, an unreadable output, anything unexpected). -vv shows the traceback."""
+def user_errors_prepare(f: Callable) -> Callable:
+    """One-line errors for this module's commands; a Ray address nobody answers is named as such."""
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from .codecs import CodecError
-        from .names import NameError_
-        from .pipelines.crops import CropError
-        from .pipelines.imageio import SourceError
-        from .pipelines.joblock import JobLockError
-        from .pipelines.prepare import OutputNotSharedError, PrepareError
-        from .pipelines.shards import ManifestError
-        from .storage import StorageError
-
         try:
             return f(*args, **kwargs)
-        except click.ClickException:
-            raise
-        except KeyboardInterrupt:
-            click.echo("interrupted; rerun the same command to resume (finished shards are kept)", err=True)
-            sys.exit(130)
-        except Exception as e:
-            if _debugging():
-                raise
-            from .eval.rates import ResultsError
+        except ConnectionError as e:  # ray.init with an address nobody answers
+            raise click.ClickException(f"cannot reach the Ray cluster: {e}; check --address / RAY_ADDRESS") from None
 
-            if isinstance(e, (PrepareError, CodecError, CropError, SourceError, NameError_, ResultsError)):
-                raise click.UsageError(str(e)) from None
-            if isinstance(e, (FileNotFoundError, StorageError, JobLockError, OutputNotSharedError, ManifestError)):
-                raise click.ClickException(str(e)) from None
-            if isinstance(e, ConnectionError):  # ray.init with an address nobody answers
-                raise click.ClickException(f"cannot reach the Ray cluster: {e}; check --address / RAY_ADDRESS") from None
-            if isinstance(e, OSError):  # a read-only --out, no inodes left, a folder where a file belongs...
-                raise click.ClickException(_os_error_line(e)) from None
-            if isinstance(e, MemoryError):
-                raise click.ClickException("out of memory; lower --max-pixels or --workers, or use a machine with more memory") from None
-            if isinstance(e, ValueError):  # the reports' and the library's checks of their inputs
-                raise click.ClickException(str(e)) from None
-            raise click.ClickException(f"{type(e).__name__}: {e} (rerun with -vv for the traceback)") from None
-
-    return wrapper
+    return _errors(wrapper)
 
 
 def finite(what: str, text: str) -> float:
@@ -168,7 +134,7 @@ def codecs_cmd(as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the stats as JSON.")
 @max_pixels_option
 @verbose_option
-@user_errors
+@user_errors_prepare
 def encode_cmd(image: str, codec_name: str, q: str | None, bpp: str | None, opts: tuple[str, ...], crop: str | None,
                output: str | None, decoded: str | None, as_json: bool, max_pixels: int) -> None:
     """Encode one IMAGE and print bytes, bpp, PSNR, SSIM, MS-SSIM and encode/decode time."""
@@ -289,7 +255,7 @@ def parse_codec_settings(codecs: tuple[str, ...], qs: tuple[str, ...], bpps: tup
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 @max_pixels_option
 @verbose_option
-@user_errors
+@user_errors_prepare
 def prepare_shards(**options: Any) -> None:
     """Crop, encode with every codec setting, measure, and write aligned WebDataset shards + manifests.
 
@@ -344,7 +310,7 @@ def _prepare(dataset: str, src: str | None, split: str | None, out: str, codecs:
 @click.option("--results", multiple=True, type=click.Path(dir_okay=False), help="Accuracy JSON from eval-classifier, joined by variant.")
 @click.option("--no-plot", is_flag=True, help="Skip the PNG plots.")
 @verbose_option
-@user_errors
+@user_errors_prepare
 def rate_report(root: str, out: str | None, results: tuple[str, ...], no_plot: bool) -> None:
     """Per-variant rate table (paper 1 Table I columns + MS-SSIM, timings, failures) and RD plot."""
     from .reports.rate_report import rate_report as run

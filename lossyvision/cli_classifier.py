@@ -6,81 +6,37 @@ defaults in TrainConfig / EvalConfig apply), call one library function, print th
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
-import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Callable
 
 import click
 
-from lossyvision.cli_common import OneLineCommand  # usage errors as one line (exit 2)
+from lossyvision.cli_common import OneLineCommand, verbose_option  # noqa: F401 - cli_segmentation imports them from here
+from lossyvision.cli_common import user_errors as _common_user_errors
 
 
-def _debugging() -> bool:
-    return logging.getLogger().isEnabledFor(logging.DEBUG)
+def _usage_errors() -> tuple[type, ...]:
+    from lossyvision.names import NameError_
+    from lossyvision.pipelines.stream import OptionError
+
+    return (OptionError, NameError_)
 
 
-def _one_line(e: BaseException) -> str:
-    """The message of `e` as one line; for an error a DataLoader worker raised, its original message
-    (torch replaces it with "Caught X in DataLoader worker process N." and the worker's traceback)."""
-    from lossyvision.pipelines.stream import worker_error_message
+def _failures() -> tuple[type, ...]:
+    from lossyvision.pipelines.imageio import SourceError
+    from lossyvision.pipelines.stream import ShardError
+    from lossyvision.train.models import WeightsUnavailable
 
-    msg = e.args[0] if isinstance(e, KeyError) and e.args else worker_error_message(e)
-    lines = str(msg).strip().splitlines()
-    return lines[0] if lines else type(e).__name__
+    return (ShardError, WeightsUnavailable, SourceError, FileNotFoundError, KeyError, FloatingPointError, ImportError)
 
 
-def user_errors(fn: Callable) -> Callable:
-    """Every error as one line on stderr: exit 2 for a bad option value, 1 for a failure while running
-    (a bad shard, a missing variant, anything unexpected); -vv shows the traceback as well."""
-    @functools.wraps(fn)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from lossyvision.names import NameError_
-        from lossyvision.pipelines.imageio import SourceError
-        from lossyvision.pipelines.stream import OptionError, ShardError
-        from lossyvision.train.models import WeightsUnavailable
-
-        try:
-            return fn(*args, **kwargs)
-        except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
-            raise
-        except KeyboardInterrupt:
-            click.echo("interrupted; rerun the command (a training one with --resume) to continue", err=True)
-            sys.exit(130)
-        except Exception as e:
-            if _debugging():
-                logging.getLogger("lossyvision").debug("traceback of the error below", exc_info=True)
-            msg = _one_line(e)
-            # free the frames now: a DataLoader iterator they hold shuts its workers down here, not at a later fork
-            e.__traceback__ = None
-            if isinstance(e, (OptionError, NameError_)):
-                raise click.UsageError(msg) from None
-            if isinstance(e, (ShardError, WeightsUnavailable, SourceError, FileNotFoundError, ValueError, KeyError,
-                              FloatingPointError, ImportError)):
-                raise click.ClickException(msg) from None
-            if isinstance(e, OSError):  # a read-only --out, a full disk
-                where = f"{e.filename}: " if getattr(e, "filename", None) else ""
-                raise click.ClickException(f"{where}{e.strerror or msg}") from None
-            if isinstance(e, MemoryError):
-                raise click.ClickException("out of memory; lower --batch-size, --workers or --max-pixels") from None
-            raise click.ClickException(f"{type(e).__name__}: {msg} (rerun with -vv for the traceback)") from None
-    return wrapper
-
-
+# exit 2 for a bad option value, 1 for a failure while running (a bad shard, a missing variant)
+user_errors = _common_user_errors(_usage_errors, _failures,
+                                  interrupted="interrupted; rerun the command (a training one with --resume) to continue",
+                                  memory_hint="lower --batch-size, --workers or --max-pixels")
 _user_errors = user_errors
-
-
-def verbose_option(f: Callable) -> Callable:
-    """-v / -vv (-vv: debug logging and tracebacks of errors)."""
-    def cb(ctx: click.Context, param: click.Parameter, value: int) -> int:
-        if value:
-            level = logging.INFO if value == 1 else logging.DEBUG
-            logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
-        return value
-    return click.option("-v", "--verbose", count=True, expose_value=False, callback=cb,
-                        help="Log more (-v info, -vv debug and tracebacks).")(f)
 
 
 def device_value(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
