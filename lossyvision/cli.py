@@ -315,6 +315,8 @@ def rate_report(root: str, out: str | None, results: tuple[str, ...], no_plot: b
     """Per-variant rate table (paper 1 Table I columns + MS-SSIM, timings, failures) and RD plot."""
     from .reports.rate_report import rate_report as run
 
+    if not root.strip():
+        raise click.UsageError("ROOT is empty; pass the --out of prepare-shards")
     if not storage.isdir(root):
         raise click.UsageError(f"{root} is not a folder; pass the --out of prepare-shards")
     rep = run(root, out=out, results=list(results) or None, plot=not no_plot)

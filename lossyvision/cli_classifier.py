@@ -39,6 +39,13 @@ user_errors = _common_user_errors(_usage_errors, _failures,
 _user_errors = user_errors
 
 
+def out_value(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """An output folder: not empty (an empty --out would write into the working directory)."""
+    if value is not None and not value.strip():
+        raise click.BadParameter("is empty; give the folder to write to")
+    return value
+
+
 def device_value(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
     """cpu, cuda, cuda:N, mps or auto, and available here; None/auto: the library's default."""
     if value is None or value == "auto":
@@ -107,7 +114,7 @@ _TRAIN_OPTIONS = [
     click.option("--shards", required=True, type=str, help="ROOT/<dataset> holding <split>/<variant>/ folders (a path or an fsspec URL such as s3://bucket/root)."),
     click.option("--variant", "variant", multiple=True, callback=name_value, help="Compressed variant to train on, e.g. j2k-r200 (not needed for "
                  "stability). Repeat it to train one universal model on their mixture (each sample draws one)."),
-    click.option("--out", required=True, type=click.Path(file_okay=False), help="Run folder (config.json, log.jsonl, last.pt, best.pt)."),
+    click.option("--out", required=True, type=click.Path(file_okay=False), callback=out_value, help="Run folder (config.json, log.jsonl, last.pt, best.pt)."),
     click.option("--preset", default=None, help="Paper settings, e.g. marie2022-resnet50-expert-bpg-qp51 (a Table I cell, "
                  "variant included) or marie2022-mnasnet-expert; --list-presets shows them. Explicit options override it."),
     click.option("--model", default=None, help="torchvision:NAME[:WEIGHTS], a registered name, or a checkpoint [mnasnet1_0]."),
@@ -247,7 +254,7 @@ def eval_classifier(json_path, csv_path, md_path, quiet, variants, **options):
               help="LABEL=REF (repeatable): a model trained on variant LABEL, e.g. jpeg-q10=runs/jpeg-q10/best.pt.")
 @click.option("--shards", required=True, type=str, help="ROOT/<dataset>/<split> holding variant folders (a path or an fsspec URL such as s3://bucket/root).")
 @click.option("--variant", "variants", multiple=True, required=True, callback=name_value, help="Test variant(s), repeatable.")
-@click.option("--out", required=True, type=click.Path(file_okay=False), help="Folder for matrix.json, matrix.md, matrix.png.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), callback=out_value, help="Folder for matrix.json, matrix.md, matrix.png.")
 @click.option("--batch-size", type=positive(), default=None)
 @click.option("--workers", type=positive(0), default=None)
 @click.option("--device", default=None, callback=device_value, help="cpu, cuda, cuda:N, mps or auto [auto].")

@@ -14,7 +14,7 @@ from typing import Any, Callable
 import click
 
 from lossyvision.cli_classifier import (POSITIVE_FLOAT, OneLineCommand, device_value as _device_cb, max_pixels_option,
-                                        name_value, positive, user_errors as _user_errors, verbose_option)
+                                        name_value, out_value, positive, user_errors as _user_errors, verbose_option)
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -54,7 +54,7 @@ _device = click.option("--device", default=None, callback=_device_cb,
 @click.version_option(package_name="lossyvision")
 @click.option("--shards", required=True, type=str, help="ROOT/cityscapes holding <split>/<variant>/ (a path or an fsspec URL such as s3://bucket/root).")
 @click.option("--variant", required=True, callback=name_value, help="Compressed variant to learn to restore, e.g. bpg-qp41.")
-@click.option("--out", "out_dir", default=None, help="Run folder (config, log, samples, checkpoints, generator.pt).")
+@click.option("--out", "out_dir", default=None, callback=out_value, help="Run folder (config, log, samples, checkpoints, generator.pt).")
 @click.option("--split", default=None, callback=name_value, help="Split of the training pairs (default train).")
 @click.option("--orig-variant", default=None, callback=name_value, help="Reference variant (default orig).")
 @click.option("--recipe", type=click.Choice(["gan", "l1-msssim"]), default=None,
@@ -119,7 +119,7 @@ def restore_shards(quiet: bool, overwrite: bool, **opts: Any) -> None:
 @click.option("--test-variant", default=None, callback=name_value, help="Test images evaluated at the end (default orig).")
 @click.option("--train-split", default=None, callback=name_value, help="Default train.")
 @click.option("--test-split", default=None, callback=name_value, help="Default val.")
-@click.option("--out", "out_dir", default=None, help="Run folder (config, log, checkpoints, model.pt, results).")
+@click.option("--out", "out_dir", default=None, callback=out_value, help="Run folder (config, log, checkpoints, model.pt, results).")
 @click.option("--encoder", default=None, help="segmentation-models-pytorch encoder (default resnet101).")
 @click.option("--encoder-weights", default=None, help="'imagenet' (needs network or cache) or a local state dict.")
 @click.option("--output-stride", type=click.Choice(["8", "16"]), default=None, help="Default 16 (paper 2).")
@@ -155,7 +155,7 @@ def train_segmentation(quiet: bool, resume: bool, overwrite: bool, no_eval: bool
 
 @click.command("eval-segmentation", cls=OneLineCommand, context_settings=CONTEXT)
 @click.version_option(package_name="lossyvision")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False),
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), callback=out_value,
               help="Results folder: OUT/results/*.json are collected into results.{csv,json,md} and miou_vs_bpp.png.")
 @click.option("--checkpoint", default=None, type=click.Path(dir_okay=False),
               help="model.pt from train-segmentation; without it, only the report is rebuilt.")

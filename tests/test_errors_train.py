@@ -454,3 +454,15 @@ def test_unexpected_errors_are_one_line_with_their_type(toy_master, monkeypatch)
     monkeypatch.setattr(ec, "evaluate", boom)
     line = one_line_error(CliRunner().invoke(eval_classifier, eval_args(toy_master)))
     assert line == "Error: ZeroDivisionError: division by zero (rerun with -vv for the traceback)"
+
+
+@pytest.mark.parametrize("cmd", [["train-classifier", "--variant", "jpeg-q5"], ["train-expert", "--variant", "jpeg-q5"],
+                                 ["train-segmentation"], ["train-restoration"]])
+def test_empty_out_is_refused(cmd, tmp_path):
+    """An empty --out would write into the working directory."""
+    from click.testing import CliRunner
+
+    from lossyvision.cli import main
+
+    r = CliRunner().invoke(main, [cmd[0], "--shards", str(tmp_path), *cmd[1:], "--out", ""])
+    assert r.exit_code == 2 and "'--out': is empty" in r.output and len(r.output.strip().splitlines()) == 1, r.output
