@@ -219,12 +219,13 @@ def stat(path: str) -> FileStat | None:
     return FileStat(st.st_size, str(st.st_mtime_ns))
 
 
-def read_bytes(path: str) -> bytes:
+def read_bytes(path: str, limit: int | None = None) -> bytes:
+    """The file's bytes, or only its first ``limit`` bytes (one ranged GET on an object store)."""
     if is_remote(path):
         fs, p = _fs(path)
-        return fs.cat_file(p)
+        return fs.cat_file(p) if limit is None else fs.cat_file(p, start=0, end=limit)
     with open(local_path(path), "rb") as f:
-        return f.read()
+        return f.read() if limit is None else f.read(limit)
 
 
 def read_text(path: str) -> str:

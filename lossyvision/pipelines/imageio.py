@@ -69,24 +69,18 @@ def read_file_bounded(path: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> bytes:
 
     limit = max_file_bytes(max_pixels)
     try:
-        if storage.is_remote(path):
-            st = storage.stat(path)
-            if st is None:
-                raise FileNotFoundError(2, "No such file or directory")
-            size = st.size
-        else:
-            local = storage.local_path(path)
-            mode = os.stat(local)  # follows symlinks: a link to /dev/zero is a character device
+        if not storage.is_remote(path):  # object stores hold no FIFOs or devices
+            mode = os.stat(storage.local_path(path))  # follows symlinks: a link to /dev/zero is a character device
             if not stat_mod.S_ISREG(mode.st_mode):
                 raise SourceError(f"{storage.special_kind(mode.st_mode)}, not an image file (skipped unread)")
-            size = mode.st_size
-        if size > limit:
-            raise SourceError(f"file of {size} bytes is larger than any image within --max-pixels {max_pixels} can be ({limit} bytes)")
-        data = storage.read_bytes(path)
+            if mode.st_size > limit:
+                raise SourceError(f"file of {mode.st_size} bytes is larger than any image within --max-pixels {max_pixels} "
+                                  f"can be ({limit} bytes); skipped unread")
+        data = storage.read_bytes(path, limit + 1)  # never more than one byte past the limit, whatever the file holds
     except OSError as e:
         raise SourceError(f"cannot read file: {e.strerror or e}") from None
-    if len(data) > limit:  # grew while being read
-        raise SourceError(f"file is larger than any image within --max-pixels {max_pixels} can be")
+    if len(data) > limit:
+        raise SourceError(f"file is larger than any image within --max-pixels {max_pixels} can be ({limit} bytes)")
     return data
 
 
@@ -131,20 +125,22 @@ def decode_rgb(data: bytes, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
     RGB, after checking the header's pixel count against ``max_pixels``."""
     if not data:
         raise SourceError("zero-byte file")
-    w, h = header_size(data)
-    check_pixels(w, h, max_pixels)
     if data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 24 and data[24] == 16:
         # 16-bit PNG: Pillow would truncate 16-bit RGB to 8 bit, so decode the full range here
         import imagecodecs
 
+        check_pixels(*header_size(data), max_pixels)
         try:
             return to_rgb8(imagecodecs.png_decode(data))
         except Exception as e:
             raise SourceError(f"corrupt PNG: {e}") from None
     from PIL import Image, UnidentifiedImageError
 
+    w = h = 0
     try:
-        with _bomb_check_off(), Image.open(io.BytesIO(data)) as im:
+        with _bomb_check_off(), Image.open(io.BytesIO(data)) as im:  # reads the header only
+            w, h = im.size
+            check_pixels(w, h, max_pixels)
             im.load()
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 return to_rgb8(np.asarray(im).astype(np.uint16) if im.mode != "I" else np.clip(np.asarray(im), 0, 65535).astype(np.uint16))

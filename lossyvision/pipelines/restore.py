@@ -151,8 +151,7 @@ def restore_shards(cfg: RestoreConfig, progress: bool = False) -> dict:
     """Write ``<shards>/<split>/<output_variant>``; return its manifest. Reruns skip finished shards."""
     from lossyvision.codecs import png_encode
     from lossyvision.pipelines.shards import FORMAT, library_versions, sample_json, sha256_file, write_json_atomic, write_tar_atomic
-    from lossyvision.pipelines.stream import (ShardError, check_image_pixels, decode_lossless, decode_png, read_variant,
-                                              resolve_device, variant_dir)
+    from lossyvision.pipelines.stream import ShardError, decode_image, first_line, read_variant, resolve_device, variant_dir
     from lossyvision.pipelines.imageio import DEFAULT_MAX_PIXELS
     from lossyvision.quality import ms_ssim, psnr, ssim
     from lossyvision.train.restoration import load_generator
@@ -203,7 +202,7 @@ def restore_shards(cfg: RestoreConfig, progress: bool = False) -> dict:
         manifest["classes"] = list(src.classes)
     per_sample: dict[str, list] = {k: [] for k in ("bytes", "bpp", "psnr", "ssim", "ms_ssim", "source_psnr",
                                                    "source_ssim")}
-    codec = None
+    codecs: dict = {}  # spec -> codec, built on first use
     shard_iter = enumerate(src.shards)
     if progress:
         from tqdm import tqdm
@@ -219,7 +218,6 @@ def restore_shards(cfg: RestoreConfig, progress: bool = False) -> dict:
             restore_ms, dec_ms, keys = [], [], []
 
             def samples() -> Iterator[dict]:
-                nonlocal codec
                 opath = orig.shard_path(info.name) if orig is not None else None
                 ocheck = next(((o.size, o.sha256) for o in orig.shards if o.name == info.name), (None, None)) \
                     if orig is not None else (None, None)
@@ -229,32 +227,16 @@ def restore_shards(cfg: RestoreConfig, progress: bool = False) -> dict:
                     try:
                         meta = json.loads(s["json"]) if "json" in s else {}
                         t = time.perf_counter()
-                        if "decoded.png" in s:
-                            check_image_pixels(s["decoded.png"], "png", None, max_pixels)
-                            rgb = decode_png(s["decoded.png"])
-                        elif src.ext not in s:
-                            raise ValueError(f"no .{src.ext} member")
-                        elif src.spec is None:
-                            check_image_pixels(s[src.ext], src.ext, s.get("json"), max_pixels)
-                            rgb = decode_lossless(s[src.ext], src.ext)
-                        else:
-                            check_image_pixels(s[src.ext], src.ext, s.get("json"), max_pixels)
-                            if codec is None:
-                                from lossyvision.codecs import from_spec
-                                codec = from_spec(src.spec)
-                            rgb = codec.decode(s[src.ext])
+                        rgb = decode_image(s, src, codecs, max_pixels)
                     except Exception as e:  # a decoder's own error type, or over --max-pixels
                         raise ShardError(f"{src.shard_path(info.name)}: sample {key!r} does not decode "
-                                         f"({type(e).__name__}: {str(e)[:300]})") from None
+                                         f"({type(e).__name__}: {first_line(e)})") from None
                     dec_ms.append((time.perf_counter() - t) * 1e3)
                     t = time.perf_counter()
                     restored = restore_image(generator, rgb, device, cfg.tile, cfg.overlap, cfg.amp)
                     restore_ms.append((time.perf_counter() - t) * 1e3)
                     h, w = restored.shape[:2]
-                    ref = None
-                    if o is not None:
-                        check_image_pixels(o[orig.ext], orig.ext, o.get("json"), max_pixels)
-                        ref = decode_lossless(o[orig.ext], orig.ext)
+                    ref = decode_image(o, orig, codecs, max_pixels) if o is not None else None
                     png = png_encode(restored, cfg.png_level)
                     stats = {
                         "bytes": meta.get("bytes"), "bpp": meta.get("bpp"), "h": h, "w": w,

@@ -16,7 +16,7 @@ import math
 import os
 import re
 import tarfile
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 from .. import storage
 
@@ -112,9 +112,10 @@ def write_tar_atomic(path: str, samples: Iterable[dict[str, Any]]) -> tuple[str,
         return w.commit()
 
 
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Write JSON to ``path`` via a temp file + rename, or one PUT on a store (NaN/inf written as null)."""
-    data = (json.dumps(_finite(obj), indent=1, sort_keys=False, allow_nan=False) + "\n").encode()
+def write_json_atomic(path: str, obj: Any, default: Callable[[Any], Any] | None = None) -> None:
+    """Write JSON to ``path`` via a temp file + rename, or one PUT on a store (NaN/inf written as null;
+    ``default`` as in json.dumps, for values JSON has no type for)."""
+    data = (json.dumps(_finite(obj), indent=1, sort_keys=False, allow_nan=False, default=default) + "\n").encode()
     storage.write_bytes_atomic(path, data)
 
 

@@ -31,6 +31,7 @@ from torch import nn
 from lossyvision import storage
 from lossyvision.names import check_name
 from lossyvision.pipelines.imageio import DEFAULT_MAX_PIXELS
+from lossyvision.pipelines.shards import write_json_atomic
 from lossyvision.pipelines.stream import (IMAGENET_MEAN, IMAGENET_STD, OptionError, ShardStream, check_limits,
                                           make_loader, resolve_device, to_device, variant_dir)
 from lossyvision.train import models as model_lib
@@ -258,9 +259,7 @@ def clear_run(out: Path, names: tuple[str, ...]) -> None:
 
 
 def write_summary(out: Path, summary: dict) -> None:
-    tmp = out / f".{SUMMARY}.tmp"
-    tmp.write_text(json.dumps(summary, indent=2, default=str) + "\n")
-    tmp.replace(out / SUMMARY)
+    write_json_atomic(str(out / SUMMARY), summary, default=str)
 
 
 # -- the run ---------------------------------------------------------------------------------------

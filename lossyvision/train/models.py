@@ -21,6 +21,8 @@ from typing import Callable
 import torch
 from torch import nn
 
+from lossyvision.pipelines.stream import OptionError, first_line
+
 log = logging.getLogger(__name__)
 
 _REGISTRY: dict[str, Callable[..., nn.Module]] = {}
@@ -173,8 +175,6 @@ def is_torchscript(path: str) -> bool:
 def load_checkpoint(path: str | os.PathLike, what: str = "checkpoint", weights_only: bool = True):
     """`torch.load` on the CPU; a file that is not a PyTorch checkpoint (a text file, an empty or
     truncated one) raises OptionError naming the option (`what`) instead of an unpickling error."""
-    from lossyvision.pipelines.stream import OptionError
-
     if not os.path.isfile(path):
         raise FileNotFoundError(f"{what} {path}: no such file")
     try:
@@ -182,8 +182,7 @@ def load_checkpoint(path: str | os.PathLike, what: str = "checkpoint", weights_o
     except MemoryError:
         raise
     except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ValueError, ... here
-        detail = (str(e).strip().splitlines() or [""])[0][:200]
-        raise OptionError(f"{what} {path} is not a PyTorch checkpoint ({type(e).__name__}: {detail})") from None
+        raise OptionError(f"{what} {path} is not a PyTorch checkpoint ({type(e).__name__}: {first_line(e, 200)})") from None
 
 
 def load_state(path: str, what: str = "--weights") -> tuple[dict, dict | None]:
@@ -194,8 +193,6 @@ def load_state(path: str, what: str = "--weights") -> tuple[dict, dict | None]:
     if isinstance(obj, dict) and "state_dict" in obj:
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        from lossyvision.pipelines.stream import OptionError
-
         raise OptionError(f"{what} {path}: not a state dict or lossyvision checkpoint")
     # weights saved from nn.DataParallel / DDP carry a 'module.' prefix (the paper's do)
     return {k.removeprefix("module."): v for k, v in obj.items()}, None
@@ -205,9 +202,7 @@ def _load_into(model: nn.Module, state: dict, what: str, strict: bool):
     try:
         return model.load_state_dict(state, strict=strict)
     except RuntimeError as e:  # shape mismatches, even with strict=False
-        from lossyvision.pipelines.stream import OptionError
-
-        raise OptionError(f"{what} does not fit {type(model).__name__} ({_first(e)})") from None
+        raise OptionError(f"{what} does not fit {type(model).__name__} ({first_line(e, 200)})") from None
 
 
 def create_model(ref: str, weights: str | None = None, num_classes: int | None = None) -> nn.Module:
@@ -241,10 +236,6 @@ def create_model(ref: str, weights: str | None = None, num_classes: int | None =
     return model
 
 
-def _first(e: BaseException) -> str:
-    return (str(e).strip().splitlines() or [""])[0][:200]
-
-
 def model_spec_of(ref: str, num_classes: int | None) -> dict:
     """The spec to store in checkpoints, so `create_model(checkpoint)` can rebuild the architecture."""
     if os.path.isfile(ref):
@@ -260,9 +251,7 @@ def load_for_eval(ref: str, weights: str | None = None, num_classes: int | None 
         try:
             model = torch.jit.load(ref, map_location="cpu")
         except RuntimeError as e:
-            from lossyvision.pipelines.stream import OptionError
-
-            raise OptionError(f"--model {ref} is not a loadable TorchScript file ({_first(e)})") from None
+                raise OptionError(f"--model {ref} is not a loadable TorchScript file ({first_line(e, 200)})") from None
     else:
         model = create_model(ref, weights=weights, num_classes=num_classes)
     return model.eval()
