@@ -19,7 +19,7 @@ import torch
 from click.testing import CliRunner
 from PIL import Image
 
-from lossyvision.cli_classifier import eval_classifier, eval_matrix, train_expert
+from lossyvision.cli.classifier import eval_classifier, eval_matrix, train_expert
 from lossyvision.pipelines.stream import (ShardError, ShardStream, iter_tar_samples, read_variant,
                                           worker_error_message)
 
@@ -157,7 +157,7 @@ def test_manifest_that_is_a_list_or_not_json_is_one_line(toy, text, expect):
 
 def test_segmentation_worker_error_keeps_the_shard_name(tmp_path):
     pytest.importorskip("segmentation_models_pytorch")
-    from lossyvision.cli_segmentation import train_segmentation
+    from lossyvision.cli.segmentation import train_segmentation
 
     from .train.cityscapes_fixture import make_cityscapes_shards
 
@@ -294,7 +294,7 @@ def test_training_option_values_exit_2(toy_master, tmp_path, extra, expect):
 @pytest.mark.skipif(not NO_CUDA, reason="needs a machine without CUDA")
 @pytest.mark.parametrize("command", ["train-expert", "eval-classifier", "train-segmentation", "restore-shards"])
 def test_device_cuda_without_cuda_is_one_line(toy_master, tmp_path, command):
-    from lossyvision import cli_segmentation as seg
+    from lossyvision.cli import segmentation as seg
 
     cmd, args = {
         "train-expert": (train_expert, train_args(toy_master, tmp_path / "run")),
@@ -309,7 +309,7 @@ def test_device_cuda_without_cuda_is_one_line(toy_master, tmp_path, command):
 
 @pytest.mark.parametrize("content", [b"", b"root:x:0:0:root:/root:/bin/bash\n"])
 def test_files_that_are_not_checkpoints_are_one_line(toy_master, tmp_path, content):
-    from lossyvision.cli_segmentation import eval_segmentation, restore_shards
+    from lossyvision.cli.segmentation import eval_segmentation, restore_shards
 
     bad = tmp_path / "bad.pt"
     bad.write_bytes(content)
@@ -340,7 +340,7 @@ def test_files_that_are_not_checkpoints_are_one_line(toy_master, tmp_path, conte
     ("restore-shards", ["--variant", "a" * 120], "not a valid name"),  # its default out variant <variant>+restored is too long
 ])
 def test_limits_and_names_exit_2(toy_master, tmp_path, command, extra, expect):
-    from lossyvision import cli_segmentation as seg
+    from lossyvision.cli import segmentation as seg
 
     gen = tmp_path / "g.pt"
     cmd, args = {

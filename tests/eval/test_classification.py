@@ -8,7 +8,7 @@ from PIL import Image
 
 from ..train.classifier_shards import write_variant  # noqa: E402
 
-from lossyvision.cli_classifier import eval_classifier, eval_matrix  # noqa: E402
+from lossyvision.cli.classifier import eval_classifier, eval_matrix  # noqa: E402
 
 
 class ColourNet(torch.nn.Module):

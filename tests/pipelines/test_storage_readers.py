@@ -148,7 +148,7 @@ def test_restore_shards_reads_and_writes_s3(roots, s3_bucket, tmp_path):
 def test_classifier_trains_one_step_and_evaluates_from_s3(roots, tmp_path):
     from click.testing import CliRunner
 
-    from lossyvision.cli_classifier import eval_classifier
+    from lossyvision.cli.classifier import eval_classifier
     from lossyvision.train.classifier import TrainConfig, train
 
     torch.set_num_threads(1)

@@ -9,7 +9,7 @@ import torch
 from click.testing import CliRunner
 
 from .classifier_shards import make_dataset
-from lossyvision.cli_classifier import train_classifier, train_expert
+from lossyvision.cli.classifier import train_classifier, train_expert
 from lossyvision.train.classifier import TrainConfig, preset_config, train
 from lossyvision.train.models import WeightsUnavailable, create_model
 
@@ -146,7 +146,7 @@ def test_presets_follow_the_paper_and_offline_weights_fail_clearly(monkeypatch, 
 
 
 def test_universal_expert_trains_on_a_mixture_and_sits_in_the_matrix(tmp_path):
-    from lossyvision.cli_classifier import eval_matrix
+    from lossyvision.cli.classifier import eval_matrix
 
     toy2 = make_dataset(tmp_path / "shards", n_train=24, n_val=8, shard_size=8, variants=("jpeg-q10", "jpeg-q50"))
     runner = CliRunner()

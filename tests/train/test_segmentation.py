@@ -129,7 +129,7 @@ def test_cli_workflow_restore_then_ro_and_report(shards, tmp_path):
     """The paper-2 workflow through the console commands: GAN -> restore-shards -> RO -> eval."""
     from click.testing import CliRunner
 
-    from lossyvision.cli_segmentation import eval_segmentation, restore_shards, train_restoration, train_segmentation
+    from lossyvision.cli.segmentation import eval_segmentation, restore_shards, train_restoration, train_segmentation
 
     runner = CliRunner()
     gan = tmp_path / "gan"

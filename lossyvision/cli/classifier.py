@@ -13,8 +13,8 @@ from typing import Callable
 
 import click
 
-from lossyvision.cli_common import OneLineCommand, verbose_option  # noqa: F401 - cli_segmentation imports them from here
-from lossyvision.cli_common import user_errors as _common_user_errors
+from lossyvision.cli.common import OneLineCommand, verbose_option  # noqa: F401 - cli.segmentation imports them from here
+from lossyvision.cli.common import user_errors as _common_user_errors
 
 
 def _usage_errors() -> tuple[type, ...]:
@@ -291,7 +291,7 @@ def options_shards(kw: dict) -> str:
     return kw.pop("shards")
 
 
-# console-script entry points (setup.cfg: train-classifier = lossyvision.cli_classifier:train_classifier_main, ...)
+# console-script entry points (setup.cfg: train-classifier = lossyvision.cli.classifier:train_classifier_main, ...)
 train_classifier_main = train_classifier
 train_expert_main = train_expert
 eval_classifier_main = eval_classifier

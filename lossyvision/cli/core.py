@@ -14,28 +14,28 @@ from typing import Any, Callable
 
 import click
 
-from . import storage
-from .cli_common import OneLineCommand, OneLineGroup, setup_logging, user_errors, verbose_option
+from .. import storage
+from .common import OneLineCommand, OneLineGroup, setup_logging, user_errors, verbose_option
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 def _usage_errors() -> tuple[type, ...]:
-    from .codecs import CodecError
-    from .eval.rates import ResultsError
-    from .names import NameError_
-    from .pipelines.crops import CropError
-    from .pipelines.imageio import SourceError
-    from .pipelines.prepare import PrepareError
+    from ..codecs import CodecError
+    from ..eval.rates import ResultsError
+    from ..names import NameError_
+    from ..pipelines.crops import CropError
+    from ..pipelines.imageio import SourceError
+    from ..pipelines.prepare import PrepareError
 
     return (PrepareError, CodecError, CropError, SourceError, NameError_, ResultsError)
 
 
 def _failures() -> tuple[type, ...]:
-    from .pipelines.joblock import JobLockError
-    from .pipelines.prepare import OutputNotSharedError
-    from .pipelines.shards import ManifestError
-    from .storage import StorageError
+    from ..pipelines.joblock import JobLockError
+    from ..pipelines.prepare import OutputNotSharedError
+    from ..pipelines.shards import ManifestError
+    from ..storage import StorageError
 
     return (FileNotFoundError, StorageError, JobLockError, OutputNotSharedError, ManifestError)
 
@@ -69,7 +69,7 @@ def finite(what: str, text: str) -> float:
 
 
 def max_pixels_option(f: Callable) -> Callable:
-    from .pipelines.imageio import DEFAULT_MAX_PIXELS
+    from ..pipelines.imageio import DEFAULT_MAX_PIXELS
 
     return click.option("--max-pixels", type=click.IntRange(min=1), default=DEFAULT_MAX_PIXELS, show_default=True,
                         help="Images whose header holds more pixels (and crops or scales to more) are listed as failures "
@@ -98,7 +98,7 @@ def main(verbose: int) -> None:
 @verbose_option
 def codecs_cmd(as_json: bool) -> None:
     """List the codecs: name, what q means, its range, and the libraries behind it."""
-    from .codecs import get_codec_class, names
+    from ..codecs import get_codec_class, names
 
     rows = []
     for n in names():
@@ -114,7 +114,7 @@ def codecs_cmd(as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(rows, indent=1))
         return
-    from .reports.tables import markdown
+    from ..reports.tables import markdown
 
     for r in rows:
         r["versions"] = ", ".join(f"{k} {v}" for k, v in r["versions"].items())
@@ -138,10 +138,10 @@ def codecs_cmd(as_json: bool) -> None:
 def encode_cmd(image: str, codec_name: str, q: str | None, bpp: str | None, opts: tuple[str, ...], crop: str | None,
                output: str | None, decoded: str | None, as_json: bool, max_pixels: int) -> None:
     """Encode one IMAGE and print bytes, bpp, PSNR, SSIM, MS-SSIM and encode/decode time."""
-    from .codecs import create, png_encode
-    from .pipelines.crops import parse_crop
-    from .pipelines.imageio import read_rgb
-    from . import quality
+    from ..codecs import create, png_encode
+    from ..pipelines.crops import parse_crop
+    from ..pipelines.imageio import read_rgb
+    from .. import quality
 
     if q is not None and bpp is not None:
         raise click.UsageError("give --q or --bpp, not both")
@@ -191,7 +191,7 @@ def parse_opts(opts: tuple[str, ...]) -> dict[str, Any]:
 def parse_codec_settings(codecs: tuple[str, ...], qs: tuple[str, ...], bpps: tuple[str, ...], opts: tuple[str, ...]):
     """Pair each --codec with its --q list or --bpp list (by position), e.g.
     ``--codec jpeg --q 75,10,5 --codec j2k --q 200``; ``--codec-opt j2k.mct=false`` scopes options."""
-    from .pipelines.prepare import CodecSetting
+    from ..pipelines.prepare import CodecSetting
 
     if not codecs:
         if qs or bpps:
@@ -280,7 +280,7 @@ def _prepare(dataset: str, src: str | None, split: str | None, out: str, codecs:
              codec_opts: tuple, crop: str | None, shard_size: int | None, workers: int | None, address: str | None,
              break_lock: bool, executor: str | None, no_orig: bool, orig_format: str | None, store_decoded: bool | None, no_ms_ssim: bool,
              order: str | None, order_seed: int | None, limit: int | None, quiet: bool, max_pixels: int) -> None:
-    from .pipelines.prepare import PrepareConfig, prepare_shards as run
+    from ..pipelines.prepare import PrepareConfig, prepare_shards as run
 
     settings = parse_codec_settings(codecs, qs, bpps, codec_opts)
     cfg = PrepareConfig(dataset=dataset, out=out, src=src, split=split, codecs=settings,
@@ -313,7 +313,7 @@ def _prepare(dataset: str, src: str | None, split: str | None, out: str, codecs:
 @user_errors_prepare
 def rate_report(root: str, out: str | None, results: tuple[str, ...], no_plot: bool) -> None:
     """Per-variant rate table (paper 1 Table I columns + MS-SSIM, timings, failures) and RD plot."""
-    from .reports.rate_report import rate_report as run
+    from ..reports.rate_report import rate_report as run
 
     if not root.strip():
         raise click.UsageError("ROOT is empty; pass the --out of prepare-shards")
@@ -330,8 +330,8 @@ def _register_optional() -> None:
     """Commands of the training stages live in their own modules; register the ones present."""
     import importlib
 
-    for mod, names in (("lossyvision.cli_classifier", ("train_classifier", "train_expert", "eval_classifier", "eval_matrix")),
-                       ("lossyvision.cli_segmentation", ("train_restoration", "restore_shards", "train_segmentation", "eval_segmentation"))):
+    for mod, names in (("lossyvision.cli.classifier", ("train_classifier", "train_expert", "eval_classifier", "eval_matrix")),
+                       ("lossyvision.cli.segmentation", ("train_restoration", "restore_shards", "train_segmentation", "eval_segmentation"))):
         try:
             m = importlib.import_module(mod)
         except ImportError as e:
@@ -349,5 +349,3 @@ _register_optional()
 prepare_shards_main = prepare_shards
 rate_report_main = rate_report
 
-if __name__ == "__main__":
-    main()

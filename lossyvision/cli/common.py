@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 import click
 
-from .storage import StorageError
+from ..storage import StorageError
 
 # torch warns when --workers exceeds the CPUs it may use (4 DataLoader workers on a 2-CPU laptop); a
 # command's stderr is kept for its one error line, and more workers than CPUs is only slower.
@@ -58,7 +58,7 @@ def one_line(e: BaseException) -> str:
     else:
         msg = str(e)
         if "DataLoader worker process" in msg:  # only then: the stream module imports torch
-            from .pipelines.stream import worker_error_message
+            from ..pipelines.stream import worker_error_message
 
             msg = worker_error_message(e)
     lines = msg.strip().splitlines()
@@ -66,9 +66,9 @@ def one_line(e: BaseException) -> str:
 
 
 def _running_as_command() -> bool:
-    """True in a console script or ``python -m lossyvision.cli``, not when a notebook calls the command."""
+    """True in a console script or ``python -m lossyvision[.cli]``, not when a notebook calls the command."""
     prog = os.path.basename(sys.argv[0]) if sys.argv else ""
-    return prog == "cli.py" and "lossyvision" in sys.argv[0] or prog in _COMMANDS
+    return prog == "__main__.py" and "lossyvision" in sys.argv[0] or prog in _COMMANDS
 
 
 _COMMANDS = {"lossyvision", "prepare-shards", "rate-report", "train-classifier", "train-expert", "eval-classifier", "eval-matrix",

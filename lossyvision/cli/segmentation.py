@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import click
 
-from lossyvision.cli_classifier import (POSITIVE_FLOAT, OneLineCommand, device_value as _device_cb, max_pixels_option,
+from lossyvision.cli.classifier import (POSITIVE_FLOAT, OneLineCommand, device_value as _device_cb, max_pixels_option,
                                         name_value, out_value, positive, user_errors as _user_errors, verbose_option)
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
