@@ -12,12 +12,14 @@ BENCH_ARGS ?=
 $(STAMP): setup.cfg pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	# torch/torchvision pinned first so nothing below can pull another build.
+	# torch/torchvision pinned here only (setup.cfg has ranges), first and again beside every extra, so
+	# nothing below can pull another build.
 	$(BIN)/python -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(BIN)/python -m pip install -q -e '.[test,msh,s3]'
+	$(BIN)/python -m pip install -q -e '.[all,test]' torch==2.14.1 torchvision==0.29.1
 	# CompressAI 1.2.8's wheel declares numpy<2, although mbt2018_mean and its entropy coder run on
-	# numpy 2 (tests/codecs/test_msh.py). Honouring the pin makes pip fall back to building an old sdist
-	# (minutes, with a second torch in the build env), so its dependencies come from the msh extra instead.
+	# numpy 2 (tests/codecs/test_msh.py). Honouring the pin downgrades numpy and opencv, or on Python 3.13+
+	# builds both from old sdists, so its dependencies come from the msh extra instead. `pip check` then
+	# reports that one line (tests/test_packaging.py allows exactly it).
 	$(BIN)/python -m pip install -q --no-deps compressai==1.2.8
 	touch $(STAMP)
 
@@ -28,7 +30,7 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/lossyvision codecs
 	$(BIN)/lossyvision prepare-shards --dataset samples --out $(DEMO_OUT) --shard-size 6 \
-		--codec jpeg --q 75,10,5 --codec j2k --q 75,200,400 --codec bpg --q 41,46,51
+		--codec jpeg --quality 75,10,5 --codec j2k --quality 75,200,400 --codec bpg --quality 41,46,51
 	$(BIN)/lossyvision rate-report $(DEMO_OUT)
 
 test: $(STAMP)

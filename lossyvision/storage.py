@@ -27,7 +27,7 @@ from typing import IO, Any, Callable, Iterator
 
 __all__ = [
     "is_remote", "local_path", "join", "exists", "isfile", "isdir", "listdir", "walk_files", "read_bytes",
-    "read_text", "open_read", "write_atomic", "write_bytes_atomic", "stat", "makedirs", "sha256", "set_options",
+    "read_text", "open_read", "write_atomic", "write_bytes_atomic", "remove", "stat", "makedirs", "sha256", "set_options",
     "StorageError", "FileStat", "temp_suffix", "HashingWriter", "AtomicWriter", "as_storage_error",
 ]
 
@@ -58,10 +58,21 @@ def local_path(path: str) -> str:
     return p
 
 
+#: The extra that installs the fsspec backend of a protocol.
+BACKEND_EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
+
+
 def _fs(url: str):
     import fsspec
 
-    fs, path = fsspec.core.url_to_fs(url)
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+    except ImportError as e:  # fsspec's own text ("Install s3fs to access S3") names no extra
+        from .extras import MissingExtra, install_hint
+
+        proto = url.split("://", 1)[0]
+        hint = install_hint(BACKEND_EXTRAS[proto]) if proto in BACKEND_EXTRAS else "install the fsspec backend for it"
+        raise MissingExtra(f"{url}: no filesystem for '{proto}://' ({e}); {hint}", name=e.name) from e
     return fs, path
 
 
@@ -386,6 +397,20 @@ def write_atomic(path: str, write: Callable[[IO[bytes]], Any]) -> Any:
 
 def write_bytes_atomic(path: str, data: bytes) -> None:
     write_atomic(path, lambda f: f.write(data))
+
+
+def remove(path: str) -> None:
+    """Delete one file (local or URL); a file that is already gone is not an error."""
+    try:
+        if is_remote(path):
+            fs, p = _fs(path)
+            fs.rm_file(p)
+        else:
+            os.unlink(local_path(path))
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        raise _storage_error(e, path) from e
 
 
 def _blocks(f: IO[bytes], size: int = 1 << 20) -> Iterator[bytes]:

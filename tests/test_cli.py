@@ -23,7 +23,7 @@ def test_encode_one_image(photo, tmp_path):
     src = tmp_path / "p.png"
     Image.fromarray(photo).save(src)
     out = tmp_path / "p.hevc"
-    r = CliRunner().invoke(main, ["encode", str(src), "--codec", "bpg", "--q", "41", "-o", str(out), "--json"])
+    r = CliRunner().invoke(main, ["encode", str(src), "--codec", "bpg", "--quality", "41", "-o", str(out), "--json"])
     assert r.exit_code == 0, r.output
     st = json.loads(r.output)
     assert st["bytes"] == out.stat().st_size and st["spec"] == "bpg-qp41" and st["psnr"] > 20
@@ -35,9 +35,9 @@ def test_encode_one_image(photo, tmp_path):
 def test_encode_user_errors(photo, tmp_path):
     src = tmp_path / "p.png"
     Image.fromarray(np.ascontiguousarray(photo[:101, :101])).save(src)
-    r = CliRunner().invoke(main, ["encode", str(src), "--codec", "hevc", "--q", "60"])
+    r = CliRunner().invoke(main, ["encode", str(src), "--codec", "hevc", "--quality", "60"])
     assert r.exit_code == 2 and "out of range" in r.output and "Traceback" not in r.output
-    r = CliRunner().invoke(main, ["encode", str(src), "--codec", "hevc", "--q", "30"])  # odd size: padded, cropped back
+    r = CliRunner().invoke(main, ["encode", str(src), "--codec", "hevc", "--quality", "30"])  # odd size: padded, cropped back
     assert r.exit_code == 0, r.output
-    r = CliRunner().invoke(main, ["encode", str(tmp_path / "missing.png"), "--codec", "jpeg", "--q", "30"])
+    r = CliRunner().invoke(main, ["encode", str(tmp_path / "missing.png"), "--codec", "jpeg", "--quality", "30"])
     assert r.exit_code == 2 and "does not exist" in r.output

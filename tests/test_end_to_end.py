@@ -16,7 +16,7 @@ def test_prepare_train_eval_report(imagenet_root, tmp_path):
     out = str(tmp_path / "shards")
     for split in ("train", "val"):
         r = run.invoke(main, ["prepare-shards", "--dataset", "imagenet", "--src", imagenet_root, "--split", split,
-                              "--out", out, "--codec", "jpeg", "--q", "10", "--crop", "resize72-center64",
+                              "--out", out, "--codec", "jpeg", "--quality", "10", "--crop", "resize72-center64",
                               "--shard-size", "4", "--executor", "local", "--quiet"])
         assert r.exit_code == 0, r.output
     runs = str(tmp_path / "run")
@@ -25,15 +25,15 @@ def test_prepare_train_eval_report(imagenet_root, tmp_path):
     assert r.exit_code == 0, r.output
     assert os.path.isfile(os.path.join(runs, "best.pt")) or os.path.isfile(os.path.join(runs, "last.pt"))
     ckpt = os.path.join(runs, "best.pt") if os.path.isfile(os.path.join(runs, "best.pt")) else os.path.join(runs, "last.pt")
-    res = str(tmp_path / "acc.json")
-    r = run.invoke(main, ["eval-classifier", "--model", ckpt, "--shards", os.path.join(out, "imagenet", "val"),
-                          "--variant", "orig", "--variant", "jpeg-q10", "--json", res, "--workers", "0", "--device", "cpu", "--quiet"])
+    res = str(tmp_path / "acc" / "results.json")
+    r = run.invoke(main, ["eval-classifier", "--model", ckpt, "--shards", os.path.join(out, "imagenet"),
+                          "--variant", "orig", "--variant", "jpeg-q10", "--out", str(tmp_path / "acc"), "--workers", "0", "--device", "cpu", "--quiet"])
     assert r.exit_code == 0, r.output
     rows = json.load(open(res))
     rows = rows["results"]
-    assert {x["variant"] for x in rows} == {"orig", "jpeg-q10"} and all(0 <= x["top1"] <= 1 for x in rows)
+    assert {x["variant"] for x in rows} == {"orig", "jpeg-q10"} and all(0 <= x["top1_pct"] <= 100 for x in rows)
     r = run.invoke(main, ["rate-report", os.path.join(out, "imagenet", "val"), "--results", res])
     assert r.exit_code == 0, r.output
     df = pd.read_csv(os.path.join(out, "imagenet", "val", "report", "rates.csv"))
-    assert "top1" in df.columns and df.set_index("variant").loc["jpeg-q10", "top1"] >= 0
+    assert "top1_pct" in df.columns and df.set_index("variant").loc["jpeg-q10", "top1_pct"] >= 0
     assert os.path.isfile(os.path.join(out, "imagenet", "val", "report", "rate_accuracy.png"))

@@ -51,12 +51,12 @@ def rewrite_shard(vdir: Path, name: str, edit, update_manifest: bool = True) -> 
         for s in samples:
             w.write(s)
     if update_manifest:
-        m = json.loads((vdir / "manifest.json").read_text())
+        m = json.loads((vdir / "_manifest.json").read_text())
         data = path.read_bytes()
         for e in m["shards"]:
             if e["name"] == name:
                 e["size"], e["sha256"] = len(data), hashlib.sha256(data).hexdigest()
-        (vdir / "manifest.json").write_text(json.dumps(m))
+        (vdir / "_manifest.json").write_text(json.dumps(m))
 
 
 def edit_key(key: str, **members):
@@ -78,7 +78,7 @@ def jpeg(a: np.ndarray) -> bytes:
 
 
 def eval_args(toy: Path, *extra: str, workers: str | None = "2") -> list[str]:
-    args = ["--model", "small_cnn", "--shards", str(toy / "val"), "--variant", "jpeg-q10", "--device", "cpu",
+    args = ["--model", "small_cnn", "--shards", str(toy), "--split", "val", "--variant", "jpeg-q10", "--device", "cpu",
             "--batch-size", "4", "--quiet", *extra]
     return args + (["--workers", workers] if workers is not None else [])
 
@@ -123,9 +123,9 @@ def test_bad_cls_is_an_error_naming_shard_and_key(toy, cls, expect):
 def test_label_beyond_the_models_outputs_is_an_error_not_a_miss(toy):
     # a manifest without classes: the model's 10 outputs are the bound
     vdir = toy / "val" / "jpeg-q10"
-    m = json.loads((vdir / "manifest.json").read_text())
+    m = json.loads((vdir / "_manifest.json").read_text())
     m["classes"] = None
-    (vdir / "manifest.json").write_text(json.dumps(m))
+    (vdir / "_manifest.json").write_text(json.dumps(m))
     key = first_key(vdir)
     rewrite_shard(vdir, "shard-000000.tar", edit_key(key, cls=b"999"))
     line = one_line_error(CliRunner().invoke(eval_classifier, eval_args(toy)))
@@ -150,9 +150,9 @@ def test_wrong_size_images_name_shard_and_key(toy):
 @pytest.mark.parametrize("text,expect", [("[1, 2]", "not a lossyvision manifest (a JSON list"),
                                          ("{not json", "not valid JSON")])
 def test_manifest_that_is_a_list_or_not_json_is_one_line(toy, text, expect):
-    (toy / "val" / "jpeg-q10" / "manifest.json").write_text(text)
+    (toy / "val" / "jpeg-q10" / "_manifest.json").write_text(text)
     line = one_line_error(CliRunner().invoke(eval_classifier, eval_args(toy)))
-    assert expect in line and str(toy / "val" / "jpeg-q10" / "manifest.json") in line
+    assert expect in line and str(toy / "val" / "jpeg-q10" / "_manifest.json") in line
 
 
 def test_segmentation_worker_error_keeps_the_shard_name(tmp_path):
@@ -165,10 +165,10 @@ def test_segmentation_worker_error_keeps_the_shard_name(tmp_path):
     vdir = shards / "train" / "jpeg-q10"
     key = first_key(vdir)
     rewrite_shard(vdir, "shard-000000.tar", edit_key(key, jpg=b"not a jpeg"), update_manifest=False)
-    res = CliRunner().invoke(train_segmentation, ["--shards", str(shards), "--train-variant", "jpeg-q10", "--no-eval",
+    res = CliRunner().invoke(train_segmentation, ["--shards", str(shards), "--variant", "jpeg-q10", "--no-eval",
                                                   "--out", str(tmp_path / "seg"), "--encoder", "resnet18",
                                                   "--crop-size", "32", "--batch-size", "2", "--steps", "1",
-                                                  "--num-workers", "2", "--device", "cpu", "-q"])
+                                                  "--workers", "2", "--device", "cpu", "-q"])
     line = one_line_error(res)
     assert "shard-000000.tar" in line and repr(key) in line and "Caught" not in line
 
@@ -255,9 +255,9 @@ def test_pixel_bomb_in_a_shard_is_refused_before_decoding(toy):
 def test_max_pixels_option_applies_to_the_loaders(toy):
     line = one_line_error(CliRunner().invoke(eval_classifier, eval_args(toy, "--max-pixels", "100")))
     assert "32x32 = 1024 pixels is over --max-pixels 100" in line
-    res = CliRunner().invoke(eval_classifier, eval_args(toy, "--max-pixels", "1024", "--max-samples", "5"))
+    res = CliRunner().invoke(eval_classifier, eval_args(toy, "--max-pixels", "1024", "--limit", "5"))
     assert res.exit_code == 0, res.output
-    assert "| 5 |" in res.output  # --max-samples is exact, not rounded up to a batch
+    assert "| 5 |" in res.output  # --limit is exact, not rounded up to a batch
 
 
 def test_bitstreams_pillow_cannot_read_are_checked_from_their_json():
@@ -322,20 +322,20 @@ def test_files_that_are_not_checkpoints_are_one_line(toy_master, tmp_path, conte
     assert f"--generator {bad} is not a PyTorch checkpoint" in one_line_error(res, 2)
     assert not (toy_master / "val" / "jpeg-q10+restored").exists()
     res = CliRunner().invoke(eval_segmentation, ["--checkpoint", str(bad), "--shards", str(toy_master),
-                                                 "--test-variant", "orig", "--out", str(tmp_path / "e"), "-q"])
+                                                 "--variant", "orig", "--out", str(tmp_path / "e"), "-q"])
     assert f"--checkpoint {bad} is not a PyTorch checkpoint" in one_line_error(res, 2)
     assert "Aborted" not in res.output
 
 
 @pytest.mark.parametrize("command,extra,expect", [
-    ("eval-classifier", ["--max-samples", "0"], "--max-samples"),
-    ("eval-classifier", ["--max-samples", "-1"], "--max-samples"),
-    ("eval-matrix", ["--max-samples", "0"], "--max-samples"),
-    ("train-restoration", ["--max-images", "0"], "--max-images"),
+    ("eval-classifier", ["--limit", "0"], "--limit"),
+    ("eval-classifier", ["--limit", "-1"], "--limit"),
+    ("eval-matrix", ["--limit", "0"], "--limit"),
+    ("train-restoration", ["--limit", "0"], "--limit"),
     ("train-restoration", ["--steps", "0"], "--steps"),
-    ("train-segmentation", ["--max-eval-images", "-1"], "--max-eval-images"),
-    ("train-segmentation", ["--train-variant", "../../etc"], "not a valid name"),
-    ("eval-segmentation", ["--max-images", "0"], "--max-images"),
+    ("train-segmentation", ["--val-limit", "-1"], "--val-limit"),
+    ("train-segmentation", ["--variant", "../../etc"], "not a valid name"),
+    ("eval-segmentation", ["--limit", "0"], "--limit"),
     ("restore-shards", ["--out-variant", "../x"], "not a valid name"),
     ("restore-shards", ["--variant", "a" * 120], "not a valid name"),  # its default out variant <variant>+restored is too long
 ])
@@ -345,7 +345,7 @@ def test_limits_and_names_exit_2(toy_master, tmp_path, command, extra, expect):
     gen = tmp_path / "g.pt"
     cmd, args = {
         "eval-classifier": (eval_classifier, eval_args(toy_master)),
-        "eval-matrix": (eval_matrix, ["--model", "a=small_cnn", "--shards", str(toy_master / "val"), "--variant",
+        "eval-matrix": (eval_matrix, ["--model", "a=small_cnn", "--shards", str(toy_master), "--variant",
                                       "jpeg-q10", "--out", str(tmp_path / "m"), "--device", "cpu"]),
         "train-restoration": (seg.train_restoration, ["--shards", str(toy_master), "--variant", "jpeg-q10",
                                                       "--out", str(tmp_path / "r"), "--device", "cpu"]),
@@ -417,10 +417,10 @@ def test_rate_report_library_errors_name_the_file(toy, tmp_path):
     a_file.write_text("")
     with pytest.raises(OSError, match="pass a writable --out"):
         rate_report(str(toy), out=str(a_file), plot=False)
-    m = json.loads((toy / "val" / "orig" / "manifest.json").read_text())
+    m = json.loads((toy / "val" / "orig" / "_manifest.json").read_text())
     del m["dataset"]
-    (toy / "val" / "orig" / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(ValueError, match=r"orig/manifest.json: not a complete lossyvision manifest"):
+    (toy / "val" / "orig" / "_manifest.json").write_text(json.dumps(m))
+    with pytest.raises(ValueError, match=r"orig/_manifest.json: not a complete lossyvision manifest"):
         rate_report(str(toy), out=str(tmp_path / "rep"), plot=False)
 
 

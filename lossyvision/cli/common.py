@@ -1,10 +1,14 @@
-"""What every command shares: -v/-vv, and errors on one line.
+"""What every command shares: -v/-vv/-q logging, old option spellings, and errors on one line.
 
 click prints a usage error as four lines (usage, a hint, a blank line, the error); the command
 classes here print it as the one line ``Error: <what to change>`` (exit code 2 still), for the
 option parser's own errors and for those a command raises. ``--help`` still shows the usage.
 :func:`user_errors` turns every other exception into one line too: exit 2 for a bad option or input,
 1 for a failure while running; ``-vv`` logs the traceback first.
+
+An option's other spellings (its ``old`` and ``aliases`` attributes, see options.py) are rewritten
+to its own before parsing; each deprecated one used prints one line on stderr,
+``warning: --old is deprecated; use --new``.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from typing import Any, Callable
 
 import click
 
+from ..extras import MissingExtra
 from ..storage import StorageError
 
 # torch warns when --workers exceeds the CPUs it may use (4 DataLoader workers on a 2-CPU laptop); a
@@ -27,17 +32,41 @@ warnings.filterwarnings("ignore", message=r"This DataLoader will create \d+ work
 log = logging.getLogger("lossyvision")
 
 
-def setup_logging(verbose: int) -> None:
-    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True)
+VERBOSE_KEY = "lossyvision.verbose"
+QUIET_KEY = "lossyvision.quiet"
+FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+class _Stderr(logging.StreamHandler):
+    """Writes to the sys.stderr of the moment (a test runner or a notebook may swap it)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:
+        pass
+
+
+def setup_logging(verbose: int, quiet: bool = False, default: int = logging.WARNING) -> None:
+    """One logging set-up for ``lossyvision CMD`` and the standalone ``CMD``: -vv debug, -v info,
+    -q warnings only, else ``default``; lines go to stderr."""
+    level = logging.DEBUG if verbose >= 2 else logging.INFO if verbose == 1 else logging.WARNING if quiet else default
+    root = logging.getLogger()
+    for h in [h for h in root.handlers if isinstance(h, _Stderr)]:
+        root.removeHandler(h)
+    h = _Stderr()
+    h.setFormatter(logging.Formatter(FORMAT))
+    root.addHandler(h)
+    root.setLevel(level)
 
 
 def verbose_option(f: Callable) -> Callable:
-    """-v / -vv on every command (standalone scripts have no group to carry it)."""
+    """-v / -vv (kept for code outside the CLI package; its commands use options.verbose_option)."""
 
     def cb(ctx: click.Context, param: click.Parameter, value: int) -> int:
-        if value:
-            setup_logging(value)
+        ctx.meta[VERBOSE_KEY] = max(value or 0, ctx.meta.get(VERBOSE_KEY, 0))
         return value
 
     return click.option("-v", "--verbose", count=True, expose_value=False, callback=cb,
@@ -109,7 +138,7 @@ def user_errors(usage: Callable[[], tuple[type, ...]], failure: Callable[[], tup
                 e.__traceback__ = None
                 if isinstance(e, usage()):
                     raise click.UsageError(msg) from None
-                if isinstance(e, failure()) or isinstance(e, (OSError, ValueError)):
+                if isinstance(e, failure()) or isinstance(e, (OSError, ValueError, MissingExtra)):
                     raise click.ClickException(msg) from None
                 if isinstance(e, MemoryError):
                     raise click.ClickException(f"out of memory; {memory_hint}") from None
@@ -120,8 +149,68 @@ def user_errors(usage: Callable[[], tuple[type, ...]], failure: Callable[[], tup
     return deco
 
 
+def spelling_map(params: list[click.Parameter]) -> dict[str, tuple[str, str | None]]:
+    """other spelling -> (the option's first long spelling, the deprecation warning or None)."""
+    out: dict[str, tuple[str, str | None]] = {}
+    for p in params:
+        longs = [x for x in p.opts if x.startswith("--")]
+        for o in getattr(p, "old", ()):
+            out[o] = (longs[0], f"warning: {o} is deprecated; use {'/'.join(p.opts)}")
+        for o in getattr(p, "aliases", ()):
+            out[o] = (longs[0], None)
+    return out
+
+
+def refuse_old_values(params: list[click.Parameter], args: list[str]) -> None:
+    """A switch that used to take a value (``--json FILE``): its own one-line error, not click's
+    "unexpected extra argument". Only for commands without arguments, where a bare word after the
+    switch can only be such a value."""
+    if any(isinstance(p, click.Argument) for p in params):
+        return
+    hints = {o: p.was_value for p in params if getattr(p, "was_value", None) for o in p.opts}
+    for i, a in enumerate(args):
+        if a == "--":
+            return
+        name, eq, _ = a.partition("=")
+        if name in hints and (eq or (i + 1 < len(args) and not args[i + 1].startswith("-"))):
+            raise click.UsageError(hints[name])
+
+
+def rewrite_spellings(params: list[click.Parameter], args: list[str]) -> list[str]:
+    """Other spellings (``--old V``, ``--old=V``) become the option's own; one warning line per
+    deprecated spelling used."""
+    table = spelling_map(params)
+    out: list[str] = []
+    warned: set[str] = set()
+    for i, a in enumerate(args):
+        if a == "--":
+            out.extend(args[i:])
+            break
+        name, eq, value = a.partition("=")
+        if name in table:
+            new, warning = table[name]
+            if warning and name not in warned:
+                click.echo(warning, err=True)
+                warned.add(name)
+            a = new + eq + value
+        out.append(a)
+    refuse_old_values(params, out)
+    return out
+
+
 class _OneLine:
-    """Usage errors without click's usage preamble (see the module docstring)."""
+    """Usage errors without click's usage preamble (see the module docstring), old spellings
+    rewritten, and logging set up (the group's -v/-q count for its command) before the command runs."""
+
+    log_level = logging.WARNING
+
+    def __init__(self, *args: Any, log_level: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        if log_level is not None:
+            self.log_level = log_level
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        return super().parse_args(ctx, rewrite_spellings(self.params, list(args)))  # type: ignore[misc]
 
     def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
         try:
@@ -131,6 +220,7 @@ class _OneLine:
             raise
 
     def invoke(self, ctx: click.Context) -> Any:
+        setup_logging(ctx.meta.get(VERBOSE_KEY, 0), ctx.meta.get(QUIET_KEY, False), self.log_level)
         try:
             return super().invoke(ctx)  # type: ignore[misc]
         except click.UsageError as e:  # a command's own, and (for a group) its subcommands' parse errors

@@ -31,6 +31,7 @@ import zlib
 
 import numpy as np
 
+from ..extras import COMPRESSAI_INSTALL
 from .base import Codec, CodecError
 from .registry import register_codec
 
@@ -38,7 +39,7 @@ _MAGIC = b"MS"
 _HEADER = struct.Struct(">2sBHHII")
 _MODELS: dict = {}
 WEIGHTS_HINT = ("pass a local state dict of mbt2018_mean at that quality: prepare-shards --codec-opt msh.weights=PATH, "
-                "encode --opt weights=PATH")
+                "encode --codec-opt weights=PATH")
 _LOCK = threading.Lock()
 
 
@@ -63,7 +64,7 @@ def load_model(quality: int, weights: str | None, device: str):
                 warnings.simplefilter("ignore", FutureWarning)
                 from compressai.zoo import mbt2018_mean
         except ImportError as e:
-            raise CodecError(f"codec 'msh' needs CompressAI ({e}); install it with 'make install-msh' or see the README") from e
+            raise CodecError(f"codec 'msh' needs CompressAI ({e}): {COMPRESSAI_INSTALL}") from e
         if weights in (None, "", "zoo"):
             try:
                 # torch.hub writes 'Downloading: ...' to stdout whatever progress says: kept out of the commands' output

@@ -1,5 +1,8 @@
 """Top-1/top-5 accuracy of a classifier on shard variants, and the train-on-A / test-on-B matrix.
 
+Accuracies are percent everywhere (``top1_pct``, ``top5_pct``: 70.0 means 70 %), in the returned
+rows, the JSON/CSV/Markdown files and the heatmap.
+
 Models receive float tensors normalised with `mean`/`std` (ImageNet's by default) on the device,
 so any TorchScript file that expects torchvision's preprocessing can be evaluated as it is.
 """
@@ -12,6 +15,7 @@ import logging
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
 
 import torch
 from torch import nn
@@ -20,6 +24,9 @@ from lossyvision.names import check_name
 from lossyvision.pipelines.imageio import DEFAULT_MAX_PIXELS
 from lossyvision.pipelines.stream import (IMAGENET_MEAN, IMAGENET_STD, ShardError, ShardStream, check_limits,
                                           make_loader, read_variant, resolve_device, to_device, variant_dir)
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +44,8 @@ class EvalConfig:
     std: tuple[float, float, float] = IMAGENET_STD
     max_samples: int | None = None
     amp: bool | None = None                  # None: bf16 autocast on CUDA
-    progress: bool = False
+    progress: bool = True                    # False: no progress bar (the older spelling of quiet=True)
+    quiet: bool = False                      # no progress bar (it is off anyway when stderr is not a terminal)
     max_pixels: int = DEFAULT_MAX_PIXELS     # images in shards over this many pixels are refused before decoding
 
     def __post_init__(self) -> None:
@@ -53,41 +61,43 @@ class EvalConfig:
 def accuracy(model: nn.Module, vdir: str | os.PathLike, *, device: torch.device | str = "cpu", batch_size: int = 128,
              workers: int = 0, mean=IMAGENET_MEAN, std=IMAGENET_STD, max_samples: int | None = None,
              amp: bool = False, progress: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
-    """Top-1/top-5 (fractions) of `model` on one variant folder (its first `max_samples` samples), plus
-    its mean rate from the manifest."""
-    from tqdm import tqdm
+    """Top-1/top-5 (percent) of `model` on one variant folder (its first `max_samples` samples), plus
+    its mean rate from the manifest. `progress`: a bar over the batches when stderr is a terminal."""
+    from lossyvision.progress import progress as progress_bar
+
     check_limits(batch_size=batch_size, max_samples=max_samples, max_pixels=max_pixels)
     dev = torch.device(device)
     info = read_variant(vdir)
     ds = ShardStream(vdir, shuffle=False, rank=0, world_size=1, max_pixels=max_pixels)
     loader = make_loader(ds, batch_size, workers, pin_memory=dev.type == "cuda")
     correct1 = correct5 = n = 0
-    for xt, y, keys in tqdm(loader, desc=f"eval {info.variant}", disable=not progress,
-                            total=len(loader)):
-        if max_samples is not None:
-            if n >= max_samples:
-                break
-            xt, y, keys = xt[:max_samples - n], y[:max_samples - n], keys[:max_samples - n]
-        if not torch.is_tensor(y) or y.dim() != 1:
-            raise ValueError(f"{vdir}: samples carry no class labels (task {info.task!r})")
-        if (y < 0).any():
-            raise ValueError(f"{vdir}: samples carry no class labels (no .cls members)")
-        y = y.to(dev)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-            logits = model(to_device(xt, dev, mean, std)).float()
-        if (y >= logits.shape[1]).any():
-            i = int((y >= logits.shape[1]).nonzero()[0])
-            raise ShardError(f"{vdir}: sample {keys[i]!r} has class {int(y[i])} but the model has "
-                             f"{logits.shape[1]} outputs; evaluate it on shards of its own classes")
-        k = min(5, logits.shape[1])
-        top = logits.topk(k, dim=1).indices
-        hit = top == y[:, None]
-        correct1 += hit[:, 0].sum().item()
-        correct5 += hit.any(dim=1).sum().item()
-        n += y.shape[0]
+    total = len(loader) if max_samples is None else min(len(loader), -(-max_samples // batch_size))
+    with progress_bar(loader, total=total, desc=f"eval {info.variant}", quiet=not progress) as bar:
+        for xt, y, keys in bar:
+            if max_samples is not None:
+                if n >= max_samples:
+                    break
+                xt, y, keys = xt[:max_samples - n], y[:max_samples - n], keys[:max_samples - n]
+            if not torch.is_tensor(y) or y.dim() != 1:
+                raise ValueError(f"{vdir}: samples carry no class labels (task {info.task!r})")
+            if (y < 0).any():
+                raise ValueError(f"{vdir}: samples carry no class labels (no .cls members)")
+            y = y.to(dev)
+            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
+                logits = model(to_device(xt, dev, mean, std)).float()
+            if (y >= logits.shape[1]).any():
+                i = int((y >= logits.shape[1]).nonzero()[0])
+                raise ShardError(f"{vdir}: sample {keys[i]!r} has class {int(y[i])} but the model has "
+                                 f"{logits.shape[1]} outputs; evaluate it on shards of its own classes")
+            k = min(5, logits.shape[1])
+            top = logits.topk(k, dim=1).indices
+            hit = top == y[:, None]
+            correct1 += hit[:, 0].sum().item()
+            correct5 += hit.any(dim=1).sum().item()
+            n += y.shape[0]
     means = info.manifest.get("means", {}) or {}
     return {"variant": info.variant, "spec": info.spec, "samples": n,
-            "top1": correct1 / max(n, 1), "top5": correct5 / max(n, 1),
+            "top1_pct": 100.0 * correct1 / max(n, 1), "top5_pct": 100.0 * correct5 / max(n, 1),
             "bpp": means.get("bpp"), "bytes": means.get("bytes"), "psnr": means.get("psnr"),
             "ssim": means.get("ssim")}
 
@@ -101,10 +111,11 @@ def evaluate(cfg: EvalConfig) -> list[dict]:
     rows = []
     for v in cfg.variants:
         r = accuracy(model, variant_dir(cfg.shards, v), device=dev, batch_size=cfg.batch_size, workers=cfg.workers,
-                     mean=cfg.mean, std=cfg.std, max_samples=cfg.max_samples, amp=amp, progress=cfg.progress,
-                     max_pixels=cfg.max_pixels)
+                     mean=cfg.mean, std=cfg.std, max_samples=cfg.max_samples, amp=amp,
+                     progress=cfg.progress and not cfg.quiet, max_pixels=cfg.max_pixels)
         rows.append({"model": cfg.model, **r})
-        log.info("%s on %s: top-1 %.4f top-5 %.4f (%d samples)", cfg.model, v, r["top1"], r["top5"], r["samples"])
+        log.info("%s on %s: top-1 %.2f %% top-5 %.2f %% (%d samples)", cfg.model, v, r["top1_pct"], r["top5_pct"],
+                 r["samples"])
     return rows
 
 
@@ -113,7 +124,7 @@ def markdown_table(rows: list[dict]) -> str:
     lines = ["| model | variant | bpp | top-1 (%) | top-5 (%) | samples |", "| --- | --- | ---: | ---: | ---: | ---: |"]
     for r in rows:
         bpp = f"{r['bpp']:.3f}" if r.get("bpp") is not None else "-"
-        lines.append(f"| {r['model']} | {r['variant']} | {bpp} | {100 * r['top1']:.2f} | {100 * r['top5']:.2f} "
+        lines.append(f"| {r['model']} | {r['variant']} | {bpp} | {r['top1_pct']:.2f} | {r['top5_pct']:.2f} "
                      f"| {r['samples']} |")
     return "\n".join(lines) + "\n"
 
@@ -137,12 +148,12 @@ def write_results(rows: list[dict], json_path: str | Path | None = None, csv_pat
 
 @dataclass
 class MatrixResult:
-    """top1[i][j]: model i (trained on A) evaluated on variant j (B)."""
+    """top1_pct[i][j]: top-1 (percent) of model i (trained on A) evaluated on variant j (B)."""
 
     models: list[str]
     variants: list[str]
-    top1: list[list[float]]
-    top5: list[list[float]]
+    top1_pct: list[list[float]]
+    top5_pct: list[list[float]]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -159,41 +170,55 @@ def eval_matrix(models: dict[str, str], shards: str, variants: list[str], **accu
         r1, r5 = [], []
         for v in variants:
             r = accuracy(model, variant_dir(shards, v), device=device, **accuracy_kwargs)
-            r1.append(r["top1"])
-            r5.append(r["top5"])
-            log.info("%s on %s: top-1 %.4f", label, v, r["top1"])
+            r1.append(r["top1_pct"])
+            r5.append(r["top5_pct"])
+            log.info("%s on %s: top-1 %.2f %%", label, v, r["top1_pct"])
         top1.append(r1)
         top5.append(r5)
     return MatrixResult(list(models), list(variants), top1, top5)
 
 
 def matrix_markdown(m: MatrixResult) -> str:
-    head = "| trained on \\ tested on | " + " | ".join(m.variants) + " |"
+    head = "| top-1 (%): trained on \\ tested on | " + " | ".join(m.variants) + " |"
     sep = "| --- |" + " ---: |" * len(m.variants)
-    rows = [f"| {name} | " + " | ".join(f"{100 * a:.2f}" for a in accs) + " |" for name, accs in zip(m.models, m.top1)]
+    rows = [f"| {name} | " + " | ".join(f"{a:.2f}" for a in accs) + " |" for name, accs in zip(m.models, m.top1_pct)]
     return "\n".join([head, sep, *rows]) + "\n"
 
 
-def plot_matrix(m: MatrixResult, path: str | Path, title: str = "top-1 accuracy (%)") -> None:
-    """Heatmap PNG: rows = training variant/model, columns = test variant, cells = top-1 %."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def matrix_figure(m: MatrixResult, title: str = "top-1 accuracy (%)") -> Figure:
+    """The heatmap figure: rows = training variant/model, columns = test variant, cells = top-1 %.
+
+    The colour scale is always 0..100 %: a scale fitted to the data would turn equal accuracies
+    (all 0 %, say) into a -0.1..0.1 bar that suggests differences that are not there."""
     import numpy as np
-    a = 100 * np.array(m.top1)
-    fig, ax = plt.subplots(figsize=(1.1 * len(m.variants) + 2.5, 0.6 * len(m.models) + 1.8))
-    im = ax.imshow(a, cmap="viridis", vmin=0, vmax=100 if a.max() > 1 else None, aspect="auto")
+
+    from .figures import pyplot
+
+    plt = pyplot()
+    a = np.array(m.top1_pct, dtype=float).reshape(len(m.models), len(m.variants))
+    fig, ax = plt.subplots(figsize=(1.1 * len(m.variants) + 2.8, 0.6 * len(m.models) + 2.0))
+    im = ax.imshow(a, cmap="viridis", vmin=0, vmax=100, aspect="auto")
     ax.set_xticks(range(len(m.variants)), m.variants, rotation=45, ha="right")
     ax.set_yticks(range(len(m.models)), m.models)
-    ax.set_xlabel("tested on")
-    ax.set_ylabel("trained on")
+    ax.set_xlabel("tested on (variant)")
+    ax.set_ylabel("trained on (model)")
     for i in range(a.shape[0]):
         for j in range(a.shape[1]):
             ax.text(j, i, f"{a[i, j]:.1f}", ha="center", va="center",
                     color="white" if a[i, j] < 60 else "black", fontsize=8)
-    fig.colorbar(im, ax=ax, label="%")
+    fig.colorbar(im, ax=ax, label="top-1 accuracy (%)", ticks=[0, 20, 40, 60, 80, 100])
     ax.set_title(title)
     fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    return fig
+
+
+def plot_matrix(m: MatrixResult, path: str | Path, title: str = "top-1 accuracy (%)",
+                formats: Iterable[str] | None = None) -> list[str]:
+    """:func:`matrix_figure` written as PATH's stem in each of ``formats`` (default: PATH's own
+    suffix, else PNG); returns the paths."""
+    from .figures import FORMATS, save
+
+    stem, suffix = os.path.splitext(os.fspath(path))
+    if suffix.lstrip(".").lower() not in FORMATS:
+        stem, suffix = os.fspath(path), ".png"
+    return save(matrix_figure(m, title), stem, formats or (suffix.lstrip(".").lower(),))

@@ -3,20 +3,26 @@
 mIoU follows the Cityscapes benchmark: one confusion matrix accumulated over all pixels of the
 split (not a mean of per-image IoUs), ``IoU_c = TP / (TP + FP + FN)``, pixels labelled 255
 ignored, classes absent from both labels and predictions left out of the mean. The small/big
-split is paper 2's Table II (footnote 5).
+split is paper 2's Table II (footnote 5). Every score is percent and says so in its name
+(``miou_pct``, per-class ``iou_pct``, ``miou_small_pct``, ``miou_big_pct``, ``pixel_accuracy_pct``).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Iterable
 
 import numpy as np
 import torch
 
 from lossyvision import storage
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +61,36 @@ def confusion_matrix(pred: np.ndarray | torch.Tensor, label: np.ndarray | torch.
 class SegmentationScores:
     """Scores in percent; per-class IoU is NaN (JSON null) for classes never seen nor predicted."""
 
-    miou: float
-    per_class: dict[str, float]
-    small: float
-    big: float
-    pixel_accuracy: float
+    miou_pct: float
+    iou_pct: dict[str, float]
+    miou_small_pct: float
+    miou_big_pct: float
+    pixel_accuracy_pct: float
     pixels: int
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        d["per_class"] = {k: (None if np.isnan(v) else v) for k, v in self.per_class.items()}
+        d["iou_pct"] = {k: (None if np.isnan(v) else v) for k, v in self.iou_pct.items()}
         return d
+
+
+def iou_column(cls: str) -> str:
+    """The table column of one class's IoU (percent), e.g. 'traffic_light_iou_pct'."""
+    return cls.replace(" ", "_") + "_iou_pct"
+
+
+# keys of result files written before the units were named (already percent); read for one release
+_OLD_KEYS = {"miou": "miou_pct", "per_class": "iou_pct", "small": "miou_small_pct", "big": "miou_big_pct",
+             "pixel_accuracy": "pixel_accuracy_pct"}
+
+
+def upgrade_record(r: dict) -> dict:
+    """A result record with the current key names (older records used 'miou', 'per_class', ...)."""
+    out = {}
+    for k, v in r.items():
+        new = _OLD_KEYS.get(k)
+        out[new if new and new not in r else k] = v
+    return out
 
 
 def scores_from_confusion(cm: np.ndarray, classes: tuple[str, ...] = CITYSCAPES_CLASSES,
@@ -84,9 +109,9 @@ def scores_from_confusion(cm: np.ndarray, classes: tuple[str, ...] = CITYSCAPES_
 
     total = cm.sum()
     return SegmentationScores(
-        miou=nanmean(iou), per_class={c: float(v) for c, v in zip(classes, iou)},
-        small=nanmean(iou[is_small]), big=nanmean(iou[~is_small]),
-        pixel_accuracy=float(tp.sum() / total * 100) if total else float("nan"), pixels=int(total))
+        miou_pct=nanmean(iou), iou_pct={c: float(v) for c, v in zip(classes, iou)},
+        miou_small_pct=nanmean(iou[is_small]), miou_big_pct=nanmean(iou[~is_small]),
+        pixel_accuracy_pct=float(tp.sum() / total * 100) if total else float("nan"), pixels=int(total))
 
 
 def configuration(train_variant: str, test_variant: str, orig: str = "orig") -> str:
@@ -112,13 +137,19 @@ def predict(model: torch.nn.Module, x: torch.Tensor, multiple: int = 32) -> torc
 
 def evaluate_model(model: torch.nn.Module, variant_dir: str, device: torch.device, num_classes: int = 19,
                    amp: bool = True, max_images: int | None = None,
-                   max_pixels: int | None = None) -> tuple[np.ndarray, int]:
+                   max_pixels: int | None = None, quiet: bool = False) -> tuple[np.ndarray, int]:
     """Full-frame, single-scale evaluation of one variant (its first `max_images` images); returns
-    (confusion matrix, images)."""
+    (confusion matrix, images). A progress bar unless `quiet` (or stderr is not a terminal), and an
+    INFO line per tenth of the images."""
+    import time
+
     from lossyvision.pipelines.stream import ShardStream, check_limits, to_device
+    from lossyvision.progress import progress, rate_eta
 
     check_limits(max_images=max_images, max_pixels=max_pixels)
     stream = ShardStream(variant_dir, rank=0, world_size=1, max_pixels=max_pixels)
+    total = len(stream) if max_images is None else min(len(stream), max_images)
+    every, t0 = max(1, total // 10), time.perf_counter()
     cm = np.zeros((num_classes, num_classes), np.int64)
     n = 0
     was_training = model.training
@@ -126,18 +157,22 @@ def evaluate_model(model: torch.nn.Module, variant_dir: str, device: torch.devic
     use_amp = amp and device.type == "cuda"
     dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
     try:
-        for x, y, key in stream:
-            if max_images is not None and n >= max_images:
-                break
-            if not isinstance(y, torch.Tensor):
-                raise ValueError(f"{variant_dir}: sample {key!r} has no seg.png label map")
-            with torch.autocast(device.type, dtype=dtype, enabled=use_amp):
-                pred = predict(model, to_device(x[None], device))
-            try:
-                cm += confusion_matrix(pred[0].cpu(), y, num_classes)
-            except ValueError as e:  # label ids outside the classes
-                raise ValueError(f"{variant_dir}: sample {key!r}: {e}") from None
-            n += 1
+        with progress(stream, total=total, desc=f"eval {stream.variant.variant}", unit="img", quiet=quiet) as bar:
+            for x, y, key in bar:
+                if max_images is not None and n >= max_images:
+                    break
+                if not isinstance(y, torch.Tensor):
+                    raise ValueError(f"{variant_dir}: sample {key!r} has no seg.png label map")
+                with torch.autocast(device.type, dtype=dtype, enabled=use_amp):
+                    pred = predict(model, to_device(x[None], device))
+                try:
+                    cm += confusion_matrix(pred[0].cpu(), y, num_classes)
+                except ValueError as e:  # label ids outside the classes
+                    raise ValueError(f"{variant_dir}: sample {key!r}: {e}") from None
+                n += 1
+                if n % every == 0 and n < total:
+                    log.info("eval %s: %d/%d images (%s)", stream.variant.variant, n, total,
+                             rate_eta(n, time.perf_counter() - t0, total - n, "img"))
     finally:
         model.train(was_training)
     return cm, n
@@ -145,7 +180,9 @@ def evaluate_model(model: torch.nn.Module, variant_dir: str, device: torch.devic
 
 def variant_bpp(variant_dir: str) -> float | None:
     """Mean bpp from a variant's manifest (None for orig)."""
-    m = json.loads(storage.read_text(storage.join(variant_dir, "manifest.json")))
+    from lossyvision.pipelines.shards import manifest_path
+
+    m = json.loads(storage.read_text(manifest_path(variant_dir)))
     return (m.get("means") or {}).get("bpp")
 
 
@@ -161,12 +198,18 @@ class EvalConfig:
     amp: bool = True
     max_images: int | None = None
     max_pixels: int | None = None  # None: lossyvision.pipelines.imageio.DEFAULT_MAX_PIXELS
+    quiet: bool = False            # no progress bar (it is off anyway when stderr is not a terminal)
+    formats: tuple[str, ...] = ("png",)  # of miou_vs_bpp: png, pdf, svg
 
     def __post_init__(self) -> None:
         from lossyvision.names import check_name
         from lossyvision.pipelines.stream import check_limits
 
-        self.test_variants = [check_name("--test-variant", v) for v in self.test_variants]
+        from .figures import parse_formats
+
+        self.formats = parse_formats(list(self.formats))
+
+        self.test_variants = [check_name("--variant", v) for v in self.test_variants]
         check_name("--split", self.split)
         if self.train_variant is not None:
             check_name("--train-variant", self.train_variant)
@@ -213,14 +256,15 @@ def evaluate_checkpoint(cfg: EvalConfig) -> list[dict]:
     records = []
     for test_variant in cfg.test_variants:
         vdir = variant_dir(storage.join(cfg.shards, cfg.split), test_variant)
-        cm, n = evaluate_model(model, vdir, device, amp=cfg.amp, max_images=cfg.max_images, max_pixels=cfg.max_pixels)
+        cm, n = evaluate_model(model, vdir, device, amp=cfg.amp, max_images=cfg.max_images, max_pixels=cfg.max_pixels,
+                               quiet=cfg.quiet)
         rec = result_record(cm, n, train_variant, test_variant, train_bpp, variant_bpp(vdir),
                             checkpoint=str(cfg.checkpoint), split=cfg.split)
         save_result(rec, out)
-        log.info("%s (%s -> %s): mIoU %.2f  small %.2f  big %.2f on %d images", rec["configuration"],
-                 train_variant, test_variant, rec["miou"], rec["small"], rec["big"], n)
+        log.info("%s (%s -> %s): mIoU %.2f %%  small %.2f %%  big %.2f %% on %d images", rec["configuration"],
+                 train_variant, test_variant, rec["miou_pct"], rec["miou_small_pct"], rec["miou_big_pct"], n)
         records.append(rec)
-    write_report(load_results(out), out)
+    write_report(load_results(out), out, formats=cfg.formats)
     return records
 
 
@@ -241,7 +285,9 @@ def load_results(out_dir: Path) -> list[dict]:
             r = json.loads(p.read_text())
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
             raise ValueError(f"{p}: not valid JSON ({e}); delete it or rerun eval-segmentation --checkpoint") from None
-        if not isinstance(r, dict) or not {"configuration", "train_variant", "test_variant", "per_class"} <= r.keys():
+        if isinstance(r, dict):
+            r = upgrade_record(r)
+        if not isinstance(r, dict) or not {"configuration", "train_variant", "test_variant", "iou_pct"} <= r.keys():
             raise ValueError(f"{p}: not an eval-segmentation result; move it out of {Path(out_dir) / 'results'}")
         records.append(r)
     return records
@@ -261,34 +307,42 @@ def _fmt(v) -> str:
     return "" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.2f}"
 
 
-def write_report(records: list[dict], out_dir: Path) -> dict[str, Path]:
-    """results.csv / results.json / results.md (Table II layout) and miou_vs_bpp.png."""
-    import pandas as pd
+def write_report(records: list[dict], out_dir: Path, formats: Iterable[str] | None = None) -> dict[str, Path]:
+    """results.csv / results.json / results.md (Table II layout) and miou_vs_bpp.<format> for each of
+    ``formats`` (default PNG); every score is percent."""
+    from lossyvision.extras import require
+
+    pd = require("pandas", "segmentation", "the eval-segmentation report")
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     rows = []
-    for r in sorted(records, key=lambda r: (r["configuration"], r["bpp"] or 0, r["train_variant"], r["test_variant"])):
+    for r in sorted(map(upgrade_record, records),
+                    key=lambda r: (r["configuration"], r["bpp"] or 0, r["train_variant"], r["test_variant"])):
         row = {"configuration": r["configuration"], "train_variant": r["train_variant"],
                "test_variant": r["test_variant"], "bpp": r["bpp"]}
-        row.update({c: r["per_class"].get(c) for c in CITYSCAPES_CLASSES})
-        row.update({"small": r["small"], "big": r["big"], "miou": r["miou"], "images": r["images"]})
+        row.update({iou_column(c): r["iou_pct"].get(c) for c in CITYSCAPES_CLASSES})
+        row.update({"miou_small_pct": r["miou_small_pct"], "miou_big_pct": r["miou_big_pct"], "miou_pct": r["miou_pct"],
+                    "images": r["images"]})
         rows.append(row)
     df = pd.DataFrame(rows)
     paths = {"csv": out / "results.csv", "json": out / "results.json", "md": out / "results.md"}
     df.to_csv(paths["csv"], index=False)
     paths["json"].write_text(json.dumps(_json_safe(rows), indent=1) + "\n")
-    cols = ["configuration", "train_variant", "test_variant", "bpp", *CITYSCAPES_CLASSES, "small", "big", "miou"]
+    cols = ["configuration", "train_variant", "test_variant", "bpp", *map(iou_column, CITYSCAPES_CLASSES),
+            "miou_small_pct", "miou_big_pct", "miou_pct"]
     head = ["config", "train", "test", "bpp", *CITYSCAPES_CLASSES, "small obj.", "big obj.", "mIoU"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row[c] if isinstance(row[c], str) else _fmt(row[c]) for c in cols]
         cells[3] = "" if row["bpp"] is None else f"{row['bpp']:.4f}"
         lines.append("| " + " | ".join(cells) + " |")
-    paths["md"].write_text("Segmentation mIoU (%), Cityscapes train ids; small objects: "
+    paths["md"].write_text("Segmentation IoU and mIoU (%), Cityscapes train ids; small objects: "
                            + ", ".join(SMALL_CLASSES) + ".\n\n" + "\n".join(lines) + "\n")
     if rows:
-        paths["plot"] = plot_miou_vs_bpp(records, out / "miou_vs_bpp.png")
+        plots = plot_miou_vs_bpp(records, out / "miou_vs_bpp", formats=formats)
+        paths["plot"] = Path(plots[0])
+        paths.update({f"plot_{Path(p).suffix[1:]}": Path(p) for p in plots[1:]})
     return paths
 
 
@@ -296,32 +350,57 @@ def _codec_family(variant: str) -> str:
     return variant.split("+", 1)[0].split("-", 1)[0]
 
 
-def plot_miou_vs_bpp(records: list[dict], path: Path) -> Path:
-    """One line per (configuration, codec) over rate; OO as a horizontal reference (paper 2 Fig. 7)."""
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+def _setting(variant: str) -> str:
+    """The codec parameter of a variant name, as a point label: 'qp41' for 'bpg-qp41+restored'."""
+    parts = variant.split("+", 1)[0].split("-")
+    return parts[1] if len(parts) > 1 else variant
 
-    fig, ax = plt.subplots(figsize=(6, 4))
-    groups: dict[str, list[tuple[float, float]]] = {}
+
+def plot_miou_vs_bpp(records: list[dict], path: str | Path, formats: Iterable[str] | None = None) -> list[str]:
+    """:func:`miou_figure` written as PATH's stem in each of ``formats`` (default: PATH's suffix,
+    else PNG); returns the paths."""
+    from .figures import FORMATS, save
+
+    stem, suffix = os.path.splitext(os.fspath(path))
+    if suffix.lstrip(".").lower() not in FORMATS:
+        stem, suffix = os.fspath(path), ".png"
+    return save(miou_figure(records), stem, formats or (suffix.lstrip(".").lower(),))
+
+
+def miou_figure(records: list[dict]) -> Figure:
+    """One line per (configuration, codec) over rate, points labelled with the codec setting; OO as a
+    horizontal reference line that leaves the rate axis alone (paper 2 Fig. 7)."""
+    from .figures import pyplot
+
+    plt = pyplot()
+    records = [upgrade_record(r) for r in records]
+    fig, ax = plt.subplots(figsize=(6.4, 4.4))
+    groups: dict[str, list[tuple[float, float, str]]] = {}
     for r in records:
-        if r["configuration"] == "OO" or r["bpp"] is None or r["miou"] is None:
+        if r["configuration"] == "OO" or r["bpp"] is None or r["miou_pct"] is None:
             continue
         side = r["train_variant"] if r["configuration"][0] != "O" else r["test_variant"]
-        groups.setdefault(f"{r['configuration']} ({_codec_family(side)})", []).append((r["bpp"], r["miou"]))
+        groups.setdefault(f"{r['configuration']} ({_codec_family(side)})", []).append(
+            (r["bpp"], r["miou_pct"], _setting(side)))
     for name, pts in sorted(groups.items()):
         pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+        (line,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
+        for x, y, q in pts:
+            ax.annotate(q, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=line.get_color())
     for r in records:
-        if r["configuration"] == "OO" and r["miou"] is not None:
-            ax.axhline(r["miou"], color="k", linestyle="--", linewidth=1, label="OO")
+        if r["configuration"] == "OO" and r["miou_pct"] is not None:
+            ax.axhline(r["miou_pct"], color="k", linestyle="--", linewidth=1, label=f"OO ({r['miou_pct']:.1f} %)")
             break
-    ax.set_xlabel("bits per pixel")
+    splits = sorted({str(r.get("split")) for r in records if r.get("split")})
+    images = sorted({int(r["images"]) for r in records if r.get("images") is not None})
+    what = ", ".join(filter(None, ["Cityscapes " + "/".join(splits) if splits else "Cityscapes",
+                                   (f"{images[0]} images" if len(images) == 1 else
+                                    f"{images[0]}-{images[-1]} images" if images else ""), "full frames"]))
+    ax.set_title(f"mIoU vs rate: {what}", fontsize=10)
+    ax.set_xlabel("rate (bits per pixel)")
     ax.set_ylabel("mIoU (%)")
     ax.grid(alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig

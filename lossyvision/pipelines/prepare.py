@@ -23,10 +23,11 @@ import numpy as np
 from .. import storage
 from ..codecs import Codec, CodecError, create, png_encode
 from ..names import NameError_, check_name
+from .cards import update_reader_files
 from .crops import FULL, IMAGENET, CropError, CropPolicy, parse_crop
 from .imageio import DEFAULT_MAX_PIXELS
 from .joblock import JobLock
-from .shards import (FORMAT, MANIFEST, TarShardWriter, clean_temp_files, library_versions, load_manifest, sample_json,
+from .shards import (FORMAT, LEGACY_MANIFEST, MANIFEST, TarShardWriter, clean_temp_files, library_versions, load_manifest, sample_json,
                      sha256_file, shard_name, write_json_atomic)
 from .sources import Item, Source, SourceError, create_source
 
@@ -435,7 +436,7 @@ def _check_backend(what: str, url: str) -> None:
     try:
         fsspec.get_filesystem_class(proto)
     except (ImportError, ValueError) as e:
-        extra = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}.get(proto)
+        extra = storage.BACKEND_EXTRAS.get(proto)
         hint = f"pip install 'lossyvision[{extra}]'" if extra else "install the fsspec backend for it"
         raise PrepareError(f"{what} {url}: no filesystem for '{proto}://' ({e}); {hint}") from None
 
@@ -583,6 +584,9 @@ def _prepare_locked(cfg: PrepareConfig, source: Source, crop: CropPolicy, codecs
         _summarise(manifests[v])
         manifests[v]["wall_s"] = round(time.perf_counter() - t_start, 3)
         write_json_atomic(storage.join(variants[v], MANIFEST), manifests[v])
+        # a folder written under the manifest's earlier name is renamed by any rerun (Ray Data reads every other file as a tar)
+        storage.remove(storage.join(variants[v], LEGACY_MANIFEST))
+    update_reader_files(storage.join(cfg.out, cfg.dataset))
     return manifests
 
 
@@ -600,7 +604,8 @@ def _run(cfg: PrepareConfig, tasks, n_tasks: int, on_result: Callable[[dict], No
     workers = cfg.workers or os.cpu_count() or 1
     cluster = bool(cfg.address or os.environ.get("RAY_ADDRESS"))
     use_ray = cfg.executor == "ray" or (cfg.executor == "auto" and cluster)
-    bar = tqdm(total=total_images, initial=done_images, unit="img", desc="prepare-shards", disable=not cfg.progress, dynamic_ncols=True)
+    bar = tqdm(total=total_images, initial=done_images, unit="img", desc="prepare-shards",
+               disable=None if cfg.progress else True, dynamic_ncols=True)  # None: off when stderr is not a terminal
     tasks = iter(tasks)
     try:
         if not use_ray:

@@ -40,6 +40,7 @@ class RestoreConfig:
     png_level: int = 1            # zlib level of the restored PNGs (docs/shards.md: level 1)
     overwrite: bool = False       # rewrite shards written by another generator
     max_pixels: int | None = None  # None: lossyvision.pipelines.imageio.DEFAULT_MAX_PIXELS
+    quiet: bool = False           # no progress bar (it is off anyway when stderr is not a terminal)
 
     def __post_init__(self) -> None:
         from lossyvision.names import check_name
@@ -147,12 +148,18 @@ def _intact(path: str, sha256: str) -> bool:
     return storage.isfile(path) and sha256_file(path) == sha256
 
 
-def restore_shards(cfg: RestoreConfig, progress: bool = False) -> dict:
-    """Write ``<shards>/<split>/<output_variant>``; return its manifest. Reruns skip finished shards."""
+def restore_shards(cfg: RestoreConfig, progress: bool = True) -> dict:
+    """Write ``<shards>/<split>/<output_variant>``; return its manifest. Reruns skip finished shards.
+
+    A progress bar counts images (off with ``cfg.quiet`` or ``progress=False``, and when stderr is not
+    a terminal); each shard written logs an INFO line with the rate and ETA."""
     from lossyvision.codecs import png_encode
-    from lossyvision.pipelines.shards import FORMAT, library_versions, sample_json, sha256_file, write_json_atomic, write_tar_atomic
+    from lossyvision.pipelines.shards import (FORMAT, LEGACY_MANIFEST, MANIFEST, has_manifest, library_versions,
+                                              manifest_path, sample_json, sha256_file, write_json_atomic,
+                                              write_tar_atomic)
     from lossyvision.pipelines.stream import ShardError, decode_image, first_line, read_variant, resolve_device, variant_dir
     from lossyvision.pipelines.imageio import DEFAULT_MAX_PIXELS
+    from lossyvision.progress import progress as progress_bar, rate_eta
     from lossyvision.quality import ms_ssim, psnr, ssim
     from lossyvision.train.restoration import load_generator
 
@@ -164,7 +171,7 @@ def restore_shards(cfg: RestoreConfig, progress: bool = False) -> dict:
     split_dir = storage.join(cfg.shards, cfg.split)
     src = read_variant(variant_dir(split_dir, cfg.variant))
     orig = None
-    if storage.isfile(storage.join(split_dir, cfg.orig_variant, "manifest.json")):
+    if has_manifest(storage.join(split_dir, cfg.orig_variant)):
         orig = read_variant(storage.join(split_dir, cfg.orig_variant))
         from lossyvision.pipelines.stream import check_aligned
         check_aligned(orig, src)
@@ -176,8 +183,9 @@ def restore_shards(cfg: RestoreConfig, progress: bool = False) -> dict:
     gen_sha = sha256_file(str(cfg.generator))
     out_dir = storage.join(split_dir, cfg.output_variant)
     storage.makedirs(out_dir)
-    mpath = storage.join(out_dir, "manifest.json")
-    previous = json.loads(storage.read_text(mpath)) if storage.isfile(mpath) else None
+    mpath = storage.join(out_dir, MANIFEST)
+    previous_path = manifest_path(out_dir)  # a run before the rename wrote manifest.json
+    previous = json.loads(storage.read_text(previous_path)) if storage.isfile(previous_path) else None
     done: dict[str, dict] = {}
     if previous is not None:
         prev_sha = (previous.get("restored_from") or {}).get("generator_sha256")
@@ -203,74 +211,83 @@ def restore_shards(cfg: RestoreConfig, progress: bool = False) -> dict:
     per_sample: dict[str, list] = {k: [] for k in ("bytes", "bpp", "psnr", "ssim", "ms_ssim", "source_psnr",
                                                    "source_ssim")}
     codecs: dict = {}  # spec -> codec, built on first use
-    shard_iter = enumerate(src.shards)
-    if progress:
-        from tqdm import tqdm
-        shard_iter = tqdm(shard_iter, total=len(src.shards), desc=f"restore {cfg.variant}")
-    for index, info in shard_iter:
-        entry_stats: list[dict] = []
-        if info.name in done:
-            entry = done[info.name]
-            # the per-sample stats of a skipped shard come back from its own json members
-            from lossyvision.pipelines.stream import iter_tar_samples
-            entry_stats = [json.loads(s["json"]) for s in iter_tar_samples(storage.join(out_dir, info.name))]
-        else:
-            restore_ms, dec_ms, keys = [], [], []
+    t0, restored_here = time.perf_counter(), 0
+    with progress_bar(total=src.num_samples, desc=f"restore {cfg.variant}", unit="img",
+                      quiet=cfg.quiet or not progress, leave=True) as bar:
+        for index, info in enumerate(src.shards):
+            entry_stats: list[dict] = []
+            if info.name in done:
+                entry = done[info.name]
+                # the per-sample stats of a skipped shard come back from its own json members
+                from lossyvision.pipelines.stream import iter_tar_samples
+                entry_stats = [json.loads(s["json"]) for s in iter_tar_samples(storage.join(out_dir, info.name))]
+                bar.update(entry["count"])
+            else:
+                restore_ms, dec_ms, keys = [], [], []
 
-            def samples() -> Iterator[dict]:
-                opath = orig.shard_path(info.name) if orig is not None else None
-                ocheck = next(((o.size, o.sha256) for o in orig.shards if o.name == info.name), (None, None)) \
-                    if orig is not None else (None, None)
-                for s, o in _paired(src.shard_path(info.name), opath, (info.size, info.sha256), ocheck):
-                    key = s["__key__"]
-                    keys.append(key)
-                    try:
-                        meta = json.loads(s["json"]) if "json" in s else {}
+                def samples() -> Iterator[dict]:
+                    opath = orig.shard_path(info.name) if orig is not None else None
+                    ocheck = next(((o.size, o.sha256) for o in orig.shards if o.name == info.name), (None, None)) \
+                        if orig is not None else (None, None)
+                    for s, o in _paired(src.shard_path(info.name), opath, (info.size, info.sha256), ocheck):
+                        key = s["__key__"]
+                        keys.append(key)
+                        try:
+                            meta = json.loads(s["json"]) if "json" in s else {}
+                            t = time.perf_counter()
+                            rgb = decode_image(s, src, codecs, max_pixels)
+                        except Exception as e:  # a decoder's own error type, or over --max-pixels
+                            raise ShardError(f"{src.shard_path(info.name)}: sample {key!r} does not decode "
+                                             f"({type(e).__name__}: {first_line(e)})") from None
+                        dec_ms.append((time.perf_counter() - t) * 1e3)
                         t = time.perf_counter()
-                        rgb = decode_image(s, src, codecs, max_pixels)
-                    except Exception as e:  # a decoder's own error type, or over --max-pixels
-                        raise ShardError(f"{src.shard_path(info.name)}: sample {key!r} does not decode "
-                                         f"({type(e).__name__}: {first_line(e)})") from None
-                    dec_ms.append((time.perf_counter() - t) * 1e3)
-                    t = time.perf_counter()
-                    restored = restore_image(generator, rgb, device, cfg.tile, cfg.overlap, cfg.amp)
-                    restore_ms.append((time.perf_counter() - t) * 1e3)
-                    h, w = restored.shape[:2]
-                    ref = decode_image(o, orig, codecs, max_pixels) if o is not None else None
-                    png = png_encode(restored, cfg.png_level)
-                    stats = {
-                        "bytes": meta.get("bytes"), "bpp": meta.get("bpp"), "h": h, "w": w,
-                        "psnr": psnr(restored, ref) if ref is not None else None,
-                        "ssim": ssim(restored, ref) if ref is not None else None,
-                        "ms_ssim": ms_ssim(restored, ref) if ref is not None else None,
-                        "q": meta.get("q"), "spec": meta.get("spec", src.spec), "source_variant": cfg.variant,
-                        "source_psnr": meta.get("psnr"), "source_ssim": meta.get("ssim"), "png_bytes": len(png),
-                    }
-                    out = {"__key__": key, "png": png, "json": sample_json(stats)}
-                    for ext in ("cls", "seg.png"):
-                        if ext in s or (o is not None and ext in o):
-                            out[ext] = s[ext] if ext in s else o[ext]
-                    entry_stats.append(json.loads(out["json"]))
-                    yield out
+                        restored = restore_image(generator, rgb, device, cfg.tile, cfg.overlap, cfg.amp)
+                        restore_ms.append((time.perf_counter() - t) * 1e3)
+                        h, w = restored.shape[:2]
+                        ref = decode_image(o, orig, codecs, max_pixels) if o is not None else None
+                        png = png_encode(restored, cfg.png_level)
+                        stats = {
+                            "bytes": meta.get("bytes"), "bpp": meta.get("bpp"), "h": h, "w": w,
+                            "psnr": psnr(restored, ref) if ref is not None else None,
+                            "ssim": ssim(restored, ref) if ref is not None else None,
+                            "ms_ssim": ms_ssim(restored, ref) if ref is not None else None,
+                            "q": meta.get("q"), "spec": meta.get("spec", src.spec), "source_variant": cfg.variant,
+                            "source_psnr": meta.get("psnr"), "source_ssim": meta.get("ssim"), "png_bytes": len(png),
+                        }
+                        out = {"__key__": key, "png": png, "json": sample_json(stats)}
+                        for ext in ("cls", "seg.png"):
+                            if ext in s or (o is not None and ext in o):
+                                out[ext] = s[ext] if ext in s else o[ext]
+                        entry_stats.append(json.loads(out["json"]))
+                        bar.update(1)
+                        yield out
 
-            sha, size = write_tar_atomic(storage.join(out_dir, info.name), samples())
-            if len(keys) != info.count:
-                raise ValueError(f"{src.shard_path(info.name)}: holds {len(keys)} samples, manifest says {info.count}")
-            entry = {"name": info.name, "index": index, "count": len(keys), "sha256": sha, "size": size, "first_key": keys[0] if keys else None,
-                     "last_key": keys[-1] if keys else None, "enc_ms": _mean(restore_ms), "dec_ms": _mean(dec_ms),
-                     "failures": 0}
-        manifest["shards"].append(entry)
-        for st in entry_stats:
-            for k in per_sample:
-                per_sample[k].append(st.get(k))
-        manifest["num_samples"] = sum(s["count"] for s in manifest["shards"])
-        manifest["totals"] = {"bytes": int(sum(v for v in per_sample["bytes"] if v is not None))}
-        manifest["means"] = {k: _mean(v) for k, v in per_sample.items()}
-        manifest["means"]["enc_ms"] = _mean([s.get("enc_ms") for s in manifest["shards"]])
-        manifest["means"]["dec_ms"] = _mean([s.get("dec_ms") for s in manifest["shards"]])
-        write_json_atomic(mpath, manifest)  # after every shard, so a killed run resumes
+                sha, size = write_tar_atomic(storage.join(out_dir, info.name), samples())
+                if len(keys) != info.count:
+                    raise ValueError(f"{src.shard_path(info.name)}: holds {len(keys)} samples, manifest says {info.count}")
+                entry = {"name": info.name, "index": index, "count": len(keys), "sha256": sha, "size": size, "first_key": keys[0] if keys else None,
+                         "last_key": keys[-1] if keys else None, "enc_ms": _mean(restore_ms), "dec_ms": _mean(dec_ms),
+                         "failures": 0}
+                restored_here += len(keys)
+                log.info("restore %s: shard %d/%d done (%s)", cfg.variant, index + 1, len(src.shards),
+                         rate_eta(restored_here, time.perf_counter() - t0,
+                                  src.num_samples - sum(e["count"] for e in manifest["shards"]) - len(keys), "img"))
+            manifest["shards"].append(entry)
+            for st in entry_stats:
+                for k in per_sample:
+                    per_sample[k].append(st.get(k))
+            manifest["num_samples"] = sum(s["count"] for s in manifest["shards"])
+            manifest["totals"] = {"bytes": int(sum(v for v in per_sample["bytes"] if v is not None))}
+            manifest["means"] = {k: _mean(v) for k, v in per_sample.items()}
+            manifest["means"]["enc_ms"] = _mean([s.get("enc_ms") for s in manifest["shards"]])
+            manifest["means"]["dec_ms"] = _mean([s.get("dec_ms") for s in manifest["shards"]])
+            write_json_atomic(mpath, manifest)  # after every shard, so a killed run resumes
     manifest["complete"] = True
     write_json_atomic(mpath, manifest)
+    storage.remove(storage.join(out_dir, LEGACY_MANIFEST))
+    from lossyvision.pipelines.cards import update_reader_files
+
+    update_reader_files(cfg.shards)  # the new variant becomes a config of the dataset card (and a timm split)
     log.info("wrote %s: %d samples, mean psnr %s (source %s)", out_dir, manifest["num_samples"],
              manifest["means"]["psnr"], manifest["means"]["source_psnr"])
     return manifest

@@ -21,9 +21,15 @@ from typing import Any, Callable, Iterable
 from .. import storage
 
 FORMAT = "lossyvision-shards/1"
-MANIFEST = "manifest.json"
+# The leading underscore keeps it out of folder listings that take every other file for data: Ray Data's
+# read_webdataset(folder) (and pyarrow datasets) skip names starting with "_" or ".", and would otherwise
+# open the manifest as a tar and fail.
+MANIFEST = "_manifest.json"
+# Its earlier name: still read where no _manifest.json exists; a prepare-shards rerun renames it.
+LEGACY_MANIFEST = "manifest.json"
 
-__all__ = ["FORMAT", "MANIFEST", "shard_name", "TarShardWriter", "write_tar_atomic", "sha256_file", "variant_dir", "load_manifest", "write_json_atomic", "clean_temp_files", "library_versions"]
+__all__ = ["FORMAT", "MANIFEST", "LEGACY_MANIFEST", "shard_name", "TarShardWriter", "write_tar_atomic", "sha256_file", "variant_dir",
+           "manifest_path", "has_manifest", "load_manifest", "write_json_atomic", "clean_temp_files", "library_versions"]
 
 
 def shard_name(index: int) -> str:
@@ -150,13 +156,27 @@ def library_versions(*extra: str) -> dict[str, str]:
     return out
 
 
+def manifest_path(vdir: str) -> str:
+    """Where a variant folder's manifest is: ``_manifest.json``, or a legacy ``manifest.json`` when only that exists."""
+    p = storage.join(vdir, MANIFEST)
+    if storage.isfile(p):
+        return p
+    legacy = storage.join(vdir, LEGACY_MANIFEST)
+    return legacy if storage.isfile(legacy) else p
+
+
+def has_manifest(vdir: str) -> bool:
+    """True when ``vdir`` holds a manifest (either name): it is a variant folder."""
+    return storage.isfile(manifest_path(vdir))
+
+
 class ManifestError(ValueError):
-    """A manifest.json that is not valid JSON, not an object, or of another format."""
+    """A manifest that is not valid JSON, not an object, or of another format."""
 
 
 def load_manifest(vdir: str) -> dict | None:
     """The manifest of a variant folder (local or URL), or None when there is none yet."""
-    p = storage.join(vdir, MANIFEST)
+    p = manifest_path(vdir)
     if not storage.isfile(p):
         return None
     try:
@@ -174,7 +194,7 @@ def load_manifest(vdir: str) -> dict | None:
 
 # What AtomicWriter leaves when killed: <shard or manifest>.tmp-<host>-<pid>-<8 hex> (storage.temp_suffix).
 # Nothing else is ever deleted, whatever the folder holds.
-_TEMP_NAME = re.compile(r"(shard-\d{6,}\.tar|manifest\.json)\.tmp-.+-\d+-[0-9a-f]{8}")
+_TEMP_NAME = re.compile(r"(shard-\d{6,}\.tar|_?manifest\.json)\.tmp-.+-\d+-[0-9a-f]{8}")
 
 
 def clean_temp_files(vdir: str) -> int:

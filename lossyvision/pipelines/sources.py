@@ -259,7 +259,9 @@ def _devkit_ids(meta_path: str) -> dict[int, str]:
 
 def cityscapes_lut() -> np.ndarray:
     """256-entry lookup table: Cityscapes label id -> train id (255 = ignore), from cityscapesscripts."""
-    from cityscapesscripts.helpers.labels import labels
+    from ..extras import require
+
+    labels = require("cityscapesscripts.helpers.labels", "cityscapes", "--dataset cityscapes", "cityscapesscripts").labels
 
     lut = np.full(256, 255, dtype=np.uint8)
     for lab in labels:
@@ -288,7 +290,8 @@ class CityscapesSource(_FileSource):
         self.root = _root(root)
         self.split = split
         _need_dir(storage.join(self.root, "leftImg8bit", split), f"Cityscapes folder leftImg8bit/{split}")
-        self._lut: np.ndarray | None = None
+        # here, not at the first image: without cityscapesscripts every image would be skipped as bad
+        self._lut = cityscapes_lut()
 
     def items(self) -> list[Item]:
         labels = dict(_walk_images(storage.join(self.root, "gtFine", self.split), self.root))
@@ -328,8 +331,6 @@ class CityscapesSource(_FileSource):
             raise SourceError(f"label map {item.label} is not a single-channel 8-bit PNG")
         if ids.shape != rgb.shape[:2]:
             raise SourceError(f"label map {ids.shape} and image {rgb.shape[:2]} differ in size")
-        if self._lut is None:
-            self._lut = cityscapes_lut()
         return rgb, self._lut[ids]
 
 

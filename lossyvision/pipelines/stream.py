@@ -40,7 +40,7 @@ import random
 import re
 import tarfile
 from dataclasses import dataclass, field
-from typing import Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
@@ -48,6 +48,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from lossyvision import storage
 from lossyvision.pipelines.imageio import SourceError
+from lossyvision.pipelines.shards import MANIFEST, has_manifest, manifest_path
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +120,7 @@ class ShardInfo:
 
 @dataclass(frozen=True)
 class VariantInfo:
-    """What a loader needs from `<variant_dir>/manifest.json`."""
+    """What a loader needs from `<variant_dir>/_manifest.json` (or a legacy `manifest.json`)."""
 
     root: str                 # the variant folder: a local path or an fsspec URL
     variant: str
@@ -144,11 +145,11 @@ def _basename(path: str) -> str:
 
 
 def read_variant(variant_dir: str | os.PathLike) -> VariantInfo:
-    """Parse a variant's manifest.json (local path or URL); raise FileNotFoundError/ValueError naming the problem."""
+    """Parse a variant's manifest (local path or URL); raise FileNotFoundError/ValueError naming the problem."""
     root = os.fspath(variant_dir)
-    path = storage.join(root, "manifest.json")
+    path = manifest_path(root)
     if not storage.isfile(path):
-        raise FileNotFoundError(f"no manifest.json in {root} (is this a variant folder written by prepare-shards?)")
+        raise FileNotFoundError(f"no {MANIFEST} in {root} (is this a variant folder written by prepare-shards?)")
     try:
         m = json.loads(storage.read_text(path))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -535,7 +536,12 @@ class ShardStream(IterableDataset):
     """Stream `(x, x_tilde, y, key)` (paired) or `(x_tilde, y, key)` (single) from shards.
 
     x, x_tilde: uint8 3xHxW; y: int class (`cls`), uint8 HxW map (`seg.png`) or -1.
-    `variant_dir` is the folder of one variant (its manifest.json and shards), or a list of folders of
+    `transform`, when given, is applied to each sample as iteration yields it (that tuple, images as
+    uint8 3xHxW tensors) in the process that decodes it, a DataLoader worker under `make_loader`;
+    what it returns is the sample from then on (batched by `default_collate`). It must map one
+    sample to one sample (`len()` counts samples) and be picklable for the `spawn`/`forkserver`
+    worker start methods: a module-level function, a `functools.partial`, a torchvision transform.
+    `variant_dir` is the folder of one variant (its manifest and shards), or a list of folders of
     aligned variants of the same (dataset, split): a *mixture*, where each sample comes from one of
     them, drawn per sample and epoch with a seeded generator (every variant is still read in lockstep,
     so keys are checked across all of them). `orig_dir`, when given, is the `orig` folder of the same
@@ -546,9 +552,14 @@ class ShardStream(IterableDataset):
     def __init__(self, variant_dir: str | os.PathLike | list | tuple, orig_dir: str | os.PathLike | None = None, *,
                  shuffle: bool = False, seed: int = 0, buffer_size: int = 0,
                  rank: int | None = None, world_size: int | None = None,
-                 drop_remainder: bool | None = None, max_pixels: int | None = None) -> None:
+                 drop_remainder: bool | None = None, max_pixels: int | None = None,
+                 transform: Callable[[tuple], Any] | None = None) -> None:
         super().__init__()
         from lossyvision.pipelines.imageio import DEFAULT_MAX_PIXELS
+
+        if transform is not None and not callable(transform):
+            raise TypeError(f"transform must be callable (sample tuple -> sample), got {type(transform).__name__}")
+        self.transform = transform
 
         self.max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
         dirs = [variant_dir] if isinstance(variant_dir, (str, os.PathLike)) else list(variant_dir)
@@ -571,6 +582,10 @@ class ShardStream(IterableDataset):
         self.drop_remainder = world_size > 1 if drop_remainder is None else drop_remainder
         self.epoch = 0
         self._codecs: dict = {}
+
+    def __getstate__(self) -> dict:
+        # codecs built while iterating in this process stay here: workers build their own
+        return {**self.__dict__, "_codecs": {}}
 
     @property
     def paired(self) -> bool:
@@ -723,12 +738,18 @@ class ShardStream(IterableDataset):
         worker = get_worker_info()
         return (worker.id, worker.num_workers) if worker is not None else (0, 1)
 
-    def __iter__(self) -> Iterator[tuple]:
+    def _transformed(self, sample: tuple) -> Any:
+        return self.transform(tuple(_as_chw(v) if isinstance(v, np.ndarray) else v for v in sample))
+
+    def __iter__(self) -> Iterator:
         wid, nw = self._worker()
         a, b = self._rank_range()
         lo, hi = split_range(a, b, nw, wid)
         for sample in self._iter_range(lo, hi, wid):
-            yield tuple(_as_chw(v) if isinstance(v, np.ndarray) else v for v in sample)
+            if self.transform is not None:
+                yield self._transformed(sample)
+            else:
+                yield tuple(_as_chw(v) if isinstance(v, np.ndarray) else v for v in sample)
 
     def iter_batches(self, batch_size: int, drop_last: bool = False) -> Iterator:
         """This worker's batches: a contiguous run of the rank's whole batches, collated."""
@@ -737,35 +758,52 @@ class ShardStream(IterableDataset):
         nb = self.num_batches(batch_size, drop_last)
         blo, bhi = split_range(0, nb, nw, wid)
         lo, hi = a + blo * batch_size, min(a + bhi * batch_size, b)
-        samples, wheres = [], []
+        samples, wheres, keys = [], [], []
         for r in self._iter_raw(lo, hi, wid):
-            samples.append(self._decode(r))
+            sample = self._decode(r)
+            samples.append(self._transformed(sample) if self.transform is not None else sample)
             wheres.append(r.where)
+            keys.append(r.key)
             if len(samples) == batch_size:
-                yield _collate_named(samples, wheres)
-                samples, wheres = [], []
+                yield _collate_named(samples, wheres, keys)
+                samples, wheres, keys = [], [], []
         if samples and not drop_last:
-            yield _collate_named(samples, wheres)
+            yield _collate_named(samples, wheres, keys)
 
 
-def _collate_named(samples: list, wheres: list[str]) -> list:
+def _image_hw(v: object) -> tuple[int, int] | None:
+    """(H, W) of an image in a sample: a decoded HxW[x3] array, or a [C x]H x W tensor a transform returned."""
+    if isinstance(v, np.ndarray):
+        return v.shape[:2]
+    if isinstance(v, torch.Tensor) and v.dim() >= 2:
+        return tuple(v.shape[-2:])
+    return None
+
+
+def _collate_named(samples: list, wheres: list[str], keys: list[str]) -> Any:
     """`collate`, refusing a batch of different image sizes with the shard and key of the odd one out."""
     from collections import Counter
 
-    sizes = [s[0].shape[:2] for s in samples]
-    common = Counter(sizes).most_common(1)[0][0]
-    if any(sz != common for sz in sizes):
-        i = next(i for i, sz in enumerate(sizes) if sz != common)
-        j = sizes.index(common)
-        raise ShardError(f"{wheres[i]}: sample {samples[i][-1]!r} is {sizes[i][1]}x{sizes[i][0]} but sample "
-                         f"{samples[j][-1]!r} ({wheres[j]}) of the same batch is {common[1]}x{common[0]}; prepare the "
-                         "shards with one crop size, or use batch size 1")
+    columns = len(samples[0]) if isinstance(samples[0], (tuple, list)) else 0
+    for c in range(columns):
+        sizes = [_image_hw(s[c]) if isinstance(s, (tuple, list)) and len(s) > c else None for s in samples]
+        if sizes[0] is None:
+            continue
+        common = Counter(sz for sz in sizes if sz is not None).most_common(1)[0][0]
+        if any(sz != common for sz in sizes):
+            i = next(i for i, sz in enumerate(sizes) if sz != common)
+            j = sizes.index(common)
+            what = f"{sizes[i][1]}x{sizes[i][0]}" if sizes[i] else "not an image"
+            raise ShardError(f"{wheres[i]}: sample {keys[i]!r} is {what} but sample {keys[j]!r} ({wheres[j]}) of the "
+                             f"same batch is {common[1]}x{common[0]}; prepare the shards with one crop size, make the "
+                             "transform return one size, or use batch size 1")
     return collate(samples)
 
 
-def collate(samples: list) -> list:
+def collate(samples: list) -> Any:
     """Batch `_decode` tuples: images (uint8 HxWx3 or HxW arrays) become one contiguous uint8 Bx3xHxW
-    tensor, written plane by plane with `cv2.split`; the rest goes through `default_collate`.
+    tensor, written plane by plane with `cv2.split`; the rest goes through `default_collate` (so does
+    a sample that is not a tuple, as a transform may return).
 
     The images never become per-sample tensors: cv2.split deinterleaves a 224x224 sample in 24 us,
     against 108 us for torch's strided permute-copy (what `torch.stack` of CHW views does: 6 ms per
@@ -775,6 +813,8 @@ def collate(samples: list) -> list:
     another copy."""
     import cv2
 
+    if not isinstance(samples[0], (tuple, list)):
+        return torch.utils.data.default_collate(samples)
     out = []
     for col in zip(*samples):
         first = col[0]
@@ -827,19 +867,22 @@ def _dist_rank_world() -> tuple[int, int]:
     return 0, 1
 
 
-def variant_dir(shards: str | os.PathLike, variant: str) -> str:
-    """`ROOT/<dataset>/<split>` (local path or URL) + variant -> its folder, with a clear error if it is missing."""
+def variant_dir(shards: str | os.PathLike, variant: str, split: str | None = None) -> str:
+    """`ROOT/<dataset>/<split>` (local path or URL) + variant -> its folder, with a clear error if it is
+    missing; with `split`, `shards` is `ROOT/<dataset>` and the folder is `<shards>/<split>/<variant>`."""
     shards = os.fspath(shards)
+    if split is not None:
+        shards = storage.join(shards, split)
     path = storage.join(shards, variant)
-    if not storage.isfile(storage.join(path, "manifest.json")):
+    if not has_manifest(path):
         raise FileNotFoundError(f"variant {variant!r} not found under {shards}; "
                                 f"available: {', '.join(available_variants(shards)) or 'none (wrong --shards path?)'}")
     return path
 
 
 def available_variants(shards: str) -> list[str]:
-    """Names of the variant folders (those holding a manifest.json) directly under `shards`."""
-    return [n for n in storage.listdir(shards, dirs_only=True) if storage.isfile(storage.join(shards, n, "manifest.json"))]
+    """Names of the variant folders (those holding a manifest) directly under `shards`."""
+    return [n for n in storage.listdir(shards, dirs_only=True) if has_manifest(storage.join(shards, n))]
 
 
 def to_device(x: torch.Tensor, device: torch.device | str, mean=IMAGENET_MEAN, std=IMAGENET_STD,
@@ -856,14 +899,18 @@ def to_device(x: torch.Tensor, device: torch.device | str, mean=IMAGENET_MEAN, s
 
 
 def make_loader(ds: ShardStream, batch_size: int, num_workers: int = 0, drop_last: bool = False,
-                pin_memory: bool = False) -> torch.utils.data.DataLoader:
+                pin_memory: bool = False, multiprocessing_context: str | None = None) -> torch.utils.data.DataLoader:
     """A DataLoader of whole batches of `ds` (collated in the workers, straight into shared memory).
 
     `len(loader)` is exactly the number of batches it yields, whatever `num_workers` is; with
     `drop_last=True` every batch holds `batch_size` samples (training: no size-1 batch reaches
-    BatchNorm). Workers are not persistent, so `ds.set_epoch` reaches them.
+    BatchNorm). Workers are not persistent, so `ds.set_epoch` reaches them. A batch is a list
+    `[x_tilde, y, keys]` (paired: `[x, x_tilde, y, keys]`), images uint8 Bx3xHxW, keys a list of
+    str; with a `transform`, whatever `default_collate` makes of the transformed samples.
+    `multiprocessing_context` (`"spawn"`, `"forkserver"`, `"fork"`) is DataLoader's own.
     """
     return torch.utils.data.DataLoader(
         ShardBatches(ds, batch_size, drop_last), batch_size=None, num_workers=num_workers,
         pin_memory=pin_memory, persistent_workers=False,
-        prefetch_factor=2 if num_workers > 0 else None)
+        prefetch_factor=2 if num_workers > 0 else None,
+        multiprocessing_context=multiprocessing_context if num_workers > 0 else None)

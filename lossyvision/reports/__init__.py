@@ -1,1 +1,1 @@
-"""Tables (Markdown/CSV/JSON) and plots (matplotlib) from manifests and results."""
+"""Tables (Markdown/CSV/JSON), Bjøntegaard deltas, CompressAI-format curves and figures from manifests and results."""

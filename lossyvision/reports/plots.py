@@ -1,78 +1,121 @@
-"""Rate-distortion and rate-accuracy plots (PNG)."""
+"""Rate-distortion and rate-accuracy figures for papers: PNG, PDF and/or SVG.
+
+Each figure is one dataset/split, titled with its image count and crop; every panel has its
+legend, points carry their codec setting (q75, r200, qp41), axes name their units. The lossless
+``orig`` row is a dashed horizontal reference line, so it never stretches the rate axis (it
+sits near 10 bpp as PNG while the codecs sit under 1.5).
+"""
 
 from __future__ import annotations
 
-import os
-from collections import defaultdict
+from typing import TYPE_CHECKING, Any, Iterable
+
+from ..eval.figures import DEFAULT_FORMATS, pyplot, save
+from .curves import Group, curves, finite, groups, recipes
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
+LABELS = {"psnr": "PSNR (dB)", "ssim": "SSIM", "ms_ssim": "MS-SSIM", "ms_ssim_db": "MS-SSIM (dB)",
+          "top1_pct": "top-1 accuracy (%)", "top5_pct": "top-5 accuracy (%)", "miou_pct": "mIoU (%)",
+          "miou_small_pct": "mIoU small objects (%)", "miou_big_pct": "mIoU big objects (%)"}
+RATE_LABEL = "rate (bits per pixel)"
+RD_METRICS = ("psnr", "ms_ssim_db", "ssim")
+ACCURACY_METRICS = ("top1_pct", "top5_pct", "miou_pct")
+_STYLES = ("-", "--", ":", "-.")
 
 
-def _family(r: dict) -> str:
-    """Line label: the codec plus any non-default options (variant minus its parameter)."""
-    v = r["variant"].split("+")[0]
-    parts = v.split("-")
-    extra = "-".join(parts[2:])
-    label = r["codec"] + (f" ({extra})" if extra else "")
-    if r.get("target_bpp") is not None:
-        label += " rate-controlled"
-    return label + ("+" + r["variant"].split("+", 1)[1] if "+" in r["variant"] else "")
+def _stem(stem: str, g: Group, several: bool) -> str:
+    return f"{stem}_{g.dataset}_{g.split}" if several else stem
 
 
-def rd_plot(rows: list[dict], path: str, metrics: tuple[str, ...] = ("psnr", "ssim"), title: str | None = None) -> str | None:
-    """PSNR and SSIM (or other metric columns) against bpp, one line per codec; None if nothing to plot."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    lossy = [r for r in rows if r.get("bpp") is not None and r["codec"] != "lossless"]
-    if not lossy:
-        return None
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for r in lossy:
-        key = _family(r) if len({(x["dataset"], x["split"]) for x in lossy}) == 1 else f"{r['dataset']}/{r['split']}: {_family(r)}"
-        groups[key].append(r)
-    fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.2), squeeze=False)
-    for ax, metric in zip(axes[0], metrics):
-        for label, rs in sorted(groups.items()):
-            pts = sorted((r["bpp"], r[metric]) for r in rs if r.get(metric) is not None)
-            if pts:
-                ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=label)
-        ax.set_xlabel("rate (bits per pixel)")
-        ax.set_ylabel({"psnr": "PSNR (dB)", "ssim": "SSIM", "ms_ssim": "MS-SSIM"}.get(metric, metric))
-        ax.grid(True, alpha=0.3)
-    axes[0][0].legend(fontsize=8)
-    if title:
-        fig.suptitle(title)
-    fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+def _panels(n: int) -> tuple[Any, list]:
+    plt = pyplot()
+    fig, axes = plt.subplots(1, n, figsize=(5.0 * n, 4.4), squeeze=False)
+    return fig, list(axes[0])
 
 
-def rate_accuracy_plot(rows: list[dict], path: str, metric: str = "top1") -> str | None:
-    """Accuracy against bpp, one line per (codec, model/recipe) (paper 1 Fig. 4)."""
-    import matplotlib
+def _label_points(ax: Any, xs: list[float], ys: list[float], labels: list[str], colour: str) -> None:
+    for x, y, q in zip(xs, ys, labels):
+        ax.annotate(q, (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7, color=colour)
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    pts = [r for r in rows if r.get("bpp") is not None and r.get(metric) is not None]
-    if not pts:
-        return None
-    groups: dict[str, list[dict]] = defaultdict(list)
-    for r in pts:
-        groups[f"{r['codec']} / {r.get('model', 'model')}"].append(r)
-    fig, ax = plt.subplots(figsize=(6, 4.2))
-    for label, rs in sorted(groups.items()):
-        rs = sorted(rs, key=lambda r: r["bpp"])
-        ax.plot([r["bpp"] for r in rs], [100 * r[metric] for r in rs], marker="o", label=label)  # fractions -> %
-    ax.set_xlabel("rate (bits per pixel)")
-    ax.set_ylabel(f"{metric} accuracy (%)")
+def _finish(ax: Any, ylabel: str) -> None:
+    ax.set_xlabel(RATE_LABEL)
+    ax.set_ylabel(ylabel)
     ax.grid(True, alpha=0.3)
-    ax.legend(fontsize=8)
+    n = len(ax.get_legend_handles_labels()[0])
+    if n > 6:  # a long legend inside would hide the curves: below the panel instead
+        ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2 if n < 13 else 3, frameon=False)
+    elif n:
+        ax.legend(fontsize=8, loc="best")
+
+
+def rd_figure(g: Group, metrics: Iterable[str] = RD_METRICS) -> Figure | None:
+    """One panel per metric with data: a line per codec family over rate; None if nothing to plot."""
+    metrics = [m for m in metrics if curves(g.rows, m)]
+    if not metrics:
+        return None
+    fig, axes = _panels(len(metrics))
+    for ax, metric in zip(axes, metrics):
+        for label, c in sorted(curves(g.rows, metric).items()):
+            (line,) = ax.plot(c.rates, c.values, marker="o", label=label)
+            _label_points(ax, c.rates, c.values, c.settings, line.get_color())
+        _finish(ax, LABELS.get(metric, metric))
+    fig.suptitle(g.title())
     fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return fig
+
+
+def rate_accuracy_figure(g: Group, metrics: Iterable[str] = ACCURACY_METRICS) -> Figure | None:
+    """One panel per accuracy metric with data: a line per (codec family, recipe), colour by codec
+    and line style by recipe; each recipe's accuracy on ``orig`` as a dashed reference line."""
+    metrics = [m for m in metrics if curves(g.rows, m)]
+    if not metrics:
+        return None
+    plt = pyplot()
+    fig, axes = _panels(len(metrics))
+    rs = recipes(g.rows)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for ax, metric in zip(axes, metrics):
+        fams = sorted(curves(g.rows, metric))
+        for i, recipe in enumerate(rs):
+            style = _STYLES[i % len(_STYLES)]
+            for label, c in sorted(curves(g.rows, metric, recipe=recipe).items()):
+                colour = colours[fams.index(label) % len(colours)]
+                ax.plot(c.rates, c.values, marker="o", linestyle=style, color=colour,
+                        label=f"{label} / {recipe}" if len(rs) > 1 else label)
+                _label_points(ax, c.rates, c.values, c.settings, colour)
+            for r in g.rows:
+                if r.get("codec") == "lossless" and r.get("recipe") == recipe and finite(r.get(metric)):
+                    # axhline spans the axes in axes coordinates: it leaves the rate limits to the codecs
+                    ax.axhline(r[metric], color="0.35", linestyle=style, linewidth=1,
+                               label=f"{r['variant']}{' / ' + recipe if len(rs) > 1 else ''} ({r[metric]:.1f} %)")
+                    break
+        _finish(ax, LABELS.get(metric, metric))
+    fig.suptitle(g.title())
+    fig.tight_layout()
+    return fig
+
+
+def _plot(rows: list[dict], stem: str, formats: Iterable[str], make: Any) -> list[str]:
+    gs = groups(rows)
+    paths: list[str] = []
+    for g in gs:
+        fig = make(g)
+        if fig is not None:
+            paths += save(fig, _stem(stem, g, len(gs) > 1), formats)
+    return paths
+
+
+def rd_plot(rows: list[dict], stem: str, formats: Iterable[str] = DEFAULT_FORMATS,
+            metrics: Iterable[str] = RD_METRICS) -> list[str]:
+    """PSNR, MS-SSIM (dB) and SSIM against rate: STEM.<format> (STEM_<dataset>_<split>.<format> when
+    the rows hold several splits); returns the paths, none if nothing to plot."""
+    metrics = tuple(metrics)
+    return _plot(rows, stem, formats, lambda g: rd_figure(g, metrics))
+
+
+def rate_accuracy_plot(rows: list[dict], stem: str, formats: Iterable[str] = DEFAULT_FORMATS) -> list[str]:
+    """Accuracy (top-1, top-5, mIoU; percent) against rate (paper 1 Fig. 4), files as :func:`rd_plot`."""
+    return _plot(rows, stem, formats, rate_accuracy_figure)

@@ -8,7 +8,9 @@ import math
 import os
 from typing import Any
 
-FORMATS = {"bytes_per_img": "{:.0f}", "bpp": "{:.4f}", "psnr": "{:.2f}", "ssim": "{:.4f}", "ms_ssim": "{:.4f}", "enc_ms": "{:.2f}", "dec_ms": "{:.2f}"}
+FORMATS = {"bytes_per_img": "{:.0f}", "bpp": "{:.4f}", "psnr": "{:.2f}", "ssim": "{:.4f}", "ms_ssim": "{:.4f}", "ms_ssim_db": "{:.2f}",
+           "enc_ms": "{:.2f}", "dec_ms": "{:.2f}", "top1_pct": "{:.2f}", "top5_pct": "{:.2f}", "miou_pct": "{:.2f}",
+           "miou_small_pct": "{:.2f}", "miou_big_pct": "{:.2f}"}
 
 
 def _cell(k: str, v: Any) -> str:

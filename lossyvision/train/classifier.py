@@ -34,6 +34,7 @@ from lossyvision.pipelines.imageio import DEFAULT_MAX_PIXELS
 from lossyvision.pipelines.shards import write_json_atomic
 from lossyvision.pipelines.stream import (IMAGENET_MEAN, IMAGENET_STD, OptionError, ShardStream, check_limits,
                                           make_loader, resolve_device, to_device, variant_dir)
+from lossyvision.progress import progress, rate_eta
 from lossyvision.train import models as model_lib
 from lossyvision.train.recipes import PAPER_ALPHA_BATCHMEAN, Batch, Recipe, create_recipe
 
@@ -86,13 +87,15 @@ class TrainConfig:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     deterministic: bool = False
-    progress: bool = True
+    progress: bool = True            # False: no progress bars (the older spelling of quiet=True)
+    quiet: bool = False              # no progress bars (they are off anyway when stderr is not a terminal)
+    log_every: int = 100             # an INFO line every N training steps (loss, lr, rate, ETA), besides each epoch's
     overwrite: bool = False          # replace a run already in `out` (else it is refused without `resume`)
     max_pixels: int = DEFAULT_MAX_PIXELS  # images in shards over this many pixels are refused before decoding
 
     def __post_init__(self) -> None:
         check_limits(epochs=self.epochs, batch_size=self.batch_size, num_classes=self.num_classes,
-                     workers=(self.workers, 0), max_steps_per_epoch=self.max_steps_per_epoch,
+                     workers=(self.workers, 0), max_steps_per_epoch=self.max_steps_per_epoch, log_every=self.log_every,
                      max_pixels=self.max_pixels, patience=(self.plateau_patience, 0), max_lr_cuts=self.max_lr_cuts)
         for what, name in (("--train-split", self.train_split), ("--val-split", self.val_split),
                            ("orig_variant", self.orig_variant)):
@@ -390,7 +393,7 @@ class Trainer:
                 # the teacher runs once per image here, so it runs in fp32 whatever the student's precision
                 tc.get_or_build(path, self.teacher, self.model_spec, orig, self.cfg.mean, self.cfg.std,
                                 device=self.device, batch_size=self.cfg.batch_size, workers=self.cfg.workers,
-                                progress=self.cfg.progress, max_pixels=self.cfg.max_pixels)
+                                progress=self._bars(), max_pixels=self.cfg.max_pixels)
             _barrier(self.dist)
             self.caches[split] = tc.open_cache(path, tc.expected_meta(self.model_spec, self.teacher, orig,
                                                                        self.cfg.mean, self.cfg.std))
@@ -430,9 +433,11 @@ class Trainer:
     def _autocast(self):
         return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
 
+    def _bars(self) -> bool:
+        return self.cfg.progress and not self.cfg.quiet and self.dist.main
+
     # -- epochs -----------------------------------------------------------------------------------
     def _run_epoch(self, split: str, train: bool) -> dict:
-        from tqdm import tqdm
         ds = self._stream(split, train)
         ds.set_epoch(self.epoch)
         # training drops the ragged tail (a short batch skews BatchNorm; a size-1 batch breaks it), as
@@ -448,31 +453,35 @@ class Trainer:
         self.ddp_model.train(train)
         sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "correct": 0.0, "n": 0.0}
         t0 = time.perf_counter()
-        bar = tqdm(loader, total=total, desc=f"epoch {self.epoch} {'train' if train else 'val'}",
-                   disable=not (self.cfg.progress and self.dist.main), leave=False)
-        for step, items in enumerate(bar):
-            if step >= total:
-                break  # max_steps_per_epoch; equal on every rank, so DDP stays in step
-            batch = self._batch(items, split)
-            with torch.set_grad_enabled(train), self._autocast():
-                loss, parts = self.recipe.loss(self.ddp_model, batch)
-            if train:
-                self.optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                self.optimizer.step()
-            n = batch.y.shape[0]
-            sums["loss"] += loss.item() * n
-            sums["ce"] += parts["ce"].item() * n
-            sums["kl"] += parts["kl"].item() * n if "kl" in parts else 0.0
-            sums["correct"] += (parts["logits"].argmax(1) == batch.y).sum().item()
-            sums["n"] += n
-            if train and self.dist.main:
-                bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{self.optimizer.param_groups[0]['lr']:.2e}")
+        what = "train" if train else "val"
+        with progress(loader, total=total, desc=f"epoch {self.epoch} {what}", quiet=not self._bars()) as bar:
+            for step, items in enumerate(bar):
+                if step >= total:
+                    break  # max_steps_per_epoch; equal on every rank, so DDP stays in step
+                batch = self._batch(items, split)
+                with torch.set_grad_enabled(train), self._autocast():
+                    loss, parts = self.recipe.loss(self.ddp_model, batch)
+                if train:
+                    self.optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    self.optimizer.step()
+                n = batch.y.shape[0]
+                sums["loss"] += loss.item() * n
+                sums["ce"] += parts["ce"].item() * n
+                sums["kl"] += parts["kl"].item() * n if "kl" in parts else 0.0
+                sums["correct"] += (parts["logits"].argmax(1) == batch.y).sum().item()
+                sums["n"] += n
+                if train and self.dist.main:
+                    lr = self.optimizer.param_groups[0]["lr"]
+                    bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", refresh=False)
+                    if (step + 1) % self.cfg.log_every == 0 and step + 1 < total:
+                        log.info("epoch %d step %d/%d: loss %.4f, lr %.2e (%s)", self.epoch, step + 1, total,
+                                 loss.item(), lr, rate_eta(step + 1, time.perf_counter() - t0, total - step - 1))
         keys = list(sums)
         reduced = dict(zip(keys, _all_reduce_sum([sums[k] for k in keys], self.dist, self.device)))
         n = max(reduced["n"], 1.0)
         return {"loss": reduced["loss"] / n, "ce": reduced["ce"] / n, "kl": reduced["kl"] / n,
-                "top1": reduced["correct"] / n, "samples": int(reduced["n"]),
+                "top1_pct": 100.0 * reduced["correct"] / n, "samples": int(reduced["n"]),
                 "seconds": time.perf_counter() - t0}
 
     # -- checkpoints ------------------------------------------------------------------------------
@@ -547,7 +556,7 @@ class Trainer:
             self.plateau["best"] = self.best_val = va["loss"]
             self._log({"epoch": -1, "lr": cfg.lr, "lr_next": cfg.lr, "lr_cuts": 0, **{f"val_{k}": v for k, v in va.items()}})
             self._save("best.pt")
-            log.info("epoch -1 (initial model): val loss %.4f, val top-1 %.4f", va["loss"], va["top1"])
+            log.info("epoch -1 (initial model): val loss %.4f, val top-1 %.2f %%", va["loss"], va["top1_pct"])
         while not self._done():
             tr = self._run_epoch(cfg.train_split, train=True)
             with torch.no_grad():
@@ -565,8 +574,8 @@ class Trainer:
             self._save("last.pt")
             if improved:
                 self._save("best.pt")
-            log.info("epoch %d: train loss %.4f, val loss %.4f, val top-1 %.4f, lr %.2e",
-                     record["epoch"], tr["loss"], va["loss"], va["top1"], lr_before)
+            log.info("epoch %d: train loss %.4f, val loss %.4f, val top-1 %.2f %%, lr %.2e",
+                     record["epoch"], tr["loss"], va["loss"], va["top1_pct"], lr_before)
         if self.stopped:
             log.info("stopping: learning rate cut %d times (lr %.3g)", self.lr_cuts, self.plateau["lr"])
         summary = {"out": str(self.out), "epochs": self.epoch, "lr_cuts": self.lr_cuts, "best_val_loss": self.best_val,

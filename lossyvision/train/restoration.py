@@ -28,6 +28,7 @@ from lossyvision import storage
 from lossyvision.names import check_name
 from lossyvision.pipelines.imageio import DEFAULT_MAX_PIXELS
 from lossyvision.pipelines.stream import OptionError, check_limits, resolve_device
+from lossyvision.progress import progress, rate_eta
 from lossyvision.train.networks.finenet import (
     GENERATOR_STRIDE, Generator, MultiScaleDiscriminator, VGGFeatures)
 
@@ -70,13 +71,14 @@ class RestorationConfig:
     seed: int = 0
     amp: bool = True                 # autocast on CUDA (bf16 where supported, else fp16 + scaler)
     device: str | None = None
-    log_every: int = 100
+    log_every: int = 100             # a log.jsonl record and an INFO line (losses, rate, ETA) every N steps
     sample_every: int = 1000
     ckpt_every: int = 5000
     sample_size: int = 512           # side of the centre crop shown in sample grids
     resume: bool = False
     overwrite: bool = False          # replace a run already in out_dir (else it is refused without resume)
     max_pixels: int = DEFAULT_MAX_PIXELS  # images in shards over this many pixels are refused before decoding
+    quiet: bool = False              # no progress bars (they are off anyway when stderr is not a terminal)
 
     def __post_init__(self) -> None:
         for what, name in (("--variant", self.variant), ("--split", self.split), ("--orig-variant", self.orig_variant)):
@@ -195,7 +197,9 @@ def ms_ssim_loss(restored: torch.Tensor, original: torch.Tensor) -> torch.Tensor
     of 161+ pixels use the standard 11x11 window; smaller ones (tests) shrink the window so
     the coarsest of the 5 scales still holds it (pytorch-msssim needs side > 16 (win - 1)).
     """
-    from pytorch_msssim import ms_ssim
+    from lossyvision.extras import require
+
+    ms_ssim = require("pytorch_msssim", "segmentation", "the MS-SSIM loss of train-restoration", "pytorch-msssim").ms_ssim
 
     side = min(restored.shape[-2:])
     win = 11 if side > 160 else max(3, ((side - 1) // 16) // 2 * 2 + 1)
@@ -448,30 +452,33 @@ def train_restoration(cfg: RestorationConfig) -> dict:
                 yield x, xc
             if n == 0:
                 raise ValueError(f"no training batches from {vdir} (fewer pairs than --batch-size "
-                                 f"{cfg.batch_size}, or --max-images too small)")
+                                 f"{cfg.batch_size}, or --limit too small)")
             epoch += 1
 
-    t0, last = time.time(), {}
+    t0, last, start = time.time(), {}, trainer.step
     logf = (out / "log.jsonl").open("a")
     try:
         it = batches()
-        while trainer.step < cfg.steps:
-            x, xc = next(it)
-            last = trainer.train_step(to_unit(x.to(device, non_blocking=True)),
-                                      to_unit(xc.to(device, non_blocking=True)))
-            step = trainer.step
-            if step % cfg.log_every == 0 or step == cfg.steps:
-                rec = {"step": step, "time_s": round(time.time() - t0, 2), **last}
-                logf.write(json.dumps(rec) + "\n")
-                logf.flush()
-                log.info("step %d %s", step, " ".join(f"{k}={v:.4g}" for k, v in last.items()))
-            if step % cfg.sample_every == 0 or step == cfg.steps:
-                restored = trainer.restore(sample_x_dev)
-                save_grid(out / "samples" / f"step-{step:07d}.png", sample_xc, to_uint8(restored).cpu(), sample_x)
-            if step % cfg.ckpt_every == 0 or step == cfg.steps:
-                _atomic_save(trainer.state_dict(), ckpt_path)
-                save_generator(out / "generator.pt", trainer.G, generator_arch(cfg),
-                               {"step": step, "config": cfg.to_dict()})
+        with progress(total=cfg.steps, initial=start, desc="train-restoration", quiet=cfg.quiet, leave=True) as bar:
+            while trainer.step < cfg.steps:
+                x, xc = next(it)
+                last = trainer.train_step(to_unit(x.to(device, non_blocking=True)),
+                                          to_unit(xc.to(device, non_blocking=True)))
+                step = trainer.step
+                bar.update(1)
+                if step % cfg.log_every == 0 or step == cfg.steps:
+                    rec = {"step": step, "time_s": round(time.time() - t0, 2), **last}
+                    logf.write(json.dumps(rec) + "\n")
+                    logf.flush()
+                    log.info("step %d/%d %s (%s)", step, cfg.steps, " ".join(f"{k}={v:.4g}" for k, v in last.items()),
+                             rate_eta(step - start, time.time() - t0, cfg.steps - step))
+                if step % cfg.sample_every == 0 or step == cfg.steps:
+                    restored = trainer.restore(sample_x_dev)
+                    save_grid(out / "samples" / f"step-{step:07d}.png", sample_xc, to_uint8(restored).cpu(), sample_x)
+                if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                    _atomic_save(trainer.state_dict(), ckpt_path)
+                    save_generator(out / "generator.pt", trainer.G, generator_arch(cfg),
+                                   {"step": step, "config": cfg.to_dict()})
     finally:
         logf.close()
     summary = {"steps": trainer.step, "out_dir": str(out), "generator": str(out / "generator.pt"),

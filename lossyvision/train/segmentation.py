@@ -28,6 +28,7 @@ from lossyvision.eval.segmentation import IGNORE_INDEX
 from lossyvision.names import check_name
 from lossyvision.pipelines.imageio import DEFAULT_MAX_PIXELS
 from lossyvision.pipelines.stream import OptionError, check_limits, resolve_device
+from lossyvision.progress import progress, rate_eta
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +61,9 @@ class SegmentationConfig:
     amp: bool = True
     sync_bn: bool = True             # under DDP: per-GPU batches of 2-4 are too small for plain BN
     device: str | None = None
-    log_every: int = 50
+    log_every: int = 50              # a log.jsonl record and an INFO line (loss, lr, rate, ETA) every N steps
     ckpt_every: int = 2000
+    quiet: bool = False              # no progress bars (they are off anyway when stderr is not a terminal)
     resume: bool = False
     evaluate: bool = True            # evaluate on test_variant at the end
     max_eval_images: int | None = None
@@ -69,8 +71,8 @@ class SegmentationConfig:
     overwrite: bool = False          # replace a run already in out_dir (else it is refused without resume)
 
     def __post_init__(self) -> None:
-        for what, name in (("--train-variant", self.train_variant), ("--test-variant", self.test_variant),
-                           ("--train-split", self.train_split), ("--test-split", self.test_split)):
+        for what, name in (("--variant", self.train_variant), ("--val-variant", self.test_variant),
+                           ("--train-split", self.train_split), ("--val-split", self.test_split)):
             check_name(what, name)
         check_limits(crop_size=self.crop_size, batch_size=self.batch_size, steps=self.steps,
                      num_workers=(self.num_workers, 0), log_every=self.log_every, ckpt_every=self.ckpt_every,
@@ -97,11 +99,10 @@ def model_arch(cfg: SegmentationConfig) -> dict:
 def build_model(encoder: str = "resnet101", num_classes: int = 19, output_stride: int = 16,
                 encoder_weights: str | None = None) -> torch.nn.Module:
     """DeepLabv3+; ``encoder_weights``: None, "imagenet" (needs network or a warm cache) or a path."""
-    try:
-        import segmentation_models_pytorch as smp
-    except ImportError as exc:
-        raise ImportError("segmentation needs segmentation-models-pytorch: pip install "
-                          "'segmentation-models-pytorch>=0.5'") from exc
+    from lossyvision.extras import require
+
+    smp = require("segmentation_models_pytorch", "segmentation", "DeepLabv3+ (train-segmentation, eval-segmentation)",
+                  "segmentation-models-pytorch")
 
     if encoder_weights not in (None, "imagenet") and not Path(encoder_weights).is_file():
         raise FileNotFoundError(f"encoder weights {encoder_weights!r}: no such file (use 'imagenet', a path, "
@@ -308,36 +309,40 @@ def train_segmentation(cfg: SegmentationConfig) -> dict:
             state.update(opt=opt.state_dict(), scaler=scaler.state_dict())
         _atomic_save(state, path)
 
-    t0, loss_v = time.time(), float("nan")
+    t0, loss_v, start = time.time(), float("nan"), step
     net.train()
     it = batches()
     logf = (out / "log.jsonl").open("a") if rank == 0 else None
     try:
-        while step < cfg.steps:
-            x, y = next(it)
-            lr = poly_lr(cfg.lr, step, cfg.steps, cfg.poly_power)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            x = to_device(x, device)
-            y = y.to(device, non_blocking=True).long()
-            with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                logits = net(x)
-            loss = criterion(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            step += 1
-            loss_v = loss.item()
-            if not math.isfinite(loss_v):
-                raise FloatingPointError(f"loss is {loss_v} at step {step}; lower --lr or disable --amp")
-            if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
-                logf.write(json.dumps({"step": step, "loss": loss_v, "lr": lr, "time_s": round(time.time() - t0, 2)})
-                           + "\n")
-                logf.flush()
-                log.info("step %d loss %.4f lr %.3g", step, loss_v, lr)
-            if rank == 0 and (step % cfg.ckpt_every == 0 or step == cfg.steps):
-                save(ckpt_path, full=True)
+        with progress(total=cfg.steps, initial=step, desc="train-segmentation", quiet=cfg.quiet or rank != 0,
+                      leave=True) as bar:
+            while step < cfg.steps:
+                x, y = next(it)
+                lr = poly_lr(cfg.lr, step, cfg.steps, cfg.poly_power)
+                for group in opt.param_groups:
+                    group["lr"] = lr
+                x = to_device(x, device)
+                y = y.to(device, non_blocking=True).long()
+                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
+                    logits = net(x)
+                loss = criterion(logits.float(), y)
+                opt.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(opt)
+                scaler.update()
+                step += 1
+                bar.update(1)
+                loss_v = loss.item()
+                if not math.isfinite(loss_v):
+                    raise FloatingPointError(f"loss is {loss_v} at step {step}; lower --lr or disable --amp")
+                if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
+                    logf.write(json.dumps({"step": step, "loss": loss_v, "lr": lr,
+                                           "time_s": round(time.time() - t0, 2)}) + "\n")
+                    logf.flush()
+                    log.info("step %d/%d loss %.4f lr %.3g (%s)", step, cfg.steps, loss_v, lr,
+                             rate_eta(step - start, time.time() - t0, cfg.steps - step))
+                if rank == 0 and (step % cfg.ckpt_every == 0 or step == cfg.steps):
+                    save(ckpt_path, full=True)
     finally:
         if logf is not None:
             logf.close()
@@ -349,8 +354,8 @@ def train_segmentation(cfg: SegmentationConfig) -> dict:
             records = evaluate_checkpoint(EvalConfig(
                 checkpoint=str(out / "model.pt"), shards=cfg.shards, test_variants=[cfg.test_variant],
                 split=cfg.test_split, out_dir=str(out), device=str(device), amp=cfg.amp,
-                max_images=cfg.max_eval_images, max_pixels=cfg.max_pixels))
-            summary["miou"] = records[0]["miou"]
+                max_images=cfg.max_eval_images, max_pixels=cfg.max_pixels, quiet=cfg.quiet))
+            summary["miou_pct"] = records[0]["miou_pct"]
             summary["configuration"] = records[0]["configuration"]
         write_summary(out, summary)
     if world > 1:

@@ -23,6 +23,7 @@ import torch
 from torch import nn
 
 from lossyvision.pipelines.stream import ShardStream, make_loader, read_variant, to_device
+from lossyvision.progress import progress as progress_bar, rate_eta
 
 log = logging.getLogger(__name__)
 FORMAT = "lossyvision-teacher-cache/2"
@@ -76,9 +77,15 @@ class TeacherCache:
         return self.logits[rows].float()
 
 
+def _h5py():
+    from lossyvision.extras import require
+
+    return require("h5py", "train", "the teacher cache (--teacher-cache)")
+
+
 def open_cache(path: str | Path, expect: dict) -> TeacherCache:
     """Load a cache and check it against `expect` (from `expected_meta`); CacheMismatch names the field."""
-    import h5py
+    h5py = _h5py()
     with h5py.File(path, "r") as f:
         meta = json.loads(f.attrs["meta"])
         for field in ("format", "model", "weights_sha256", "source", "mean", "std"):
@@ -95,9 +102,11 @@ def open_cache(path: str | Path, expect: dict) -> TeacherCache:
 def build_cache(path: str | Path, teacher: nn.Module, orig_dir: str | Path, meta: dict,
                 device: torch.device | str = "cpu", batch_size: int = 256, workers: int = 0,
                 progress: bool = False, max_pixels: int | None = None) -> TeacherCache:
-    """Run `teacher` over every clean sample of `orig_dir` once and write the HDF5 cache atomically."""
-    import h5py
-    from tqdm import tqdm
+    """Run `teacher` over every clean sample of `orig_dir` once and write the HDF5 cache atomically
+    (a progress bar with `progress` on a terminal, and an INFO line per tenth of the batches)."""
+    import time
+
+    h5py = _h5py()
     mean, std = meta["mean"], meta["std"]
     ds = ShardStream(orig_dir, shuffle=False, rank=0, world_size=1, max_pixels=max_pixels)
     loader = make_loader(ds, batch_size, workers)
@@ -105,10 +114,15 @@ def build_cache(path: str | Path, teacher: nn.Module, orig_dir: str | Path, meta
     keys: list[str] = []
     chunks: list[np.ndarray] = []
     dev = torch.device(device)
-    for x, _, k in tqdm(loader, desc="teacher cache", disable=not progress, total=len(loader)):
-        logits = teacher(to_device(x, dev, mean, std))
-        chunks.append(logits.float().cpu().numpy())
-        keys.extend(k)
+    total, every, t0 = len(loader), max(1, len(loader) // 10), time.perf_counter()
+    with progress_bar(loader, total=total, desc="teacher cache", quiet=not progress, leave=True) as bar:
+        for i, (x, _, k) in enumerate(bar, 1):
+            logits = teacher(to_device(x, dev, mean, std))
+            chunks.append(logits.float().cpu().numpy())
+            keys.extend(k)
+            if i % every == 0 and i < total:
+                log.info("teacher cache %s: batch %d/%d (%s)", orig_dir, i, total,
+                         rate_eta(i, time.perf_counter() - t0, total - i))
     order = np.argsort(np.array(keys, dtype=object))
     keys_sorted = [keys[i] for i in order]
     logits = np.concatenate(chunks)[order]

@@ -39,24 +39,24 @@ def known(tmp_path_factory):
 def test_eval_classifier_gets_the_known_top1_from_a_torchscript_file(known, tmp_path):
     root, model = known
     res = CliRunner().invoke(eval_classifier, [
-        "--model", str(model), "--shards", str(root / "val"), "--variant", "orig", "--variant", "jpeg-q10",
+        "--model", str(model), "--shards", str(root), "--variant", "orig", "--variant", "jpeg-q10",
         "--batch-size", "3", "--workers", "0", "--device", "cpu", "--mean", "0,0,0", "--std", "1,1,1",
-        "--json", str(tmp_path / "r.json"), "--csv", str(tmp_path / "r.csv"), "--quiet"])
+        "--out", str(tmp_path / "r"), "--quiet"])
     assert res.exit_code == 0, res.output
-    rows = json.loads((tmp_path / "r.json").read_text())["results"]
+    rows = json.loads((tmp_path / "r" / "results.json").read_text())["results"]
     assert [r["variant"] for r in rows] == ["orig", "jpeg-q10"]
     for r in rows:
         assert r["samples"] == 10
-        assert r["top1"] == pytest.approx(0.7)
-        assert r["top5"] == pytest.approx(1.0)  # only 3 classes: top-k is capped at the class count
+        assert r["top1_pct"] == pytest.approx(70.0)
+        assert r["top5_pct"] == pytest.approx(100.0)  # only 3 classes: top-k is capped at the class count
     assert rows[1]["bpp"] > 0
     assert "| 70.00 |" in res.output
-    assert (tmp_path / "r.csv").read_text().startswith("model,variant,spec,samples,top1,top5")
+    assert (tmp_path / "r" / "results.csv").read_text().startswith("model,variant,spec,samples,top1_pct,top5_pct")
 
 
 def test_eval_classifier_reports_missing_variant_in_one_line(known):
     root, model = known
-    res = CliRunner().invoke(eval_classifier, ["--model", str(model), "--shards", str(root / "val"),
+    res = CliRunner().invoke(eval_classifier, ["--model", str(model), "--shards", str(root),
                                                "--variant", "j2k-r200", "--device", "cpu", "--quiet"])
     assert res.exit_code == 1
     assert "variant 'j2k-r200' not found" in res.output and "Traceback" not in res.output
@@ -65,12 +65,12 @@ def test_eval_classifier_reports_missing_variant_in_one_line(known):
 def test_eval_matrix_writes_table_and_heatmap(known, tmp_path):
     root, model = known
     res = CliRunner().invoke(eval_matrix, [
-        "--model", f"orig={model}", "--model", f"jpeg-q10={model}", "--shards", str(root / "val"),
+        "--model", f"orig={model}", "--model", f"jpeg-q10={model}", "--shards", str(root),
         "--variant", "orig", "--variant", "jpeg-q10", "--out", str(tmp_path / "m"), "--workers", "0",
         "--device", "cpu", "--mean", "0,0,0", "--std", "1,1,1", "--quiet"])
     assert res.exit_code == 0, res.output
     m = json.loads((tmp_path / "m" / "matrix.json").read_text())
     assert m["models"] == ["orig", "jpeg-q10"] and m["variants"] == ["orig", "jpeg-q10"]
-    assert np.allclose(m["top1"], 0.7)
+    assert np.allclose(m["top1_pct"], 70.0)
     with Image.open(tmp_path / "m" / "matrix.png") as im:
         assert im.size[0] > 100 and im.size[1] > 100

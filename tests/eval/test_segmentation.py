@@ -23,7 +23,7 @@ def _random_label(seed: int = 0, shape=(32, 48)) -> np.ndarray:
 def test_prediction_equal_to_label_gives_100():
     y = _random_label()
     s = scores_from_confusion(confusion_matrix(y, y))
-    assert s.miou == 100.0 and s.small == 100.0 and s.big == 100.0 and s.pixel_accuracy == 100.0
+    assert s.miou_pct == 100.0 and s.miou_small_pct == 100.0 and s.miou_big_pct == 100.0 and s.pixel_accuracy_pct == 100.0
     assert s.pixels == int((y != 255).sum())
 
 
@@ -34,11 +34,11 @@ def test_known_confusion_gives_known_numbers():
     assert cm[0, 0] == 1 and cm[0, 1] == 1 and cm[1, 1] == 2 and cm.sum() == 4
     s = scores_from_confusion(cm)
     # road: TP 1 / (TP 1 + FP 0 + FN 1) = 50 %; sidewalk: 2 / (2 + 1 + 0) = 66.67 %; others absent
-    assert s.per_class["road"] == pytest.approx(50.0)
-    assert s.per_class["sidewalk"] == pytest.approx(200 / 3)
-    assert s.miou == pytest.approx((50 + 200 / 3) / 2)
-    assert np.isnan(s.per_class["sky"]) and s.to_dict()["per_class"]["sky"] is None
-    assert s.pixel_accuracy == pytest.approx(75.0)
+    assert s.iou_pct["road"] == pytest.approx(50.0)
+    assert s.iou_pct["sidewalk"] == pytest.approx(200 / 3)
+    assert s.miou_pct == pytest.approx((50 + 200 / 3) / 2)
+    assert np.isnan(s.iou_pct["sky"]) and s.to_dict()["iou_pct"]["sky"] is None
+    assert s.pixel_accuracy_pct == pytest.approx(75.0)
 
 
 def test_ignore_pixels_never_count_whatever_is_predicted():
@@ -52,7 +52,7 @@ def test_ignore_pixels_never_count_whatever_is_predicted():
     pred[ignored] = 255  # not even an out-of-range prediction
     assert np.array_equal(confusion_matrix(pred, y), base)
     assert base.sum() == (~ignored).sum()
-    assert scores_from_confusion(base).miou == 100.0
+    assert scores_from_confusion(base).miou_pct == 100.0
 
 
 def test_out_of_range_values_are_errors():
@@ -71,8 +71,8 @@ def test_small_and_big_object_split_of_table_ii():
     cm[idx["person"], idx["rider"]] = 10  # person: 10 / 20; rider: 10 / 20
     s = scores_from_confusion(cm)
     small = [50, 50, 100, 100, 100, 100, 100]
-    assert s.small == pytest.approx(np.mean(small)) and s.big == 100.0
-    assert s.miou == pytest.approx((sum(small) + 12 * 100) / 19)
+    assert s.miou_small_pct == pytest.approx(np.mean(small)) and s.miou_big_pct == 100.0
+    assert s.miou_pct == pytest.approx((sum(small) + 12 * 100) / 19)
 
 
 def test_configuration_names():
@@ -101,10 +101,10 @@ def test_evaluate_model_on_shards_matches_hand_count(tmp_path):
     valid = labels != 255
     assert n == 3 and cm.sum() == valid.sum()
     s = scores_from_confusion(cm)
-    assert s.per_class["road"] == pytest.approx(100 * (labels == 0).sum() / valid.sum())
+    assert s.iou_pct["road"] == pytest.approx(100 * (labels == 0).sum() / valid.sum())
     present = [CITYSCAPES_CLASSES[c] for c in np.unique(labels[valid]) if c != 0]
-    assert present and all(s.per_class[c] == 0 for c in present)
-    assert s.miou == pytest.approx(s.per_class["road"] / (1 + len(present)))
+    assert present and all(s.iou_pct[c] == 0 for c in present)
+    assert s.miou_pct == pytest.approx(s.iou_pct["road"] / (1 + len(present)))
 
 
 def test_report_tables_and_plot(tmp_path):
@@ -119,8 +119,8 @@ def test_report_tables_and_plot(tmp_path):
     assert "small obj." in md and md.count("\n| ") == 5
     rows = json.loads(paths["json"].read_text())
     assert [r["configuration"] for r in rows] == ["CO", "CO", "OO", "RO"]
-    assert rows[2]["miou"] == 100.0
+    assert rows[2]["miou_pct"] == 100.0
     import pandas as pd
     df = pd.read_csv(paths["csv"])
-    assert list(df.columns[-3:]) == ["big", "miou", "images"] and len(df) == 4
+    assert list(df.columns[-3:]) == ["miou_big_pct", "miou_pct", "images"] and len(df) == 4
     assert paths["plot"].stat().st_size > 1000

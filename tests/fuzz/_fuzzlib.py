@@ -34,9 +34,9 @@ GOOD, BAD, EITHER, NOT_SAMPLE = "good", "bad", "either", "not-sample"
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 
 # Codec settings the properties draw from: (command line, variant folder name)
-JPEG = (("--codec", "jpeg", "--q", "50"), "jpeg-q50")
-BPG = (("--codec", "bpg", "--q", "40"), "bpg-qp40")
-J2K = (("--codec", "j2k", "--q", "50"), "j2k-r50")
+JPEG = (("--codec", "jpeg", "--quality", "50"), "jpeg-q50")
+BPG = (("--codec", "bpg", "--quality", "40"), "bpg-qp40")
+J2K = (("--codec", "j2k", "--quality", "50"), "j2k-r50")
 
 # imageio.max_file_bytes(DEFAULT_MAX_PIXELS): 2^27 px * 8 B + 16 MiB; a sparse file one byte over
 OVER_FILE_LIMIT = (1 << 27) * 8 + (16 << 20) + 1
@@ -468,7 +468,7 @@ def read_variant(vdir: str) -> tuple[dict, list[dict]]:
     """(manifest, samples read by plain webdataset)."""
     import webdataset as wds
 
-    with open(os.path.join(vdir, "manifest.json")) as f:
+    with open(os.path.join(vdir, "_manifest.json")) as f:
         m = json.load(f)
     urls = [os.path.join(vdir, e["name"]) for e in m["shards"] if e]
     samples = list(wds.WebDataset(urls, shardshuffle=False, empty_check=False)) if urls else []
@@ -479,7 +479,7 @@ def manifest_digest(base: str) -> dict:
     """What a rerun must reproduce: per variant, the shards' (name, count, sha256) and the failures."""
     out = {}
     for v in sorted(os.listdir(base)):
-        p = os.path.join(base, v, "manifest.json")
+        p = os.path.join(base, v, "_manifest.json")
         if not os.path.isfile(p):
             continue
         m = json.load(open(p))

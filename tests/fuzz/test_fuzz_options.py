@@ -22,8 +22,8 @@ BAD_OPTIONS = [
     ("--split", "../../x"), ("--split", "../../../../x"), ("--split", ABS), ("--split", "a/b"), ("--split", ".."),
     ("--split", ""), ("--split", "."), ("--split", "x/../../.."), ("--split", "a/"), ("--split", "/"),
     ("--split", "x\x00y"),
-    ("--q", "nan"), ("--q", "NaN"), ("--q", "inf"), ("--q", "-inf"), ("--q", "+inf"), ("--q", "1e999"), ("--q", ""),
-    ("--q", "abc"), ("--q", "50,nan"), ("--q", "-5"), ("--q", "1000"),
+    ("--quality", "nan"), ("--quality", "NaN"), ("--quality", "inf"), ("--quality", "-inf"), ("--quality", "+inf"), ("--quality", "1e999"), ("--quality", ""),
+    ("--quality", "abc"), ("--quality", "50,nan"), ("--quality", "-5"), ("--quality", "1000"),
     ("--bpp", "nan"), ("--bpp", "inf"), ("--bpp", "-1"), ("--bpp", "0"),
     ("--crop", "scale:60000x60000"), ("--crop", "crop:0x0"), ("--crop", "scale:0x0"), ("--crop", "scale:0"),
     ("--crop", "scale:-1"), ("--crop", "crop:-1x5"), ("--crop", "scale:nan"), ("--crop", "scale:inf"),
@@ -49,9 +49,9 @@ def _example(tmp_path):
 
 
 def _args(src: fz.SourceDir, out: str, **over: str) -> list[str]:
-    opts = {"--dataset": "folder", "--src": src.root, "--split": "all", "--out": out, "--codec": "jpeg", "--q": "50"}
+    opts = {"--dataset": "folder", "--src": src.root, "--split": "all", "--out": out, "--codec": "jpeg", "--quality": "50"}
     if "--bpp" in over:
-        opts.pop("--q")
+        opts.pop("--quality")
     opts.update(over)
     args = ["prepare-shards"]
     for k, v in opts.items():
@@ -86,8 +86,9 @@ split_text = st.one_of(
 @settings(max_examples=30, **SETTINGS)
 @given(split=split_text)
 def test_any_split_stays_under_out(tmp_path, split):
-    """Any --split: exit 0 writing only under OUT/folder/<split>/, or exit 2 creating nothing;
-    a split that is not one safe path component must give exit 2."""
+    """Any --split: exit 0 writing only under OUT/folder/<split>/ (plus the dataset's reader cards,
+    OUT/folder/README.md and _info.json, fixed names), or exit 2 creating nothing; a split that is not
+    one safe path component must give exit 2."""
     ex, src, out, cwd = _example(tmp_path)
     before = fz.snapshot(str(tmp_path), exclude=(out,))
     run = fz.invoke(_args(src, out, **{"--split": split}), cwd)
@@ -96,10 +97,11 @@ def test_any_split_stays_under_out(tmp_path, split):
     assert not outside, f"{run.cmdline()}\nwritten outside --out: {outside[:10]}"
     if run.exit_code == 0:
         base = os.path.realpath(os.path.join(out, "folder", split))
+        cards = {os.path.realpath(os.path.join(out, "folder", n)) for n in ("README.md", "_info.json")}
         for d, _, files in os.walk(out):
             for f in files:
                 p = os.path.realpath(os.path.join(d, f))
-                assert p.startswith(base + os.sep), f"{run.cmdline()}\n{p} is not under {base}"
+                assert p.startswith(base + os.sep) or p in cards, f"{run.cmdline()}\n{p} is not under {base}"
         fz.check_output(run, src, out, split, ["orig", "jpeg-q50"])
     else:
         assert not os.path.lexists(out), f"{run.cmdline()}\nexit {run.exit_code} but {out} was created"
@@ -110,14 +112,14 @@ def _num(x: float) -> str:
 
 
 @settings(max_examples=25, **SETTINGS)
-@given(which=st.sampled_from(["--q", "--bpp"]), x=st.floats(allow_nan=True, allow_infinity=True))
+@given(which=st.sampled_from(["--quality", "--bpp"]), x=st.floats(allow_nan=True, allow_infinity=True))
 def test_any_number_for_q_and_bpp(tmp_path, which, x):
-    """--q / --bpp for jpeg: a non-finite or out-of-range value is exit 2 with nothing created; an
+    """--quality / --bpp for jpeg: a non-finite or out-of-range value is exit 2 with nothing created; an
     in-range one runs (exit 0) or is refused (exit 2)."""
     ex, src, out, cwd = _example(tmp_path)
     before = fz.snapshot(str(tmp_path), exclude=(out,))
     run = fz.invoke(_args(src, out, **{which: _num(x)}), cwd)
-    in_range = math.isfinite(x) and ((1 <= x <= 100) if which == "--q" else (0 < x <= 64))
+    in_range = math.isfinite(x) and ((1 <= x <= 100) if which == "--quality" else (0 < x <= 64))
     fz.check_cli_contract(run, codes=(0, 2) if in_range else (2,))
     outside = fz.diff_snapshots(before, fz.snapshot(str(tmp_path), exclude=(out,)))
     assert not outside, f"{run.cmdline()}\nwritten outside --out: {outside[:10]}"

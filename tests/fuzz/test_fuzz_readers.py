@@ -1,10 +1,10 @@
 """Readers over corrupted shards and manifests: a small good prepare-shards output is built once per
 module, copied per example and damaged (bytes flipped, cut, appended; shards deleted, replaced or
-swapped; manifest.json replaced by invalid JSON, a list, ``{}``..., or one shard entry altered).
+swapped; _manifest.json replaced by invalid JSON, a list, ``{}``..., or one shard entry altered).
 
 - ``ShardStream``: building it and iterating to the end must raise ``ShardError`` whose message
   names the damaged shard (or, for a damaged manifest, ShardError/ValueError/FileNotFoundError
-  naming manifest.json); never another exception type, never a silent full pass (loaders verify
+  naming _manifest.json); never another exception type, never a silent full pass (loaders verify
   every shard against the manifest's size and sha256).
 - ``lossyvision rate-report ROOT --no-plot --out REPORT``: no traceback, exit 0/1/2, at most one
   line on stderr, nothing written outside REPORT.
@@ -101,9 +101,9 @@ damage = st.one_of(shard_damage, manifest_damage, entry_damage)
 
 
 def apply(vdir: str, dmg: tuple) -> str:
-    """Damage the variant folder; returns what a message must name (a shard file name or manifest.json)."""
+    """Damage the variant folder; returns what a message must name (a shard file name or _manifest.json)."""
     kind = dmg[0]
-    mpath = os.path.join(vdir, "manifest.json")
+    mpath = os.path.join(vdir, "_manifest.json")
     if kind in ("flip", "truncate", "append", "delete", "replace", "swap"):
         name = f"shard-{dmg[1]:06d}.tar"
         p = os.path.join(vdir, name)
@@ -175,7 +175,7 @@ def apply(vdir: str, dmg: tuple) -> str:
         elif what == "entry=list":
             m["shards"][dmg[1]] = [e["name"], e["count"]]
         json.dump(m, open(mpath, "w"))
-    return "manifest.json"
+    return "_manifest.json"
 
 
 def describe(variant: str, dmg: tuple) -> str:
@@ -200,7 +200,7 @@ def test_stream_detects_damage(tmp_path, good_output, variant, dmg):
     vdir = os.path.join(base, variant)
     culprit = apply(vdir, dmg)
     what = describe(variant, dmg)
-    manifest_level = culprit == "manifest.json"
+    manifest_level = culprit == "_manifest.json"
     allowed = (ShardError, ValueError, FileNotFoundError) if manifest_level else (ShardError,)
     got = []
     try:

@@ -16,7 +16,7 @@ from tests.pipelines.test_prepare import digest
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 CLI = [sys.executable, "-m", "lossyvision.cli", "prepare-shards"]
-JOB = ["--dataset", "samples", "--crop", "resize400-center384", "--codec", "jpeg", "--q", "10", "--codec", "bpg", "--q", "41,46", "--quiet"]
+JOB = ["--dataset", "samples", "--crop", "resize400-center384", "--codec", "jpeg", "--quality", "10", "--codec", "bpg", "--quality", "41,46", "--quiet"]
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,7 @@ def test_a_worker_node_lost_mid_job_changes_nothing(cluster, reference, tmp_path
     out = str(tmp_path / "out")
     proc = subprocess.Popen(CLI + JOB + ["--shard-size", "1", "--out", out, "--address", c.address, "-v"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    man = os.path.join(out, "samples", "all", "bpg-qp46", "manifest.json")
+    man = os.path.join(out, "samples", "all", "bpg-qp46", "_manifest.json")
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if os.path.exists(man) and sum(1 for e in json.load(open(man))["shards"] if e) >= 2:

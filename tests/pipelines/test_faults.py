@@ -68,7 +68,7 @@ def test_random_signals_then_rerun_gives_identical_output(executor, trials, tmp_
 @pytest.mark.slow
 def test_a_second_job_on_the_same_output_is_refused(tmp_path):
     src, out = _photos_folder(str(tmp_path / "src"), 8), str(tmp_path / "out")
-    args = ["--dataset", "folder", "--src", src, "--out", out, "--shard-size", "1", "--codec", "bpg", "--q", "30,41", "--executor", "local", "--quiet"]
+    args = ["--dataset", "folder", "--src", src, "--out", out, "--shard-size", "1", "--codec", "bpg", "--quality", "30,41", "--executor", "local", "--quiet"]
     first = subprocess.Popen(CLI + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     lock = os.path.join(out, "folder", "all", ".lock")
     deadline = time.time() + 60
@@ -135,7 +135,7 @@ def tiny_fs(tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("executor", ["local", pytest.param("ray", marks=pytest.mark.ray)])
 def test_disk_full_leaves_no_corrupt_shard_and_resumes(tiny_fs, executor, tmp_path):
-    args = ["--dataset", "samples", "--shard-size", "3", "--codec", "jpeg", "--q", "75", "--executor", executor, "--quiet"]
+    args = ["--dataset", "samples", "--shard-size", "3", "--codec", "jpeg", "--quality", "75", "--executor", executor, "--quiet"]
     if executor == "ray":
         args += ["--workers", "2"]
     ref = str(tmp_path / "ref")
@@ -147,8 +147,8 @@ def test_disk_full_leaves_no_corrupt_shard_and_resumes(tiny_fs, executor, tmp_pa
     assert _no_temps(out)
     for variant in ("orig", "jpeg-q75"):
         vdir = os.path.join(out, "samples", "all", variant)
-        if os.path.exists(os.path.join(vdir, "manifest.json")):
-            m = json.load(open(os.path.join(vdir, "manifest.json")))  # still whole, valid JSON
+        if os.path.exists(os.path.join(vdir, "_manifest.json")):
+            m = json.load(open(os.path.join(vdir, "_manifest.json")))  # still whole, valid JSON
             assert not m["complete"]
             for e in filter(None, m["shards"]):  # every shard it lists is whole
                 assert digest(vdir)[e["name"]] == e["sha256"]
@@ -182,7 +182,7 @@ def test_changed_source_images_rebuild_only_their_shards(tmp_path, caplog):
 def test_added_or_removed_source_images_are_refused(tmp_path):
     src = _photos_folder(str(tmp_path / "src"), 6)
     args = ["prepare-shards", "--dataset", "folder", "--src", src, "--out", str(tmp_path / "out"), "--shard-size", "2",
-            "--codec", "jpeg", "--q", "10", "--executor", "local", "--quiet"]
+            "--codec", "jpeg", "--quality", "10", "--executor", "local", "--quiet"]
     assert CliRunner().invoke(main, args).exit_code == 0
     shutil.copy(os.path.join(src, "img00.png"), os.path.join(src, "img00b.png"))
     r = CliRunner().invoke(main, args)

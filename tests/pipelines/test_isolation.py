@@ -84,13 +84,13 @@ def _digests(base) -> dict:
 def test_no_input_stops_the_job_and_a_rerun_is_identical(hostile_src, tmp_path):
     out = tmp_path / "out"
     args = ["prepare-shards", "--dataset", "folder", "--src", str(hostile_src), "--out", str(out), "--shard-size", "4",
-            "--codec", "jpeg", "--q", "50", "--codec", "bpg", "--q", "41", "--codec", "j2k", "--q", "50", "--executor", "local", "--quiet"]
+            "--codec", "jpeg", "--quality", "50", "--codec", "bpg", "--quality", "41", "--codec", "j2k", "--quality", "50", "--executor", "local", "--quiet"]
     r = _run(args)
     assert r.exit_code == 0, r.output
     assert "9 image(s) could not be used" in r.output
     base = out / "folder" / "all"
     for variant in ("orig", "jpeg-q50", "bpg-qp41", "j2k-r50"):
-        m = json.loads((base / variant / "manifest.json").read_text())
+        m = json.loads((base / variant / "_manifest.json").read_text())
         assert m["num_samples"] == len(GOOD) and m["complete"]
         # every good image is in every variant, whatever else its shard held
         assert _keys(base / variant) == sorted(GOOD)
@@ -119,7 +119,7 @@ def _tree(path) -> set[str]:
 def test_names_that_would_escape_out_are_refused_before_anything_is_written(tmp_path, split):
     out = tmp_path / "o" / "out"
     before = _tree(tmp_path)
-    r = _run(["prepare-shards", "--dataset", "samples", "--out", str(out), "--split", split, "--codec", "jpeg", "--q", "5", "--quiet"])
+    r = _run(["prepare-shards", "--dataset", "samples", "--out", str(out), "--split", split, "--codec", "jpeg", "--quality", "5", "--quiet"])
     assert r.exit_code == 2 and "--split" in r.output and "not a valid name" in r.output
     assert len(r.output.strip().splitlines()) == 1, r.output
     assert _tree(tmp_path) == before and not os.path.exists("/tmp/lv-abs-split")
@@ -137,7 +137,7 @@ def test_name_rule():
 def test_temp_cleanup_removes_only_this_toolkits_own_temp_files(tmp_path):
     d = tmp_path / "v"
     d.mkdir()
-    ours = [d / ("shard-000003.tar" + storage.temp_suffix()), d / ("manifest.json" + storage.temp_suffix())]
+    ours = [d / ("shard-000003.tar" + storage.temp_suffix()), d / ("_manifest.json" + storage.temp_suffix())]
     theirs = [d / "notes.tmp-keep", d / "photo.jpg.tmp-host-1-deadbeef", d / "shard-000001.tar.tmp-x", d / "thesis.tex.tmp-a-1-0123abcd"]
     for p in ours + theirs:
         p.write_bytes(b"x")
@@ -146,17 +146,17 @@ def test_temp_cleanup_removes_only_this_toolkits_own_temp_files(tmp_path):
 
 
 @pytest.mark.parametrize("opts,words", [
-    (["--codec", "jpeg", "--q", "nan"], "finite"),
-    (["--codec", "jpeg", "--q", "inf"], "finite"),
-    (["--codec", "jpeg", "--q", "-inf"], "finite"),
+    (["--codec", "jpeg", "--quality", "nan"], "finite"),
+    (["--codec", "jpeg", "--quality", "inf"], "finite"),
+    (["--codec", "jpeg", "--quality", "-inf"], "finite"),
     (["--codec", "jpeg", "--bpp", "nan"], "finite"),
-    (["--codec", "jpeg", "--q", "5", "--crop", "scale:60000x60000"], "over --max-pixels"),
-    (["--codec", "jpeg", "--q", "5", "--crop", "crop:0x0"], "at least 1"),
-    (["--codec", "jpeg", "--q", "5", "--crop", "scale:0x10"], "at least 1"),
-    (["--codec", "jpeg", "--q", "5", "--limit", "0"], "at least 1"),
-    (["--codec", "jpeg", "--q", "5", "--limit", "-1"], "at least 1"),
-    (["--codec", "jpeg", "--q", "5", "--max-pixels", "0"], "--max-pixels"),
-    (["--codec", "msh", "--q", "3", "--codec-opt", "msh.weights=/etc/passwd"], "not a PyTorch checkpoint"),
+    (["--codec", "jpeg", "--quality", "5", "--crop", "scale:60000x60000"], "over --max-pixels"),
+    (["--codec", "jpeg", "--quality", "5", "--crop", "crop:0x0"], "at least 1"),
+    (["--codec", "jpeg", "--quality", "5", "--crop", "scale:0x10"], "at least 1"),
+    (["--codec", "jpeg", "--quality", "5", "--limit", "0"], "at least 1"),
+    (["--codec", "jpeg", "--quality", "5", "--limit", "-1"], "at least 1"),
+    (["--codec", "jpeg", "--quality", "5", "--max-pixels", "0"], "--max-pixels"),
+    (["--codec", "msh", "--quality", "3", "--codec-opt", "msh.weights=/etc/passwd"], "not a PyTorch checkpoint"),
 ])
 def test_bad_options_are_one_line_exit_2_and_write_nothing(tmp_path, opts, words):
     out = tmp_path / "out"
@@ -169,7 +169,7 @@ def test_bad_options_are_one_line_exit_2_and_write_nothing(tmp_path, opts, words
 def test_msh_without_weights_offline_fails_before_any_work_with_the_right_syntax(tmp_path):
     if os.path.exists(os.path.expanduser("~/.cache/torch/hub/checkpoints/mbt2018-mean-3-723404a8.pth.tar")):
         pytest.skip("the zoo weights are cached here, so msh needs no weights option")
-    r = _run(["prepare-shards", "--dataset", "samples", "--out", str(tmp_path / "out"), "--quiet", "--codec", "msh", "--q", "3"])
+    r = _run(["prepare-shards", "--dataset", "samples", "--out", str(tmp_path / "out"), "--quiet", "--codec", "msh", "--quality", "3"])
     if r.exit_code == 0:
         pytest.skip("this machine is online: CompressAI fetched the weights")
     assert r.exit_code == 2 and "--codec-opt msh.weights=PATH" in r.output and len(r.output.strip().splitlines()) == 1
@@ -179,11 +179,11 @@ def test_msh_without_weights_offline_fails_before_any_work_with_the_right_syntax
 def test_output_errors_are_one_line_exit_1(tmp_path):
     f = tmp_path / "afile"
     f.write_text("x")
-    r = _run(["prepare-shards", "--dataset", "samples", "--out", str(f), "--codec", "jpeg", "--q", "5", "--quiet"])
+    r = _run(["prepare-shards", "--dataset", "samples", "--out", str(f), "--codec", "jpeg", "--quality", "5", "--quiet"])
     assert r.exit_code == 2 and "is a file, not a folder" in r.output
-    r = _run(["prepare-shards", "--dataset", "samples", "--out", str(f / "below"), "--codec", "jpeg", "--q", "5", "--quiet"])
+    r = _run(["prepare-shards", "--dataset", "samples", "--out", str(f / "below"), "--codec", "jpeg", "--quality", "5", "--quiet"])
     assert r.exit_code in (1, 2) and len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output
-    r = _run(["prepare-shards", "--dataset", "samples", "--out", "/proc/lossyvision-test", "--codec", "jpeg", "--q", "5", "--quiet"])
+    r = _run(["prepare-shards", "--dataset", "samples", "--out", "/proc/lossyvision-test", "--codec", "jpeg", "--quality", "5", "--quiet"])
     assert r.exit_code == 1 and "cannot write /proc/lossyvision-test" in r.output and len(r.output.strip().splitlines()) == 1
 
 
@@ -210,19 +210,19 @@ def mounted(tmp_path):
 
 def test_read_only_filesystem_and_no_inodes_are_one_line_exit_1(mounted):
     ro = mounted("ro,size=1m")
-    r = _run(["prepare-shards", "--dataset", "samples", "--out", os.path.join(ro, "x"), "--codec", "jpeg", "--q", "5", "--quiet", "--limit", "2"])
+    r = _run(["prepare-shards", "--dataset", "samples", "--out", os.path.join(ro, "x"), "--codec", "jpeg", "--quality", "5", "--quiet", "--limit", "2"])
     assert r.exit_code == 1 and "not allowed to write there" in r.output and len(r.output.strip().splitlines()) == 1, r.output
     few = mounted("size=64m,nr_inodes=10")
-    r = _run(["prepare-shards", "--dataset", "samples", "--out", os.path.join(few, "x"), "--codec", "jpeg", "--q", "5,10,20,30,40",
+    r = _run(["prepare-shards", "--dataset", "samples", "--out", os.path.join(few, "x"), "--codec", "jpeg", "--quality", "5,10,20,30,40",
               "--quiet", "--limit", "3", "--shard-size", "1", "--executor", "local"])
     assert r.exit_code == 1 and "no free inodes" in r.output and len(r.output.strip().splitlines()) == 1, r.output
 
 
 def test_corrupt_or_foreign_manifest_on_rerun_is_one_line(tmp_path):
     out = tmp_path / "out"
-    args = ["prepare-shards", "--dataset", "samples", "--out", str(out), "--codec", "jpeg", "--q", "5", "--quiet", "--limit", "2"]
+    args = ["prepare-shards", "--dataset", "samples", "--out", str(out), "--codec", "jpeg", "--quality", "5", "--quiet", "--limit", "2"]
     assert _run(args).exit_code == 0
-    mf = out / "samples" / "all" / "jpeg-q5" / "manifest.json"
+    mf = out / "samples" / "all" / "jpeg-q5" / "_manifest.json"
     for text, words in (("{not json", "not valid JSON"), ("[1, 2]", "not a lossyvision manifest"), ('{"format": "x"}', "unknown manifest format")):
         mf.write_text(text)
         r = _run(args)
@@ -231,7 +231,7 @@ def test_corrupt_or_foreign_manifest_on_rerun_is_one_line(tmp_path):
 
 def test_a_crop_larger_than_every_image_is_a_failure_not_a_success(tmp_path):
     r = _run(["prepare-shards", "--dataset", "samples", "--out", str(tmp_path / "out"), "--crop", "crop:5000x5000",
-              "--codec", "jpeg", "--q", "5", "--quiet", "--limit", "3"])
+              "--codec", "jpeg", "--quality", "5", "--quiet", "--limit", "3"])
     assert r.exit_code == 1 and "none of the 3 images could be used" in r.output and "larger than the image" in r.output
     assert len(r.output.strip().splitlines()) == 1
 
@@ -242,9 +242,9 @@ def test_resizing_a_thin_image_past_max_pixels_is_listed(tmp_path):
     Image.fromarray(np.zeros((1, 3000, 3), np.uint8)).save(src / "line.png")  # imagenet crop: 768000 x 256 before cropping
     Image.fromarray(np.zeros((300, 300, 3), np.uint8)).save(src / "ok.png")
     r = _run(["prepare-shards", "--dataset", "folder", "--src", str(src), "--out", str(tmp_path / "out"), "--crop", "imagenet",
-              "--codec", "jpeg", "--q", "5", "--quiet", "--max-pixels", "100000000"])
+              "--codec", "jpeg", "--quality", "5", "--quiet", "--max-pixels", "100000000"])
     assert r.exit_code == 0, r.output
-    m = json.loads((tmp_path / "out" / "folder" / "all" / "jpeg-q5" / "manifest.json").read_text())
+    m = json.loads((tmp_path / "out" / "folder" / "all" / "jpeg-q5" / "_manifest.json").read_text())
     assert m["num_samples"] == 1 and "over --max-pixels" in m["failures"][0]["reason"]
 
 
@@ -255,11 +255,11 @@ def test_unreadable_folder_is_listed(tmp_path, photo):
     Image.fromarray(np.ascontiguousarray(photo[:40, :40])).save(src / "ok.png")
     os.chmod(src / "locked", 0)
     try:
-        r = _run(["prepare-shards", "--dataset", "folder", "--src", str(src), "--out", str(tmp_path / "out"), "--codec", "jpeg", "--q", "5", "--quiet"])
+        r = _run(["prepare-shards", "--dataset", "folder", "--src", str(src), "--out", str(tmp_path / "out"), "--codec", "jpeg", "--quality", "5", "--quiet"])
     finally:
         os.chmod(src / "locked", 0o755)
     assert r.exit_code == 0
-    m = json.loads((tmp_path / "out" / "folder" / "all" / "jpeg-q5" / "manifest.json").read_text())
+    m = json.loads((tmp_path / "out" / "folder" / "all" / "jpeg-q5" / "_manifest.json").read_text())
     assert m["num_samples"] == 1 and "unreadable folder" in m["failures"][0]["reason"]
 
 
@@ -276,13 +276,13 @@ def test_unreadable_folder_is_listed_even_as_root(tmp_path, photo):
     drop = ["setpriv", "--inh-caps=-dac_override,-dac_read_search", "--bounding-set=-dac_override,-dac_read_search"]
     try:
         p = subprocess.run(drop + [sys.executable, "-m", "lossyvision.cli", "prepare-shards", "--dataset", "folder", "--src", str(src),
-                                   "--out", str(tmp_path / "out"), "--codec", "jpeg", "--q", "5", "--quiet"], capture_output=True, text=True)
+                                   "--out", str(tmp_path / "out"), "--codec", "jpeg", "--quality", "5", "--quiet"], capture_output=True, text=True)
     finally:
         os.chmod(src / "locked", 0o755)
     if "setpriv:" in p.stderr:
         pytest.skip(f"setpriv cannot drop capabilities here: {p.stderr.strip()}")
     assert p.returncode == 0, p.stderr
-    m = json.loads((tmp_path / "out" / "folder" / "all" / "jpeg-q5" / "manifest.json").read_text())
+    m = json.loads((tmp_path / "out" / "folder" / "all" / "jpeg-q5" / "_manifest.json").read_text())
     assert m["num_samples"] == 1 and m["failures"][0]["key"] == "locked" and "unreadable folder" in m["failures"][0]["reason"]
 
 
@@ -291,9 +291,9 @@ def test_fashion_mnist_defaults_to_its_test_split(tmp_path):
 
     if not os.path.isdir(DEFAULT_ROOT):
         pytest.skip("dataset-fashion-mnist is not installed")
-    r = _run(["prepare-shards", "--dataset", "fashion-mnist", "--out", str(tmp_path / "out"), "--limit", "4", "--codec", "jpeg", "--q", "5", "--quiet"])
+    r = _run(["prepare-shards", "--dataset", "fashion-mnist", "--out", str(tmp_path / "out"), "--limit", "4", "--codec", "jpeg", "--quality", "5", "--quiet"])
     assert r.exit_code == 0 and "fashion-mnist/test" in r.output, r.output
-    r = _run(["prepare-shards", "--dataset", "fashion-mnist", "--split", "val", "--out", str(tmp_path / "out"), "--codec", "jpeg", "--q", "5", "--quiet"])
+    r = _run(["prepare-shards", "--dataset", "fashion-mnist", "--split", "val", "--out", str(tmp_path / "out"), "--codec", "jpeg", "--quality", "5", "--quiet"])
     assert r.exit_code == 2 and "--split test or train" in r.output
 
 
@@ -311,9 +311,9 @@ def test_encode_tiny_and_thin_images_with_every_codec(tmp_path):
             assert codec.roundtrip(rgb).decoded.shape == rgb.shape, (name, h, w)
     src = tmp_path / "t.png"
     Image.fromarray(np.zeros((3, 3, 3), np.uint8)).save(src)
-    r = _run(["encode", str(src), "--codec", "bpg", "--q", "41", "--json"])
+    r = _run(["encode", str(src), "--codec", "bpg", "--quality", "41", "--json"])
     assert r.exit_code == 0 and json.loads(r.output)["h"] == 3, r.output
-    for bad, words in ((["--q", "nan"], "finite"), (["--bpp", "inf"], "finite"), (["--q", "5", "--max-pixels", "4"], "over --max-pixels")):
+    for bad, words in ((["--quality", "nan"], "finite"), (["--bpp", "inf"], "finite"), (["--quality", "5", "--max-pixels", "4"], "over --max-pixels")):
         r = _run(["encode", str(src), "--codec", "jpeg", *bad])
         assert r.exit_code in (1, 2) and words in r.output and len(r.output.strip().splitlines()) == 1, r.output
 
@@ -323,7 +323,7 @@ def test_traceback_only_with_vv(tmp_path):
     f = tmp_path / "afile"
     f.write_text("x")
     cmd = [sys.executable, "-m", "lossyvision.cli", "prepare-shards", "--dataset", "samples", "--out", str(f / "x"),
-           "--codec", "jpeg", "--q", "5", "--quiet"]
+           "--codec", "jpeg", "--quality", "5", "--quiet"]
     p = subprocess.run(cmd, capture_output=True, text=True)
     assert p.returncode in (1, 2) and "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
     p = subprocess.run(cmd + ["-vv"], capture_output=True, text=True)

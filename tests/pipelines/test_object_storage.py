@@ -37,7 +37,7 @@ def test_shards_on_s3_are_the_local_bytes_and_read_back_with_plain_webdataset(s3
     manifests = prepare_shards(PrepareConfig(out=url, **common))
     assert s3_digest(url) == digest(local) and len(digest(local)) == 3 * 4
     assert all(m["complete"] for m in manifests.values())
-    m = json.loads(storage.read_text(f"{url}/samples/all/jpeg-q10/manifest.json"))
+    m = json.loads(storage.read_text(f"{url}/samples/all/jpeg-q10/_manifest.json"))
     shards = [f"{url}/samples/all/jpeg-q10/{e['name']}" for e in m["shards"]]
     samples = list(wds.WebDataset([CAT + s for s in shards], shardshuffle=False, empty_check=False))
     assert len(samples) == m["num_samples"] == 18
@@ -79,7 +79,7 @@ def test_ray_workers_write_to_s3_themselves(s3_bucket, tmp_path):
     prepare_shards(PrepareConfig(out=local, executor="local", **common))
     url = f"{s3_bucket}/ray"
     p = subprocess.run([sys.executable, "-m", "lossyvision.cli", "prepare-shards", "--dataset", "samples", "--out", url, "--shard-size", "3",
-                        "--codec", "jpeg", "--q", "10", "--codec", "j2k", "--q", "200", "--executor", "ray", "--workers", "2", "--quiet"],
+                        "--codec", "jpeg", "--quality", "10", "--codec", "j2k", "--quality", "200", "--executor", "ray", "--workers", "2", "--quiet"],
                        capture_output=True, text=True, timeout=600)
     assert p.returncode == 0, p.stderr
     assert s3_digest(url) == digest(local)
@@ -89,6 +89,6 @@ def test_a_missing_bucket_is_an_error_not_created(s3_endpoint, tmp_path):
     import fsspec
 
     p = subprocess.run([sys.executable, "-m", "lossyvision.cli", "prepare-shards", "--dataset", "samples", "--out", "s3://no-such-bucket-lv/x",
-                        "--codec", "jpeg", "--q", "10", "--limit", "2", "--quiet"], capture_output=True, text=True, timeout=120)
+                        "--codec", "jpeg", "--quality", "10", "--limit", "2", "--quiet"], capture_output=True, text=True, timeout=120)
     assert p.returncode == 1 and "bucket 'no-such-bucket-lv' does not exist" in p.stderr and "Traceback" not in p.stderr
     assert "no-such-bucket-lv" not in fsspec.filesystem("s3", skip_instance_cache=True).ls("")

@@ -90,7 +90,7 @@ def test_manifest_agrees_with_samples(imagenet_out):
     out, manifests, _ = imagenet_out
     for v, m in manifests.items():
         vdir = os.path.join(out, "imagenet", "val", v)
-        on_disk = json.load(open(os.path.join(vdir, "manifest.json")))
+        on_disk = json.load(open(os.path.join(vdir, "_manifest.json")))
         assert on_disk["complete"] and on_disk["num_samples"] == 13 and on_disk["num_shards"] == 4
         assert on_disk["classes"] == ["n01440764", "n01443537", "n01484850"]
         assert {"numpy", "pillow", "imagecodecs", "lossyvision"} <= set(on_disk["versions"])
@@ -227,12 +227,12 @@ def test_training_split_is_a_seeded_permutation(tmp_path):
 @pytest.mark.parametrize(
     "args,msg",
     [
-        (["--codec", "jpg", "--q", "10"], "unknown codec 'jpg'"),
-        (["--codec", "jpeg", "--q", "101"], "out of range"),
-        (["--codec", "jpeg", "--q", "10", "--codec", "j2k"], "2 --codec but 1 --q"),
-        (["--codec", "jpeg", "--q", "ten"], "not a number"),
-        (["--codec", "jpeg", "--q", "10", "--crop", "middle"], "unknown crop policy"),
-        (["--codec", "jpeg", "--q", "10", "--shard-size", "0"], "shard-size"),
+        (["--codec", "jpg", "--quality", "10"], "unknown codec 'jpg'"),
+        (["--codec", "jpeg", "--quality", "101"], "out of range"),
+        (["--codec", "jpeg", "--quality", "10", "--codec", "j2k"], "2 --codec but 1 --quality"),
+        (["--codec", "jpeg", "--quality", "ten"], "not a number"),
+        (["--codec", "jpeg", "--quality", "10", "--crop", "middle"], "unknown crop policy"),
+        (["--codec", "jpeg", "--quality", "10", "--shard-size", "0"], "shard-size"),
     ],
 )
 def test_bad_options_fail_fast_with_one_line(args, msg, tmp_path):
@@ -251,7 +251,7 @@ def test_missing_src_and_out_inside_src(imagenet_root, tmp_path):
 
 def test_console_script_exit_code_and_no_traceback(tmp_path):
     p = subprocess.run([sys.executable, "-m", "lossyvision.cli", "prepare-shards", "--dataset", "samples", "--out", str(tmp_path),
-                        "--codec", "bpg", "--q", "60"], capture_output=True, text=True)
+                        "--codec", "bpg", "--quality", "60"], capture_output=True, text=True)
     assert p.returncode == 2 and "out of range" in p.stderr and "Traceback" not in p.stderr
 
 
@@ -285,14 +285,14 @@ def test_auto_moves_long_jobs_to_ray_with_identical_output(imagenet_root, tmp_pa
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_sigint_and_sigterm_end_cleanly_and_resume(tmp_path, sig):
     # full-size photos: long enough (~12 s) that the signal lands mid-job however fast the codecs get
-    args = ["--dataset", "samples", "--codec", "bpg", "--q", "30", "--crop", "full", "--shard-size", "2", "--executor", "local"]
+    args = ["--dataset", "samples", "--codec", "bpg", "--quality", "30", "--crop", "full", "--shard-size", "2", "--executor", "local"]
     out = str(tmp_path / "o")
     # SIGINT back to its default in the child: a test run started in the background (nohup, `&` in a
     # script) ignores SIGINT, and the child would inherit that and never see the signal
     proc = subprocess.Popen([sys.executable, "-m", "lossyvision.cli", "prepare-shards", "--out", out, *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    man = os.path.join(out, "samples", "all", "bpg-qp30", "manifest.json")
+    man = os.path.join(out, "samples", "all", "bpg-qp30", "_manifest.json")
     deadline = time.time() + 120
     while time.time() < deadline and not os.path.exists(man):
         time.sleep(0.05)

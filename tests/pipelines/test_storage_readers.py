@@ -92,7 +92,7 @@ def test_missing_variant_on_s3_names_what_is_there(roots):
         variant_dir(remote, "bpg-qp41")
     with pytest.raises(FileNotFoundError, match="none \\(wrong --shards path\\?\\)"):
         variant_dir(storage.join(remote, "nope"), "orig")
-    with pytest.raises(FileNotFoundError, match="no manifest.json in s3://"):
+    with pytest.raises(FileNotFoundError, match="no _manifest.json in s3://"):
         read_variant(storage.join(remote, "nope"))
 
 
@@ -126,7 +126,7 @@ def test_restore_shards_reads_and_writes_s3(roots, s3_bucket, tmp_path):
     manifest = restore_shards(cfg)
     out = storage.join(remote, "val", "jpeg-q10+restored")
     assert manifest["complete"] and manifest["num_samples"] == 6
-    assert json.loads(storage.read_text(storage.join(out, "manifest.json"))) == json.loads(json.dumps(manifest))
+    assert json.loads(storage.read_text(storage.join(out, "_manifest.json"))) == json.loads(json.dumps(manifest))
     # plain webdataset reads the restored shards (downloaded: it has no s3 reader of its own)
     files = []
     for s in manifest["shards"]:
@@ -158,7 +158,7 @@ def test_classifier_trains_one_step_and_evaluates_from_s3(roots, tmp_path):
                             model="small_cnn", recipe="expert", epochs=1, batch_size=4, workers=0, shuffle_buffer=4,
                             max_steps_per_epoch=1, teacher_cache="auto", progress=False, device="cpu"))
     assert out["epochs"] == 1 and (run / "last.pt").is_file() and (run / "teacher-train.h5").is_file()
-    r = CliRunner().invoke(eval_classifier, ["--model", str(run / "last.pt"), "--shards", storage.join(remote, "imagenet", "val"),
+    r = CliRunner().invoke(eval_classifier, ["--model", str(run / "last.pt"), "--shards", storage.join(remote, "imagenet"),
                                              "--variant", "jpeg-q10", "--workers", "0", "--device", "cpu", "--quiet"])
     assert r.exit_code == 0, r.output
     assert "| jpeg-q10 |" in r.output

@@ -84,7 +84,7 @@ def _write_variant(split_dir: Path, variant: str, samples: list[dict], shard_siz
     manifest = {"format": "lossyvision-shards/1", "dataset": "cityscapes", "split": split_dir.name,
                 "variant": variant, "task": "segmentation", "codec": codec, "shard_size": shard_size,
                 "shards": shards, "num_samples": len(samples), "means": means, "failures": [], "complete": True}
-    (out / "manifest.json").write_text(json.dumps(manifest))
+    (out / "_manifest.json").write_text(json.dumps(manifest))
 
 
 def make_cityscapes_shards(root: Path, split: str = "train", n: int = 4, h: int = 64, w: int = 128,

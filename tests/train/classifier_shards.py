@@ -34,7 +34,7 @@ def toy_images(n: int, size: int = 32, classes: int = 4, seed: int = 0) -> list[
 def write_variant(split_dir: Path, variant: str, samples: list[tuple[str, np.ndarray, object]], *,
                   shard_size: int, classes: list[str] | None, spec: str | None = None,
                   store_decoded: bool = False, decoded_override=None, task: str | None = None) -> Path:
-    """Write `split_dir/variant/shard-*.tar` + manifest.json; `spec` None means the lossless `orig`."""
+    """Write `split_dir/variant/shard-*.tar` + _manifest.json; `spec` None means the lossless `orig`."""
     import webdataset as wds
     from lossyvision.codecs import from_spec
     vdir = Path(split_dir) / variant
@@ -75,7 +75,7 @@ def write_variant(split_dir: Path, variant: str, samples: list[tuple[str, np.nda
         "codec": None if codec is None else {"name": spec.split("-")[0], "spec": codec.spec, "ext": codec.ext},
         "shard_size": shard_size, "shards": shards, "num_samples": len(samples),
         "means": {"bpp": float(np.mean(bpps))} if bpps else {}, "complete": True}
-    (vdir / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    (vdir / "_manifest.json").write_text(json.dumps(manifest, indent=2))
     return vdir
 
 

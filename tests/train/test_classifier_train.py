@@ -46,6 +46,10 @@ def test_resume_ends_with_the_same_weights(toy, tmp_path, teacher_cache):
         assert torch.equal(a["model"][k], b["model"][k]), k
     log = [json.loads(line) for line in (tmp_path / "split" / "log.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in log] == [-1, 0, 1]  # -1: the pretrained model's val loss, the first best
+    for r in log:  # top-1 in percent: 100 x a whole number of correct samples / val_samples
+        correct = r["val_top1_pct"] * r["val_samples"] / 100
+        assert 0 <= r["val_top1_pct"] <= 100 and correct == pytest.approx(round(correct), abs=1e-6)
+        assert not {k for k in r if "top1" in k or "top5" in k} - {"val_top1_pct", "train_top1_pct"}
     # the checkpoint rebuilds its architecture on its own (used by eval-classifier)
     assert isinstance(create_model(str(tmp_path / "full" / "best.pt")), torch.nn.Module)
 
@@ -158,14 +162,14 @@ def test_universal_expert_trains_on_a_mixture_and_sits_in_the_matrix(tmp_path):
     assert cfg["variant"] == ["jpeg-q10", "jpeg-q50"]
     res = runner.invoke(train_expert, [*common, "--variant", "jpeg-q10", "--out", str(tmp_path / "single")])
     assert res.exit_code == 0, res.output
-    res = runner.invoke(eval_matrix, ["--shards", str(toy2 / "val"), "--out", str(tmp_path / "m"), "--workers", "0",
+    res = runner.invoke(eval_matrix, ["--shards", str(toy2), "--out", str(tmp_path / "m"), "--workers", "0",
                                       "--device", "cpu", "--quiet",
                                       "--model", f"jpeg-q10={tmp_path / 'single' / 'best.pt'}",
                                       "--model", f"universal={tmp_path / 'uni' / 'best.pt'}",
                                       "--variant", "jpeg-q10", "--variant", "jpeg-q50"])
     assert res.exit_code == 0, res.output
     m = json.loads((tmp_path / "m" / "matrix.json").read_text())
-    assert m["models"] == ["jpeg-q10", "universal"] and len(m["top1"][1]) == 2
+    assert m["models"] == ["jpeg-q10", "universal"] and len(m["top1_pct"][1]) == 2
 
 
 def test_cli_lists_presets_and_a_cell_preset_brings_its_variant(toy, tmp_path):

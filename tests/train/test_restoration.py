@@ -160,7 +160,7 @@ def test_restore_shards_writes_aligned_variant_with_source_rates(trained, shards
     out = shards / "train" / "jpeg-q10+restored"
     assert manifest["complete"] and manifest["num_samples"] == 4 and manifest["codec"] is None
     assert manifest["restored_from"]["variant"] == "jpeg-q10"
-    src = json.loads((shards / "train" / "jpeg-q10" / "manifest.json").read_text())
+    src = json.loads((shards / "train" / "jpeg-q10" / "_manifest.json").read_text())
     assert [(s["name"], s["count"]) for s in manifest["shards"]] == [(s["name"], s["count"]) for s in src["shards"]]
 
     def read(variant: str) -> list[dict]:

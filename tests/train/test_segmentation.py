@@ -95,7 +95,7 @@ def test_train_segmentation_few_steps_evaluates_and_resumes(shards, tmp_path):
     losses = [json.loads(line)["loss"] for line in (out / "log.jsonl").read_text().splitlines()]
     assert len(losses) == 3 and all(v > 0 for v in losses)
     rec = json.loads((out / "results" / "jpeg-q10__orig.json").read_text())
-    assert rec["images"] == 2 and 0 <= rec["miou"] <= 100 and rec["train_bpp"] > 0
+    assert rec["images"] == 2 and 0 <= rec["miou_pct"] <= 100 and rec["train_bpp"] > 0
     assert sum(map(sum, rec["confusion"])) == rec["pixels"]
     assert (out / "results.md").is_file() and (out / "miou_vs_bpp.png").is_file()
     model, meta = load_segmentation_model(out / "model.pt")
@@ -135,20 +135,20 @@ def test_cli_workflow_restore_then_ro_and_report(shards, tmp_path):
     gan = tmp_path / "gan"
     r = runner.invoke(train_restoration, ["--shards", str(shards), "--variant", "jpeg-q10", "--out", str(gan),
                                           "--steps", "1", "--patch-size", "64", "--recipe", "l1-msssim",
-                                          "--width", "8", "--n-blocks", "1", "--num-workers", "0", "-q"])
+                                          "--width", "8", "--n-blocks", "1", "--workers", "0", "-q"])
     assert r.exit_code == 0, r.output
     for split in ("train", "val"):
         r = runner.invoke(restore_shards, ["--shards", str(shards), "--split", split, "--variant", "jpeg-q10",
                                            "--generator", str(gan / "generator.pt"), "-q"])
         assert r.exit_code == 0, r.output
     seg = tmp_path / "ro"
-    r = runner.invoke(train_segmentation, ["--shards", str(shards), "--train-variant", "jpeg-q10+restored",
+    r = runner.invoke(train_segmentation, ["--shards", str(shards), "--variant", "jpeg-q10+restored",
                                            "--out", str(seg), "--encoder", "resnet18", "--crop-size", "64",
-                                           "--batch-size", "2", "--steps", "1", "--num-workers", "0", "-q"])
+                                           "--batch-size", "2", "--steps", "1", "--workers", "0", "-q"])
     assert r.exit_code == 0, r.output
     report = tmp_path / "report"
     r = runner.invoke(eval_segmentation, ["--checkpoint", str(seg / "model.pt"), "--shards", str(shards),
-                                          "--test-variant", "orig", "--test-variant", "jpeg-q10+restored",
+                                          "--variant", "orig", "--variant", "jpeg-q10+restored",
                                           "--out", str(report), "-q"])
     assert r.exit_code == 0, r.output
     assert [d["configuration"] for d in json.loads(r.output)] == ["RO", "RR"]
@@ -156,7 +156,7 @@ def test_cli_workflow_restore_then_ro_and_report(shards, tmp_path):
     assert "| RO | jpeg-q10+restored | orig |" in md and (report / "miou_vs_bpp.png").is_file()
 
     # user errors: one line, no traceback
-    r = runner.invoke(train_segmentation, ["--shards", str(shards), "--train-variant", "bpg-qp41", "-q"])
+    r = runner.invoke(train_segmentation, ["--shards", str(shards), "--variant", "bpg-qp41", "-q"])
     assert r.exit_code == 1 and "variant 'bpg-qp41' not found" in r.output and "Traceback" not in r.output
     r = runner.invoke(train_restoration, ["--shards", str(shards), "--variant", "jpeg-q10", "--patch-size", "100"])
     assert r.exit_code == 2 and "multiple of 8" in r.output

@@ -249,7 +249,7 @@ def run_pipeline(dataset: str, root: str, specs: list[str], warm_up: bool) -> di
                 size = os.path.getsize(os.path.join(dirpath, f))
                 if f.endswith(".tar"):
                     tar_bytes += size
-                elif f == "manifest.json":
+                elif f == "_manifest.json":
                     manifest_bytes += size
                     variants += 1
         entry = json.dumps(next(iter(manifests.values()))["shards"][0], indent=1)
@@ -273,7 +273,7 @@ def manifest_rewrite_ms(manifest: dict, n_shards: int) -> tuple[float, int]:
     m["num_shards"] = n_shards
     d = tempfile.mkdtemp(prefix="lv-scale-man-")
     try:
-        p = os.path.join(d, "manifest.json")
+        p = os.path.join(d, "_manifest.json")
         ms, _ = timed(lambda: write_json_atomic(p, m), 3)
         return ms, os.path.getsize(p)
     finally:

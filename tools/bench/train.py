@@ -430,7 +430,7 @@ def main() -> None:
                                              args.size, args.shard_size, fmt)
             prep_s += s
         first = shard_dirs[formats[0]]
-        spec = next(p.name for p in sorted(first.iterdir()) if p.name != "orig" and (p / "manifest.json").exists())
+        spec = next(p.name for p in sorted(first.iterdir()) if p.name != "orig" and (p / "_manifest.json").exists())
         folder_bytes = make_imagefolder(first / "orig", str(tmp / "imagefolder"), args.folder_quality)
         orig_bytes = {f: read_variant(d / "orig").manifest["means"]["bytes"] for f, d in shard_dirs.items()}
         spec_bytes = read_variant(first / spec).manifest["means"]["bytes"]

@@ -3,7 +3,7 @@
 # Run the SAME command on every node:
 #
 #   HEAD=gpu-node-0 NNODES=2 tools/cluster/torchrun-train-segmentation.sh \
-#       --shards /shared/shards/cityscapes --train-variant bpg-qp41 --out /shared/runs/seg-CO
+#       --shards /shared/shards/cityscapes --variant bpg-qp41 --out /shared/runs/seg-CO
 #
 # (SLURM: tools/cluster/slurm-train-segmentation.sbatch does exactly this with srun.)
 #

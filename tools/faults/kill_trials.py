@@ -35,7 +35,7 @@ from lossyvision import storage  # noqa: E402
 
 SIGNALS = {"INT": signal.SIGINT, "TERM": signal.SIGTERM, "KILL": signal.SIGKILL}
 JOB = ["--dataset", "samples", "--shard-size", "2", "--crop", "resize400-center384",
-       "--codec", "jpeg", "--q", "10", "--codec", "j2k", "--q", "200", "--codec", "bpg", "--q", "46", "--quiet"]  # fmt: skip
+       "--codec", "jpeg", "--quality", "10", "--codec", "j2k", "--quality", "200", "--codec", "bpg", "--quality", "46", "--quiet"]  # fmt: skip
 _ENTRY_KEYS = ("name", "index", "count", "sha256", "size", "first_key", "last_key", "sums", "counts", "failures", "source_sig")
 _TIMINGS = ("enc_ms", "dec_ms")  # wall-clock measurements: the only numbers that differ between runs
 

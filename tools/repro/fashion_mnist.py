@@ -36,7 +36,8 @@ from pathlib import Path
 
 from lossyvision.eval.classification import accuracy
 from lossyvision.pipelines.prepare import CodecSetting, PrepareConfig, prepare_shards
-from lossyvision.pipelines.stream import variant_dir
+from lossyvision.pipelines.stream import read_variant, variant_dir
+from lossyvision.progress import progress
 from lossyvision.train.classifier import TrainConfig, train
 from lossyvision.train.models import load_for_eval
 
@@ -53,7 +54,9 @@ T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8:
 
 
 def say(msg: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    from tqdm import tqdm
+
+    tqdm.write(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr)  # above the bars, not through them
 
 
 def ci(values: list[float]) -> tuple[float, float]:
@@ -65,13 +68,14 @@ def ci(values: list[float]) -> tuple[float, float]:
 
 
 def fmt(values: list[float]) -> str:
-    m, h = ci([100 * v for v in values])
+    m, h = ci(list(values))
     return f"{m:.2f} ± {h:.2f}" if len(values) > 1 else f"{m:.2f}"
 
 
 def prepare(out: Path, args) -> tuple[Path, Path]:
     """Teacher shards (all 60 000 clean training images + the test split) and the variants' shards."""
-    common = dict(dataset="fashion-mnist", crop="scale:32x32", executor="auto", ms_ssim=False, progress=False)
+    common = dict(dataset="fashion-mnist", crop="scale:32x32", executor="auto", ms_ssim=False,
+                  progress=not args.quiet and sys.stderr.isatty())
     teacher_root = out / "teacher-shards"
     for split, limit in (("train", args.teacher_limit), ("test", args.test_limit)):
         say(f"prepare teacher shards: {split}")
@@ -100,6 +104,8 @@ def main() -> None:
     ap.add_argument("--alphas", nargs="*", type=float, default=[0.32, 32.0],
                     help="extra batchmean alphas for the sweep on the first variant (3.2, the paper's, always runs)")
     ap.add_argument("--no-universal", action="store_true", help="skip the universal (mixture) models")
+    ap.add_argument("-q", "--quiet", action="store_true", help="no progress bars (they are off anyway when stderr "
+                    "is not a terminal); the per-run lines stay")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     out = Path(args.out)
@@ -107,7 +113,7 @@ def main() -> None:
     teacher_shards, shards = prepare(out, args)
     test = shards / "test"
 
-    common = dict(val_split="test", model="small_cnn", batch_size=args.batch_size, workers=1, progress=False,
+    common = dict(val_split="test", model="small_cnn", batch_size=args.batch_size, workers=1, quiet=args.quiet,
                   device="cpu", mean=MEAN, std=STD)
     teacher_dir = out / "runs" / "teacher"
     done_epochs = 0
@@ -121,16 +127,16 @@ def main() -> None:
                           plateau_skip_first_epoch=False, shuffle_buffer=2000, resume=done_epochs > 0, **common))
     teacher_ref = str(teacher_dir / "best.pt")
     teacher = load_for_eval(teacher_ref)
-    results: dict = {"teacher": {v: accuracy(teacher, variant_dir(test, v), mean=MEAN, std=STD)["top1"]
+    results: dict = {"teacher": {v: accuracy(teacher, variant_dir(test, v), mean=MEAN, std=STD)["top1_pct"]
                                  for v in ["orig", *args.variants]}}
-    say("teacher top-1: " + ", ".join(f"{v} {100 * a:.2f}" for v, a in results["teacher"].items()))
-    if results["teacher"]["orig"] < 0.90:
-        say(f"WARNING: the teacher reaches only {100 * results['teacher']['orig']:.2f} % clean (< 90 %): "
+    say("teacher top-1 (%): " + ", ".join(f"{v} {a:.2f}" for v, a in results["teacher"].items()))
+    if results["teacher"]["orig"] < 90:
+        say(f"WARNING: the teacher reaches only {results['teacher']['orig']:.2f} % clean (< 90 %): "
             "raise --teacher-epochs")
     for v in args.variants:
         cost = results["teacher"]["orig"] - results["teacher"][v]
-        if cost < 0.10:
-            say(f"WARNING: {v} costs the teacher only {100 * cost:.1f} points (< 10): not a harsh variant")
+        if cost < 10:
+            say(f"WARNING: {v} costs the teacher only {cost:.1f} points (< 10): not a harsh variant")
 
     # (label, recipe, training variant(s), alpha)
     runs = [(f"{r}:{v}", r, v, 3.2) for v in args.variants for r in ("finetune", "expert")]
@@ -141,36 +147,38 @@ def main() -> None:
     done = 0
     t_runs = time.time()
     acc: dict[str, dict[str, list[float]]] = {}
-    for seed in args.seeds:
-        for label, recipe, variant, alpha in runs:
-            tag = label.replace(":", "-").replace("@", "-a")
-            run = out / "runs" / f"{tag}-s{seed}"
-            if not (run / "best.pt").exists():
-                train(TrainConfig(shards=str(shards), out=str(run), variant=variant, recipe=recipe, weights=teacher_ref,
-                                  lr=args.lr, alpha=alpha, epochs=args.epochs, seed=seed,
-                                  teacher_cache=str(out / "teacher-cache"), **common))
-            model = load_for_eval(str(run / "best.pt"))
-            tested = args.variants if isinstance(variant, list) else [variant]
-            for v in tested:
-                acc.setdefault(label, {}).setdefault(v, []).append(
-                    accuracy(model, variant_dir(test, v), mean=MEAN, std=STD)["top1"])
-            done += 1
-            eta = (time.time() - t_runs) / done * (total - done)
-            say(f"run {done}/{total} {label} seed {seed}: " + ", ".join(f"{v} {100 * acc[label][v][-1]:.2f}" for v in tested)
-                + f"; about {eta / 60:.0f} min left")
+    with progress(total=total, desc="fine-tune/expert runs", unit="run", quiet=args.quiet) as bar:
+        for seed in args.seeds:
+            for label, recipe, variant, alpha in runs:
+                tag = label.replace(":", "-").replace("@", "-a")
+                run = out / "runs" / f"{tag}-s{seed}"
+                if not (run / "best.pt").exists():
+                    train(TrainConfig(shards=str(shards), out=str(run), variant=variant, recipe=recipe, weights=teacher_ref,
+                                      lr=args.lr, alpha=alpha, epochs=args.epochs, seed=seed,
+                                      teacher_cache=str(out / "teacher-cache"), **common))
+                model = load_for_eval(str(run / "best.pt"))
+                tested = args.variants if isinstance(variant, list) else [variant]
+                for v in tested:
+                    acc.setdefault(label, {}).setdefault(v, []).append(
+                        accuracy(model, variant_dir(test, v), mean=MEAN, std=STD)["top1_pct"])
+                done += 1
+                bar.update(1)
+                eta = (time.time() - t_runs) / done * (total - done)
+                say(f"run {done}/{total} {label} seed {seed}: " + ", ".join(f"{v} {acc[label][v][-1]:.2f} %" for v in tested)
+                    + f"; about {eta / 60:.0f} min left")
     results["runs"] = acc
-    stats = {v: json.loads((test / v / "manifest.json").read_text()).get("means", {}) for v in args.variants}
+    stats = {v: read_variant(test / v).manifest.get("means", {}) for v in args.variants}
 
     lines = [f"Top-1 % on {args.test_limit} test images; mean ± 95 % t-interval over {len(args.seeds)} seeds "
              f"{args.seeds}; paired = expert - fine-tune per seed (same data order, same start).", "",
              "| variant | PSNR (dB) | bytes/img | teacher | fine-tune | expert (alpha 3.2) | paired difference |",
              "| --- | ---: | ---: | ---: | ---: | ---: | ---: |",
-             f"| orig | inf | - | {100 * results['teacher']['orig']:.2f} | - | - | - |"]
+             f"| orig | inf | - | {results['teacher']['orig']:.2f} | - | - | - |"]
     for v in args.variants:
         ft, ex = acc[f"finetune:{v}"][v], acc[f"expert:{v}"][v]
         diff = [e - f for e, f in zip(ex, ft)]
         lines.append(f"| {v} | {stats[v].get('psnr', float('nan')):.2f} | {stats[v].get('bytes', float('nan')):.0f} | "
-                     f"{100 * results['teacher'][v]:.2f} | {fmt(ft)} | {fmt(ex)} | {fmt(diff)} |")
+                     f"{results['teacher'][v]:.2f} | {fmt(ft)} | {fmt(ex)} | {fmt(diff)} |")
     v0 = args.variants[0]
     lines += ["", f"Alpha sweep on {v0} (batchmean; 3.2 = the paper's strength; paired against fine-tune):", "",
               "| alpha | expert top-1 | paired difference |", "| ---: | ---: | ---: |"]
@@ -187,7 +195,9 @@ def main() -> None:
             lines.append(f"| {v} | {fmt(single)} | {fmt(uni)} | {fmt(unift)} | {fmt([u - s for u, s in zip(uni, single)])} |")
     table = "\n".join(lines) + "\n"
     (out / "table.md").write_text(table)
-    (out / "results.json").write_text(json.dumps({"args": vars(args), "results": results, "stats": stats}, indent=2))
+    # top-1 in percent, as everywhere in lossyvision
+    (out / "results.json").write_text(json.dumps({"args": vars(args), "results": {
+        "teacher_top1_pct": results["teacher"], "runs_top1_pct": results["runs"]}, "stats": stats}, indent=2))
     print(table)
     say(f"total {time.time() - t0:.0f} s")
 

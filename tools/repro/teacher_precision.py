@@ -17,6 +17,7 @@ import argparse
 import torch
 
 from lossyvision.pipelines.stream import IMAGENET_MEAN, IMAGENET_STD, ShardStream, make_loader, to_device
+from lossyvision.progress import progress
 from lossyvision.train.models import load_for_eval
 from lossyvision.train.recipes import kl_term
 
@@ -37,26 +38,30 @@ def main() -> None:
     ap.add_argument("--mean", type=floats3, default=IMAGENET_MEAN)
     ap.add_argument("--std", type=floats3, default=IMAGENET_STD)
     ap.add_argument("--batch-size", type=int, default=256)
+    ap.add_argument("-q", "--quiet", action="store_true", help="no progress bar (it is off anyway when stderr is not a "
+                    "terminal)")
     args = ap.parse_args()
     g = load_for_eval(args.model)
     ds = ShardStream(args.variant, args.orig, shuffle=False, rank=0, world_size=1)
     n = agree = 0
     max_abs = sum_abs = kl_prec = 0.0
     term32 = term16 = 0.0
-    for x, xt, _, _ in make_loader(ds, args.batch_size, 0):
-        x, xt = to_device(x, "cpu", args.mean, args.std), to_device(xt, "cpu", args.mean, args.std)
-        l32 = g(x).float()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            l16 = g(x).float().half().float()
-        student = g(xt).float()
-        d = (l32 - l16).abs()
-        max_abs = max(max_abs, d.max().item())
-        sum_abs += d.mean(dim=1).sum().item()
-        agree += (l32.argmax(1) == l16.argmax(1)).sum().item()
-        kl_prec += kl_term(l16, l32, "sum").item()
-        term32 += kl_term(student, l32, "sum").item()
-        term16 += kl_term(student, l16, "sum").item()
-        n += x.shape[0]
+    loader = make_loader(ds, args.batch_size, 0)
+    with progress(loader, total=len(loader), desc="teacher fp32 vs bf16", quiet=args.quiet) as bar:
+        for x, xt, _, _ in bar:
+            x, xt = to_device(x, "cpu", args.mean, args.std), to_device(xt, "cpu", args.mean, args.std)
+            l32 = g(x).float()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                l16 = g(x).float().half().float()
+            student = g(xt).float()
+            d = (l32 - l16).abs()
+            max_abs = max(max_abs, d.max().item())
+            sum_abs += d.mean(dim=1).sum().item()
+            agree += (l32.argmax(1) == l16.argmax(1)).sum().item()
+            kl_prec += kl_term(l16, l32, "sum").item()
+            term32 += kl_term(student, l32, "sum").item()
+            term16 += kl_term(student, l16, "sum").item()
+            n += x.shape[0]
     print(f"{n} images: max |logit diff| {max_abs:.4f}, mean {sum_abs / n:.5f}; top-1 agreement {100 * agree / n:.2f} %; "
           f"KL(fp32 || bf16->fp16) {kl_prec / n:.2e} per image; expert term KL(g(x) || g(x~)) {term32 / n:.4f} (fp32) vs "
           f"{term16 / n:.4f} (bf16->fp16): {100 * abs(term16 - term32) / max(term32, 1e-12):.3f} % apart")
