@@ -23,6 +23,8 @@ def test_variant_folder_holds_only_tars_and_names_readers_skip(imagenet_shards):
 def test_read_webdataset_on_variant_folders(imagenet_shards):
     import ray
     import ray.data  # noqa: F401 - needs ray[data] (pyarrow); ray[client] alone lacks it
+    if ray.is_initialized():  # an earlier in-process prepare-shards may have left its local Ray running
+        ray.shutdown()
     ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
     try:
         for split, variant, member in (("val", "jpeg-q50", "jpg"), ("val", "orig", "png"), ("train", "orig", "npy"),
