@@ -356,3 +356,13 @@ def ms_ssim(a: np.ndarray, b: np.ndarray) -> float | None:
     if min(np.asarray(a).shape[:2]) < MS_SSIM_MIN_SIDE:
         return None
     return Reference(a).scores(b)[1]
+
+
+def ms_ssim_db(value: float | None) -> float | None:
+    """MS-SSIM on a decibel scale, ``-10 log10(1 - MS-SSIM)`` (paper 2's Table III); ``inf`` at 1,
+    ``None`` for ``None``. It spreads out the values near 1 that high-quality images all have."""
+    if value is None:
+        return None
+    if value >= 1:
+        return math.inf
+    return -10 * math.log10(1 - value)

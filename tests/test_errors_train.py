@@ -167,6 +167,7 @@ def test_segmentation_worker_error_keeps_the_shard_name(tmp_path):
     rewrite_shard(vdir, "shard-000000.tar", edit_key(key, jpg=b"not a jpeg"), update_manifest=False)
     res = CliRunner().invoke(train_segmentation, ["--shards", str(shards), "--variant", "jpeg-q10", "--no-eval",
                                                   "--out", str(tmp_path / "seg"), "--encoder", "resnet18",
+                                                  "--encoder-weights", "none",
                                                   "--crop-size", "32", "--batch-size", "2", "--steps", "1",
                                                   "--workers", "2", "--device", "cpu", "-q"])
     line = one_line_error(res)
@@ -395,7 +396,7 @@ def test_segmentation_and_restoration_refuse_a_finished_run(tmp_path):
         train_segmentation(SegmentationConfig(shards=str(shards), train_variant="jpeg-q10", evaluate=False,
                                               out_dir=str(tmp_path / "seg"), device="cpu"))
     with pytest.raises(ValueError, match="holds a finished run; pass --resume"):
-        train_restoration(RestorationConfig(shards=str(shards), variant="jpeg-q10", out_dir=str(tmp_path / "gan"),
+        train_restoration(RestorationConfig(shards=str(shards), split="train", variant="jpeg-q10", out_dir=str(tmp_path / "gan"),
                                             device="cpu"))
 
 

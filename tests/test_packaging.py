@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 #: What the extras bring (top-level module names); the core never imports them.
 OPTIONAL = ("segmentation_models_pytorch", "timm", "huggingface_hub", "cityscapesscripts", "h5py", "compressai",
-            "torch_geometric", "pytorch_msssim", "datasets", "s3fs", "gcsfs")
+            "torch_geometric", "pytorch_msssim", "datasets", "s3fs", "gcsfs", "brisque")
 
 #: Run first in each child: imports of the ``BLOCKED`` modules fail as if they were not installed.
 BLOCKER = textwrap.dedent("""

@@ -113,8 +113,8 @@ def test_restoration_training_shows_a_bar_and_its_log_every_lines(tmp_path):
 
     shards = make_cityscapes_shards(tmp_path / "cs", n=2, h=128, w=128, shard_size=2)
     with fake_stderr() as err:
-        train_restoration(RestorationConfig(shards=str(shards), variant="jpeg-q10", out_dir=str(tmp_path / "run"),
-                                            recipe="l1-msssim", steps=4, patch_size=128, log_every=2, sample_every=4,
+        train_restoration(RestorationConfig(shards=str(shards), split="train", variant="jpeg-q10",
+                                            out_dir=str(tmp_path / "run"), recipe="l1-msssim", steps=4, patch_size=128, log_every=2, sample_every=4,
                                             ckpt_every=4, width=8, n_blocks=1, num_workers=0))
     text = err.getvalue()
     assert re.search(r"train-restoration: 100%\|.*\| 4/4 \[\d\d:\d\d<00:00, +[\d.]+(it/s|s/it)\]", text), text
@@ -127,8 +127,8 @@ def test_quiet_restoration_training_draws_no_bar(tmp_path):
 
     shards = make_cityscapes_shards(tmp_path / "cs", n=2, h=128, w=128, shard_size=2)
     with fake_stderr() as err:
-        train_restoration(RestorationConfig(shards=str(shards), variant="jpeg-q10", out_dir=str(tmp_path / "run"),
-                                            recipe="l1-msssim", steps=2, patch_size=128, log_every=1, sample_every=2,
+        train_restoration(RestorationConfig(shards=str(shards), split="train", variant="jpeg-q10",
+                                            out_dir=str(tmp_path / "run"), recipe="l1-msssim", steps=2, patch_size=128, log_every=1, sample_every=2,
                                             ckpt_every=2, width=8, n_blocks=1, num_workers=0, quiet=True))
     text = err.getvalue()
     assert "train-restoration:" not in text and "%|" not in text and "\r" not in text
@@ -142,8 +142,8 @@ def test_segmentation_training_shows_a_bar_and_its_log_every_lines(tmp_path):
     shards = make_cityscapes_shards(tmp_path / "cs", split="train", n=2)
     with fake_stderr() as err:
         train_segmentation(SegmentationConfig(shards=str(shards), train_variant="jpeg-q10", out_dir=str(tmp_path / "run"),
-                                              encoder="resnet18", crop_size=64, batch_size=2, steps=2, num_workers=0,
-                                              log_every=1, ckpt_every=2, evaluate=False))
+                                              encoder="resnet18", encoder_weights=None, crop_size=64, batch_size=2,
+                                              steps=2, num_workers=0, log_every=1, ckpt_every=2, evaluate=False))
     text = err.getvalue()
     assert re.search(r"train-segmentation: 100%\|.*\| 2/2 \[\d\d:\d\d<00:00, +[\d.]+(it/s|s/it)\]", text), text
     assert re.search(r"step 1/2 loss \d+\.\d{4} lr \S+ \([\d.]+ (it/s|s/it), \d\d:\d\d left\)", text), text

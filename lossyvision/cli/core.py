@@ -39,7 +39,7 @@ for _cmd in (codecs_cmd, encode_cmd, prepare_shards, rate_report):
 # The training stages need torch; the group still lists the offline commands where they cannot load.
 _STAGES = {"lossyvision.cli.classifier": ("train_classifier", "train_expert", "eval_classifier", "eval_matrix"),
            "lossyvision.cli.segmentation": ("train_restoration", "restore_shards", "train_segmentation",
-                                            "eval_segmentation")}
+                                            "eval_segmentation", "seg_features", "seg_timing", "perceptual_index")}
 
 
 def _register_stages() -> None:

@@ -52,17 +52,20 @@ def offline_errors(f: Callable) -> Callable:
 
 def _model_usage() -> tuple[type, ...]:
     from lossyvision.names import NameError_
+    from lossyvision.nets.segmentation import CheckpointError
     from lossyvision.pipelines.stream import OptionError
 
-    return (OptionError, NameError_)
+    return (OptionError, NameError_, CheckpointError)
 
 
 def _model_failures() -> tuple[type, ...]:
     from lossyvision.pipelines.imageio import SourceError
     from lossyvision.pipelines.stream import ShardError
+    from lossyvision.nets.segmentation import EncoderWeightsUnavailable
     from lossyvision.train.models import WeightsUnavailable
 
-    return (ShardError, WeightsUnavailable, SourceError, FileNotFoundError, KeyError, FloatingPointError, ImportError)
+    return (ShardError, WeightsUnavailable, EncoderWeightsUnavailable, SourceError, FileNotFoundError, KeyError,
+            FloatingPointError, ImportError)
 
 
 # exit 2 for a bad option value, 1 for a failure while running (a bad shard, a missing variant)

@@ -11,20 +11,24 @@ from . import options as o
 from .errors import drop_none, finite, offline_errors
 
 
-def parse_codec_settings(codecs: tuple[str, ...], qs: tuple[str, ...], bpps: tuple[str, ...], opts: tuple[str, ...]) -> list:
-    """Pair each --codec with its --quality list or --bpp list (by position), e.g.
+def parse_codec_settings(codecs: tuple[str, ...], qs: tuple[str, ...], bpps: tuple[str, ...], opts: tuple[str, ...],
+                         mean_bpps: tuple[str, ...] = ()) -> list:
+    """Pair each --codec with its --quality, --bpp or --mean-bpp list (by position), e.g.
     ``--codec jpeg --quality 75,10,5 --codec j2k --quality 200``; ``--codec-opt j2k.mct=false`` scopes
-    an option to one codec (with a single --codec, ``mct=false`` is enough)."""
+    an option to one codec (with a single --codec, ``mct=false`` is enough). A --mean-bpp list may
+    name a preset (``katakol2021``: paper 2's four rates of that codec)."""
+    from ..pipelines.meanbpp import RateTargetError, expand_targets
     from ..pipelines.prepare import CodecSetting
 
     if not codecs:
-        if qs or bpps:
-            raise click.UsageError("--quality/--bpp given without --codec")
+        if qs or bpps or mean_bpps:
+            raise click.UsageError("--quality/--bpp/--mean-bpp given without --codec")
         return []
-    if qs and bpps:
-        raise click.UsageError("mix of --quality and --bpp: run prepare-shards once with --quality and once with --bpp (same --out)")
-    values = qs or bpps
-    what = "--quality" if qs else "--bpp"
+    kinds = [k for k, v in (("--quality", qs), ("--bpp", bpps), ("--mean-bpp", mean_bpps)) if v]
+    if len(kinds) > 1:
+        raise click.UsageError(f"mix of {' and '.join(kinds)}: run prepare-shards once per kind (same --out)")
+    values = qs or bpps or mean_bpps
+    what = kinds[0] if kinds else "--quality"
     if len(values) != len(codecs):
         raise click.UsageError(
             f"{len(codecs)} --codec but {len(values)} {what}; give one list per codec, "
@@ -44,6 +48,13 @@ def parse_codec_settings(codecs: tuple[str, ...], qs: tuple[str, ...], bpps: tup
         raise click.UsageError(f"--codec-opt for {', '.join(sorted(unknown))}, which is not among the --codec values")
     settings = []
     for name, vals in zip(codecs, values):
+        if mean_bpps:
+            try:
+                targets = expand_targets(name, vals)
+            except RateTargetError as e:
+                raise click.UsageError(str(e)) from None
+            settings += [CodecSetting(name, options=dict(per_codec.get(name, {})), mean_bpp=b) for b in targets]
+            continue
         for tok in vals.split(","):
             tok = tok.strip()
             v = finite(f"{what} for codec {name}:", tok)
@@ -52,8 +63,18 @@ def parse_codec_settings(codecs: tuple[str, ...], qs: tuple[str, ...], bpps: tup
     return settings
 
 
+def _echo_choice(s: Any) -> None:
+    """One line per --mean-bpp target, before the job starts."""
+    t = s.rate_target
+    reach = "" if t["bracketed"] else " (the target is beyond the codec's range here: the closest end)"
+    sem = f" +- {t['sample_sem_bpp']:.4f} (standard error)" if t.get("sample_sem_bpp") else ""
+    whole = "the whole split" if t["sample"] >= t["split_images"] else f"{t['sample']} of {t['split_images']} images"
+    click.echo(f"--mean-bpp {t['mean_bpp']:g} for {s.name}: {t['q_name']} {t['chosen']} -> {s.build().spec}, sample mean "
+               f"{t['sample_mean_bpp']:.4f} bpp{sem} over {whole} (seed {t['seed']}, {len(t['tried'])} probes){reach}")
+
+
 @o.command("prepare-shards")
-@o.option("--dataset", required=True, show_default="required", help="imagenet | cityscapes | folder | samples | fashion-mnist")
+@o.option("--dataset", required=True, show_default="required", help="imagenet | cityscapes | segfolder | inria | sdd | folder | samples | fashion-mnist")
 @o.option("--src", default=None, show_default="none, for samples",
           help="Dataset root: a path or an fsspec URL such as s3://bucket/ILSVRC2012.")
 @o.split("val; 'all' for folder/samples", "Split folder of the source, e.g. train or val.", checked_by_library=True)
@@ -61,7 +82,16 @@ def parse_codec_settings(codecs: tuple[str, ...], qs: tuple[str, ...], bpps: tup
 @o.option("--codec", "codecs", multiple=True, show_default="none: only orig", help="Codec name; repeat for several codecs.")
 @o.quality("Comma-separated native parameters for the matching --codec, e.g. 75,10,5.", multiple=True)
 @o.option("--bpp", "bpps", multiple=True, show_default="none",
-          help="Comma-separated target rates (bits/pixel) for the matching --codec.")
+          help="Comma-separated per-image target rates (bits/pixel) for the matching --codec: each image gets its own "
+               "parameter.")
+@o.option("--mean-bpp", "mean_bpps", multiple=True, metavar="B[,B...]|PRESET", show_default="none",
+          help="Comma-separated dataset-level rates (bits/pixel) for the matching --codec: one parameter for the whole "
+               "split, the one whose mean bpp on a seeded sample (--rate-sample) is closest to B, found by bisection "
+               "before the job; the variant is named by it (bpg-qp44). Preset katakol2021: paper 2's four points "
+               "(bpg 0.0454,0.0674,0.0870,0.1279; msh 0.0419,0.0613,0.0891,0.1279).")
+@o.option("--rate-sample", "rate_sample", type=o.positive(), default=None, metavar="N", show_default="64",
+          help="Images of the seeded random sample (seed --order-seed) a --mean-bpp parameter is chosen on; the "
+               "whole split when it has fewer.")
 @o.codec_opt("Codec option, e.g. j2k.mct=false (CODEC. may be left out with one --codec).")
 @o.option("--crop", default=None, show_default="per dataset",
           help="imagenet | full | crop:WxH[+X+Y] | scale:WxH | scale:F.")
@@ -84,7 +114,8 @@ def parse_codec_settings(codecs: tuple[str, ...], qs: tuple[str, ...], bpps: tup
           show_default="shuffled for train* splits, else sorted",
           help="Sample order across shards: shuffled (a seeded permutation, so a shard holds a random mix of "
                "classes) or sorted by key.")
-@o.option("--order-seed", type=int, default=None, show_default="0", help="Seed of the shuffled order.")
+@o.option("--order-seed", type=int, default=None, show_default="0",
+          help="Seed of the shuffled order and of the --mean-bpp sample.")
 @o.limit("Only the first N images in shard order (sorted: the first keys; shuffled: a seeded random subset).",
          checked_by_library=True)
 @o.max_pixels("Images whose header holds more pixels (and crops or scales to more) are listed as failures before "
@@ -97,6 +128,8 @@ def prepare_shards(**options: Any) -> None:
     Example:
       prepare-shards --dataset imagenet --src /data/ILSVRC2012 --split val --out /data/shards \\
           --codec jpeg --quality 75,10,5 --codec j2k --quality 75,200,400 --codec bpg --quality 41,46,51
+      prepare-shards --dataset cityscapes --src /data/cityscapes --split train --out /data/shards \\
+          --codec bpg --mean-bpp katakol2021     # paper 2's four rate points: one QP each for the split
     """
     import signal
 
@@ -114,17 +147,17 @@ def _prepare(dataset: str, src: str | None, split: str | None, out: str, codecs:
              codec_opt: tuple, crop: str | None, shard_size: int | None, workers: int | None, address: str | None,
              break_lock: bool, executor: str | None, no_orig: bool, orig_format: str | None, store_decoded: bool | None,
              no_ms_ssim: bool, order: str | None, order_seed: int | None, limit: int | None, quiet: bool,
-             max_pixels: int) -> None:
+             max_pixels: int, mean_bpps: tuple = (), rate_sample: int | None = None) -> None:
     from ..pipelines.prepare import PrepareConfig, prepare_shards as run
 
-    settings = parse_codec_settings(codecs, quality, bpps, codec_opt)
+    settings = parse_codec_settings(codecs, quality, bpps, codec_opt, mean_bpps)
     cfg = PrepareConfig(dataset=dataset, out=out, src=src, split=split, codecs=settings,
                         write_orig=not no_orig, ms_ssim=not no_ms_ssim, progress=not quiet, break_lock=break_lock,
                         max_pixels=max_pixels,
                         **drop_none(crop=crop, shard_size=shard_size, workers=workers, address=address,
                                     executor=executor, store_decoded=store_decoded, limit=limit, orig_format=orig_format,
-                                    order=order, order_seed=order_seed))
-    manifests = run(cfg)
+                                    order=order, order_seed=order_seed, rate_sample=rate_sample))
+    manifests = run(cfg, on_rate_choice=_echo_choice)
     first = next(iter(manifests.values()))
     n_fail = first.get("num_failures", 0)
     where = storage.join(out, dataset, cfg.split)

@@ -19,7 +19,7 @@ from ..pipelines.shards import LEGACY_MANIFEST, MANIFEST, load_manifest
 log = logging.getLogger(__name__)
 
 COLUMNS = [
-    "dataset", "split", "variant", "codec", "q", "target_bpp", "crop", "images", "failures", "bytes_per_img", "bpp",
+    "dataset", "split", "variant", "codec", "q", "target_bpp", "mean_bpp_target", "restored", "source_variant", "crop", "images", "failures", "bytes_per_img", "bpp",
     "psnr", "ssim", "ms_ssim", "ms_ssim_db", "enc_ms", "dec_ms", "complete",
 ]  # fmt: skip
 #: accuracy columns a results file can bring, in table order (all percent)
@@ -53,22 +53,37 @@ def _is_manifest(rel: str) -> bool:
     return parts[-1] in (MANIFEST, LEGACY_MANIFEST) and not any(p.startswith(".") for p in parts[:-1])
 
 
+def _codec_of(info: dict | None, variant: str | None) -> tuple[str, object, float | None] | None:
+    """(codec, q, per-image target bpp) from a manifest's codec block, else from a variant name."""
+    spec = (info or {}).get("spec") or variant
+    if not spec:
+        return None
+    try:
+        codec, q, target, _ = parse_spec(spec)
+    except CodecError:
+        return ((info or {}).get("name") or "?", None, None) if info else None
+    return codec, q, target
+
+
 def variant_row(m: dict) -> dict:
-    """One table row (paper 1 Table I columns plus MS-SSIM, timings and failures)."""
+    """One table row (paper 1 Table I columns plus MS-SSIM, timings and failures). A restored
+    variant (restore-shards: codec null, a ``restored_from`` block) carries its source's codec and
+    parameter with ``restored`` true: its rate is the source bitstream's."""
     means = m.get("means") or {}
-    codec, q, target = "-", None, None
-    if m.get("codec"):
-        try:
-            codec, q, target, _ = parse_spec(m["codec"]["spec"])
-        except CodecError:
-            codec = m["codec"].get("name", "?")
+    source = m.get("restored_from") if isinstance(m.get("restored_from"), dict) else None
+    found = _codec_of(m.get("codec"), None) if m.get("codec") else \
+        _codec_of(source.get("codec"), source.get("variant")) if source else None
+    codec, q, target = found or ("lossless", None, None)
     return {
         "dataset": m["dataset"],
         "split": m["split"],
         "variant": m["variant"],
-        "codec": codec if m.get("codec") else "lossless",
+        "codec": codec,
         "q": q,
         "target_bpp": target,
+        "mean_bpp_target": (m.get("rate_target") or {}).get("mean_bpp") if isinstance(m.get("rate_target"), dict) else None,
+        "restored": source is not None,
+        "source_variant": source.get("variant") if source else None,
         "crop": (m.get("crop") or {}).get("name") if isinstance(m.get("crop"), dict) else m.get("crop"),
         "images": m.get("num_samples", 0),
         "failures": m.get("num_failures", 0),
@@ -104,7 +119,7 @@ def rate_table(root: str) -> list[dict]:
             raise ValueError(f"{p}: not a complete lossyvision manifest ({type(e).__name__}: {e}); rebuild the "
                              "variant with prepare-shards") from None
     order = {"lossless": 0}
-    rows.sort(key=lambda r: (r["dataset"], r["split"], order.get(r["codec"], 1), r["codec"], -(r["bpp"] or 0)))
+    rows.sort(key=lambda r: (r["dataset"], r["split"], order.get(r["codec"], 1), r["codec"], r["restored"], -(r["bpp"] or 0)))
     return rows
 
 

@@ -1,9 +1,11 @@
-"""Semantic segmentation evaluation on Cityscapes train ids: confusion-matrix mIoU and reports.
+"""Semantic segmentation evaluation on train ids: confusion-matrix mIoU and reports.
 
 mIoU follows the Cityscapes benchmark: one confusion matrix accumulated over all pixels of the
-split (not a mean of per-image IoUs), ``IoU_c = TP / (TP + FP + FN)``, pixels labelled 255
-ignored, classes absent from both labels and predictions left out of the mean. The small/big
-split is paper 2's Table II (footnote 5). Every score is percent and says so in its name
+split (not a mean of per-image IoUs), ``IoU_c = TP / (TP + FP + FN)``, pixels labelled with the
+ignore value (255) ignored, classes absent from both labels and predictions left out of the mean.
+Classes, their small/big groups and the ignore value come from the shards' class list (the
+manifest's "segmentation" block, :mod:`lossyvision.pipelines.classlists`); Cityscapes' is paper
+2's Table II (footnote 5). Every score is percent and says so in its name
 (``miou_pct``, per-class ``iou_pct``, ``miou_small_pct``, ``miou_big_pct``, ``pixel_accuracy_pct``).
 """
 
@@ -11,7 +13,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterable
@@ -20,20 +21,19 @@ import numpy as np
 import torch
 
 from lossyvision import storage
+from lossyvision.eval import segreport
+from lossyvision.eval.segreport import iou_column  # noqa: F401  (Table II and Fig. 7 live there; re-exported)
+from lossyvision.pipelines.classlists import CITYSCAPES, IGNORE_INDEX, ClassList, variant_class_list
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = 255
 #: Cityscapes train ids 0..18, in order (cityscapesscripts' labels table).
-CITYSCAPES_CLASSES = (
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
-    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
-)
+CITYSCAPES_CLASSES = CITYSCAPES.classes
 #: Paper 2, Table II: classes of small objects; every other class is "big".
-SMALL_CLASSES = ("person", "rider", "motorcycle", "bicycle", "pole", "traffic light", "traffic sign")
+SMALL_CLASSES = CITYSCAPES.small
 
 
 def confusion_matrix(pred: np.ndarray | torch.Tensor, label: np.ndarray | torch.Tensor,
@@ -74,11 +74,6 @@ class SegmentationScores:
         return d
 
 
-def iou_column(cls: str) -> str:
-    """The table column of one class's IoU (percent), e.g. 'traffic_light_iou_pct'."""
-    return cls.replace(" ", "_") + "_iou_pct"
-
-
 # keys of result files written before the units were named (already percent); read for one release
 _OLD_KEYS = {"miou": "miou_pct", "per_class": "iou_pct", "small": "miou_small_pct", "big": "miou_big_pct",
              "pixel_accuracy": "pixel_accuracy_pct"}
@@ -95,6 +90,8 @@ def upgrade_record(r: dict) -> dict:
 
 def scores_from_confusion(cm: np.ndarray, classes: tuple[str, ...] = CITYSCAPES_CLASSES,
                           small: tuple[str, ...] = SMALL_CLASSES) -> SegmentationScores:
+    """Per-class IoU, mIoU, small/big mIoU and pixel accuracy (percent) of a confusion matrix whose
+    rows and columns are ``classes`` in order; a group with no class seen is NaN."""
     cm = np.asarray(cm, dtype=np.float64)
     if cm.shape != (len(classes), len(classes)):
         raise ValueError(f"confusion matrix {cm.shape} does not match {len(classes)} classes")
@@ -137,7 +134,8 @@ def predict(model: torch.nn.Module, x: torch.Tensor, multiple: int = 32) -> torc
 
 def evaluate_model(model: torch.nn.Module, variant_dir: str, device: torch.device, num_classes: int = 19,
                    amp: bool = True, max_images: int | None = None,
-                   max_pixels: int | None = None, quiet: bool = False) -> tuple[np.ndarray, int]:
+                   max_pixels: int | None = None, quiet: bool = False,
+                   ignore_index: int = IGNORE_INDEX) -> tuple[np.ndarray, int]:
     """Full-frame, single-scale evaluation of one variant (its first `max_images` images); returns
     (confusion matrix, images). A progress bar unless `quiet` (or stderr is not a terminal), and an
     INFO line per tenth of the images."""
@@ -166,7 +164,7 @@ def evaluate_model(model: torch.nn.Module, variant_dir: str, device: torch.devic
                 with torch.autocast(device.type, dtype=dtype, enabled=use_amp):
                     pred = predict(model, to_device(x[None], device))
                 try:
-                    cm += confusion_matrix(pred[0].cpu(), y, num_classes)
+                    cm += confusion_matrix(pred[0].cpu(), y, num_classes, ignore_index)
                 except ValueError as e:  # label ids outside the classes
                     raise ValueError(f"{variant_dir}: sample {key!r}: {e}") from None
                 n += 1
@@ -220,28 +218,40 @@ class EvalConfig:
 
 
 def result_record(cm: np.ndarray, images: int, train_variant: str, test_variant: str,
-                  train_bpp: float | None, test_bpp: float | None, **extra) -> dict:
-    scores = scores_from_confusion(cm)
+                  train_bpp: float | None, test_bpp: float | None, class_list: ClassList = CITYSCAPES,
+                  **extra) -> dict:
+    scores = scores_from_confusion(cm, class_list.classes, class_list.small)
     config = configuration(train_variant, test_variant)
     # the rate that defines a configuration is the compressed side's (training set first)
     bpp = train_bpp if config[0] != "O" else test_bpp
     return {"configuration": config, "train_variant": train_variant, "test_variant": test_variant,
             "train_bpp": train_bpp, "test_bpp": test_bpp, "bpp": bpp, "images": images,
-            **scores.to_dict(), "confusion": cm.tolist(), **extra}
+            **scores.to_dict(), "confusion": cm.tolist(), "dataset": class_list.name,
+            "classes": list(class_list.classes), "small_classes": list(class_list.small), **extra}
 
 
 def evaluate_checkpoint(cfg: EvalConfig) -> list[dict]:
     """Evaluate a trained model on each test variant; write one JSON per pair and the report."""
     from lossyvision.pipelines.stream import variant_dir
-    from lossyvision.train.segmentation import load_segmentation_model
+    from lossyvision.nets.segmentation import load_segmentation_model
 
     from lossyvision.names import check_name
     from lossyvision.pipelines.stream import resolve_device
 
     device = resolve_device(cfg.device)
+    class_lists = {}
     for v in cfg.test_variants:  # before the model loads: a typo fails at once
-        variant_dir(storage.join(cfg.shards, cfg.split), v)
+        class_lists[v] = variant_class_list(variant_dir(storage.join(cfg.shards, cfg.split), v))
     model, meta = load_segmentation_model(cfg.checkpoint, device)
+    model_classes = (meta.get("arch") or {}).get("num_classes")
+    trained_on = (meta.get("segmentation") or {}).get("classes")
+    for v, cl in class_lists.items():
+        if model_classes is not None and model_classes != cl.num_classes:
+            raise ValueError(f"{cfg.checkpoint} predicts {model_classes} classes but variant {v} has {cl.num_classes} "
+                             f"({cl.name}); evaluate it on shards of the dataset it was trained on")
+        if trained_on is not None and list(trained_on) != list(cl.classes):
+            raise ValueError(f"{cfg.checkpoint} was trained on the classes {trained_on[:4]}... but variant {v} has "
+                             f"{list(cl.classes)[:4]}...; evaluate it on shards of the dataset it was trained on")
     tcfg = meta.get("config", {})
     train_variant = cfg.train_variant or tcfg.get("train_variant")
     if not train_variant:
@@ -256,9 +266,10 @@ def evaluate_checkpoint(cfg: EvalConfig) -> list[dict]:
     records = []
     for test_variant in cfg.test_variants:
         vdir = variant_dir(storage.join(cfg.shards, cfg.split), test_variant)
-        cm, n = evaluate_model(model, vdir, device, amp=cfg.amp, max_images=cfg.max_images, max_pixels=cfg.max_pixels,
-                               quiet=cfg.quiet)
-        rec = result_record(cm, n, train_variant, test_variant, train_bpp, variant_bpp(vdir),
+        cl = class_lists[test_variant]
+        cm, n = evaluate_model(model, vdir, device, num_classes=cl.num_classes, amp=cfg.amp, max_images=cfg.max_images,
+                               max_pixels=cfg.max_pixels, quiet=cfg.quiet, ignore_index=cl.ignore_index)
+        rec = result_record(cm, n, train_variant, test_variant, train_bpp, variant_bpp(vdir), class_list=cl,
                             checkpoint=str(cfg.checkpoint), split=cfg.split)
         save_result(rec, out)
         log.info("%s (%s -> %s): mIoU %.2f %%  small %.2f %%  big %.2f %% on %d images", rec["configuration"],
@@ -307,21 +318,38 @@ def _fmt(v) -> str:
     return "" if v is None or (isinstance(v, float) and not np.isfinite(v)) else f"{v:.2f}"
 
 
+def report_classes(records: list[dict]) -> ClassList:
+    """The one class list of a set of result records (records written before they named theirs are
+    Cityscapes'); records of different class lists cannot share a table."""
+    lists = {}
+    for r in records:
+        cl = (ClassList(str(r.get("dataset") or "segmentation"), tuple(r["classes"]), small=tuple(r.get("small_classes") or ()))
+              if r.get("classes") else CITYSCAPES)
+        lists.setdefault(cl.classes, cl)
+    if len(lists) > 1:
+        names = sorted({cl.name for cl in lists.values()})
+        raise ValueError(f"the results hold {len(lists)} different class lists ({', '.join(names)}); write each "
+                         "dataset's results to its own --out")
+    return next(iter(lists.values()), CITYSCAPES)
+
+
 def write_report(records: list[dict], out_dir: Path, formats: Iterable[str] | None = None) -> dict[str, Path]:
-    """results.csv / results.json / results.md (Table II layout) and miou_vs_bpp.<format> for each of
-    ``formats`` (default PNG); every score is percent."""
+    """results.csv / results.json / results.md (one row per record), paper 2's Table II as
+    table2.{csv,json,md} and its Fig. 7 as miou_vs_bpp.<format> for each of ``formats`` (default PNG)
+    (eval/segreport.py); every score is percent."""
     from lossyvision.extras import require
 
     pd = require("pandas", "segmentation", "the eval-segmentation report")
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    cl = report_classes([upgrade_record(r) for r in records])
     rows = []
     for r in sorted(map(upgrade_record, records),
                     key=lambda r: (r["configuration"], r["bpp"] or 0, r["train_variant"], r["test_variant"])):
         row = {"configuration": r["configuration"], "train_variant": r["train_variant"],
                "test_variant": r["test_variant"], "bpp": r["bpp"]}
-        row.update({iou_column(c): r["iou_pct"].get(c) for c in CITYSCAPES_CLASSES})
+        row.update({iou_column(c): r["iou_pct"].get(c) for c in cl.classes})
         row.update({"miou_small_pct": r["miou_small_pct"], "miou_big_pct": r["miou_big_pct"], "miou_pct": r["miou_pct"],
                     "images": r["images"]})
         rows.append(row)
@@ -329,16 +357,19 @@ def write_report(records: list[dict], out_dir: Path, formats: Iterable[str] | No
     paths = {"csv": out / "results.csv", "json": out / "results.json", "md": out / "results.md"}
     df.to_csv(paths["csv"], index=False)
     paths["json"].write_text(json.dumps(_json_safe(rows), indent=1) + "\n")
-    cols = ["configuration", "train_variant", "test_variant", "bpp", *map(iou_column, CITYSCAPES_CLASSES),
+    cols = ["configuration", "train_variant", "test_variant", "bpp", *map(iou_column, cl.classes),
             "miou_small_pct", "miou_big_pct", "miou_pct"]
-    head = ["config", "train", "test", "bpp", *CITYSCAPES_CLASSES, "small obj.", "big obj.", "mIoU"]
+    head = ["config", "train", "test", "bpp", *cl.classes, "small obj.", "big obj.", "mIoU"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         cells = [row[c] if isinstance(row[c], str) else _fmt(row[c]) for c in cols]
         cells[3] = "" if row["bpp"] is None else f"{row['bpp']:.4f}"
         lines.append("| " + " | ".join(cells) + " |")
-    paths["md"].write_text("Segmentation IoU and mIoU (%), Cityscapes train ids; small objects: "
-                           + ", ".join(SMALL_CLASSES) + ".\n\n" + "\n".join(lines) + "\n")
+    what = "Cityscapes" if cl.classes == CITYSCAPES.classes else cl.name
+    paths["md"].write_text(f"Segmentation IoU and mIoU (%), {what} train ids; small objects: "
+                           + (", ".join(cl.small) or "none") + ".\n\n" + "\n".join(lines) + "\n")
+    recs = [upgrade_record(r) for r in records]
+    paths.update(segreport.write_table2(recs, cl.classes, cl.small, _dataset_name(cl), out))
     if rows:
         plots = plot_miou_vs_bpp(records, out / "miou_vs_bpp", formats=formats)
         paths["plot"] = Path(plots[0])
@@ -346,61 +377,20 @@ def write_report(records: list[dict], out_dir: Path, formats: Iterable[str] | No
     return paths
 
 
-def _codec_family(variant: str) -> str:
-    return variant.split("+", 1)[0].split("-", 1)[0]
-
-
-def _setting(variant: str) -> str:
-    """The codec parameter of a variant name, as a point label: 'qp41' for 'bpg-qp41+restored'."""
-    parts = variant.split("+", 1)[0].split("-")
-    return parts[1] if len(parts) > 1 else variant
+def _dataset_name(cl: ClassList) -> str:
+    return "Cityscapes" if cl.classes == CITYSCAPES.classes else cl.name
 
 
 def plot_miou_vs_bpp(records: list[dict], path: str | Path, formats: Iterable[str] | None = None) -> list[str]:
-    """:func:`miou_figure` written as PATH's stem in each of ``formats`` (default: PATH's suffix,
-    else PNG); returns the paths."""
-    from .figures import FORMATS, save
-
-    stem, suffix = os.path.splitext(os.fspath(path))
-    if suffix.lstrip(".").lower() not in FORMATS:
-        stem, suffix = os.fspath(path), ".png"
-    return save(miou_figure(records), stem, formats or (suffix.lstrip(".").lower(),))
+    """Paper 2 Fig. 7 (:func:`segreport.miou_figure`) written as PATH's stem in each of ``formats``
+    (default: PATH's suffix, else PNG); returns the paths."""
+    records = [upgrade_record(r) for r in records]
+    name = _dataset_name(report_classes(records)) if records else "Cityscapes"
+    return segreport.plot_miou_vs_bpp(records, path, formats, dataset=name)
 
 
 def miou_figure(records: list[dict]) -> Figure:
-    """One line per (configuration, codec) over rate, points labelled with the codec setting; OO as a
-    horizontal reference line that leaves the rate axis alone (paper 2 Fig. 7)."""
-    from .figures import pyplot
-
-    plt = pyplot()
+    """Paper 2 Fig. 7: a line per configuration over rate, a panel per codec when there are several, OO
+    as a horizontal reference line (:func:`segreport.miou_figure`)."""
     records = [upgrade_record(r) for r in records]
-    fig, ax = plt.subplots(figsize=(6.4, 4.4))
-    groups: dict[str, list[tuple[float, float, str]]] = {}
-    for r in records:
-        if r["configuration"] == "OO" or r["bpp"] is None or r["miou_pct"] is None:
-            continue
-        side = r["train_variant"] if r["configuration"][0] != "O" else r["test_variant"]
-        groups.setdefault(f"{r['configuration']} ({_codec_family(side)})", []).append(
-            (r["bpp"], r["miou_pct"], _setting(side)))
-    for name, pts in sorted(groups.items()):
-        pts.sort()
-        (line,) = ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=name)
-        for x, y, q in pts:
-            ax.annotate(q, (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7, color=line.get_color())
-    for r in records:
-        if r["configuration"] == "OO" and r["miou_pct"] is not None:
-            ax.axhline(r["miou_pct"], color="k", linestyle="--", linewidth=1, label=f"OO ({r['miou_pct']:.1f} %)")
-            break
-    splits = sorted({str(r.get("split")) for r in records if r.get("split")})
-    images = sorted({int(r["images"]) for r in records if r.get("images") is not None})
-    what = ", ".join(filter(None, ["Cityscapes " + "/".join(splits) if splits else "Cityscapes",
-                                   (f"{images[0]} images" if len(images) == 1 else
-                                    f"{images[0]}-{images[-1]} images" if images else ""), "full frames"]))
-    ax.set_title(f"mIoU vs rate: {what}", fontsize=10)
-    ax.set_xlabel("rate (bits per pixel)")
-    ax.set_ylabel("mIoU (%)")
-    ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    return segreport.miou_figure(records, _dataset_name(report_classes(records)) if records else "Cityscapes")

@@ -97,6 +97,59 @@ class CropPolicy:
         return np.ascontiguousarray(rgb), (np.ascontiguousarray(label) if is_map else label)
 
 
+@dataclass(frozen=True)
+class PatchGrid:
+    """A frame size and a grid of patches cut from it: an image is resized to ``frame_w x frame_h``
+    (bicubic; its label map with nearest), then cut into ``cols x rows`` patches of ``patch_w x patch_h``
+    evenly spaced from edge to edge (overlapping where they do not tile), numbered row-major.
+    Paper 2's Semantic Drone Dataset: 3000x2000, 4 x 3 patches of 1200x800 at a 600 px stride."""
+
+    frame_w: int
+    frame_h: int
+    patch_w: int
+    patch_h: int
+    cols: int
+    rows: int
+
+    def __post_init__(self) -> None:
+        if min(self.frame_w, self.frame_h, self.patch_w, self.patch_h, self.cols, self.rows) < 1:
+            raise CropError(f"patch grid {self}: sizes and counts must be at least 1")
+        if self.patch_w > self.frame_w or self.patch_h > self.frame_h:
+            raise CropError(f"patch {self.patch_w}x{self.patch_h} is larger than the frame {self.frame_w}x{self.frame_h}")
+
+    @property
+    def count(self) -> int:
+        return self.cols * self.rows
+
+    def boxes(self) -> list[tuple[int, int, int, int]]:
+        """(x, y, w, h) of every patch, row-major."""
+        def starts(frame: int, patch: int, n: int) -> list[int]:
+            return [round(i * (frame - patch) / (n - 1)) for i in range(n)] if n > 1 else [(frame - patch) // 2]
+
+        return [(x, y, self.patch_w, self.patch_h) for y in starts(self.frame_h, self.patch_h, self.rows)
+                for x in starts(self.frame_w, self.patch_w, self.cols)]
+
+    def frame(self, rgb: np.ndarray, label: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray | None]:
+        """The image (and its label map) at the frame size."""
+        if label is not None and label.shape != rgb.shape[:2]:
+            raise CropError(f"label map {label.shape} and image {rgb.shape[:2]} differ in size")
+        size = (self.frame_w, self.frame_h)
+        if rgb.shape[:2] != (self.frame_h, self.frame_w):
+            rgb = _resize(rgb, size, False)
+            label = None if label is None else _resize(label, size, True)
+        return rgb, label
+
+    def patch(self, frame: np.ndarray, label: np.ndarray | None, index: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Patch ``index`` of a frame already at the frame size (:meth:`frame`), and of its label map."""
+        if frame.shape[:2] != (self.frame_h, self.frame_w):
+            raise CropError(f"frame {frame.shape[1]}x{frame.shape[0]} is not {self.frame_w}x{self.frame_h}")
+        if not 0 <= index < self.count:
+            raise CropError(f"patch {index} of a grid of {self.count}")
+        x, y, w, h = self.boxes()[index]
+        cut = np.ascontiguousarray(frame[y : y + h, x : x + w])
+        return cut, (None if label is None else np.ascontiguousarray(label[y : y + h, x : x + w]))
+
+
 IMAGENET = CropPolicy(name="resize256-center224", resize=256, crop_w=224, crop_h=224)
 FULL = CropPolicy(name="full")
 

@@ -27,6 +27,8 @@ from .cards import update_reader_files
 from .crops import FULL, IMAGENET, CropError, CropPolicy, parse_crop
 from .imageio import DEFAULT_MAX_PIXELS
 from .joblock import JobLock
+from .meanbpp import (DEFAULT_RATE_SAMPLE, RateTargetError, SampleRates, check_options, check_target, choose, load_sample,
+                      sample_positions)
 from .shards import (FORMAT, LEGACY_MANIFEST, MANIFEST, TarShardWriter, clean_temp_files, library_versions, load_manifest, sample_json,
                      sha256_file, shard_name, write_json_atomic)
 from .sources import Item, Source, SourceError, create_source
@@ -36,7 +38,8 @@ log = logging.getLogger(__name__)
 DEFAULT_CROPS = {"imagenet": IMAGENET, "samples": IMAGENET}
 # Cityscapes frames cost ~4 s of CPU and ~2.3 MB of output each: 100 per shard still gives
 # 30 tasks for train (docs/scale.md), where 1000 would give 3.
-DEFAULT_SHARD_SIZES = {"cityscapes": 100}
+# SDD patches are 1200x800 (~1 MP) and INRIA frames 5000x5000 (25 MP, tens of seconds each).
+DEFAULT_SHARD_SIZES = {"cityscapes": 100, "sdd": 100, "inria": 10}
 # the split a dataset is prepared from when --split is not given: its evaluation split
 DEFAULT_SPLITS = {"folder": "all", "samples": "all", "fashion-mnist": "test"}
 # The driver rewrites the manifests at most this often (and at the end, and when interrupted):
@@ -73,14 +76,20 @@ class OutputNotSharedError(RuntimeError):
 
 @dataclass
 class CodecSetting:
-    """One requested variant: a codec at a native parameter ``q`` or at a target ``bpp``."""
+    """One requested variant: a codec at a native parameter ``q``, at a per-image target ``bpp``, or
+    at the one parameter whose mean rate over the split is closest to ``mean_bpp`` (chosen before the
+    job; the variant is then named by that parameter, e.g. bpg-qp44, see meanbpp.py)."""
 
     name: str
     q: Any = None
     bpp: float | None = None
     options: dict = field(default_factory=dict)
+    mean_bpp: float | None = None
+    rate_target: dict | None = None  # set when a mean_bpp target was resolved: the manifest's "rate_target"
 
     def build(self) -> Codec:
+        if self.mean_bpp is not None and self.q is None:  # unresolved: the codec at its default, for checks
+            return create(self.name, None, **self.options)
         return create(self.name, self.q, bpp=self.bpp, **self.options)
 
 
@@ -106,7 +115,8 @@ class PrepareConfig:
     # training splits are written in a seeded random order (a shard of sorted ImageNet keys holds one
     # or two classes, and so would every batch); other splits stay sorted (docs/shards.md)
     order: str | None = None  # None: "shuffled" for training splits (train*), else "sorted"
-    order_seed: int = 0
+    order_seed: int = 0  # also the seed of the --mean-bpp sample
+    rate_sample: int = DEFAULT_RATE_SAMPLE  # images (seeded random) a --mean-bpp target is chosen on
     limit: int | None = None  # first N images in shard order (sorted: by key; shuffled: a seeded random subset)
     break_lock: bool = False  # take over a lease lock left by a job known to be dead on another host
     # images (and crops, scales) with more pixels are listed as failures before any decode (imageio)
@@ -149,7 +159,7 @@ _STATS = ("bytes", "bpp", "psnr", "ssim", "ms_ssim", "enc_ms", "dec_ms")
 def _label_fields(task: str, label: Any) -> dict[str, bytes]:
     if task == "classification":
         return {"cls": str(int(label)).encode()}
-    if task == "segmentation":
+    if task == "segmentation" and label is not None:  # None: an images-only split (Cityscapes train_extra)
         return {"seg.png": png_encode(np.ascontiguousarray(label, dtype=np.uint8), level=1)}
     return {}
 
@@ -190,13 +200,19 @@ def _reason(e: BaseException) -> str:
     return f"{type(e).__name__}: {e}"
 
 
+def load_cropped(source: Source, crop: CropPolicy, item: Item, max_pixels: int) -> tuple[np.ndarray, Any]:
+    """One source image and its label as the job encodes them: read, then cropped."""
+    rgb, label = source.load(item)
+    rgb, label = crop(rgb, label, max_pixels=max_pixels)
+    if min(rgb.shape[:2]) < 1:
+        raise CropError("empty image after cropping")
+    return rgb, label
+
+
 def _encode_item(t: ShardTask, item: Item, codecs: list[Codec], quality: Any) -> dict[str, tuple[dict, dict]]:
     """Every variant's sample of one image and its stats, or an exception: nothing is written
     until the whole image (read, crop, orig, every encode, decode and metric) has succeeded."""
-    rgb, label = t.source.load(item)
-    rgb, label = t.crop(rgb, label, max_pixels=t.max_pixels)
-    if min(rgb.shape[:2]) < 1:
-        raise CropError("empty image after cropping")
+    rgb, label = load_cropped(t.source, t.crop, item, t.max_pixels)
     lab = _label_fields(t.source.task, label)
     made: dict[str, tuple[dict, dict]] = {}
     if t.write_orig:
@@ -360,6 +376,15 @@ def _summarise(m: dict) -> None:
     m["complete"] = len(entries) == m["num_shards"] and all(entries)
 
 
+def _set_classes(m: dict, source: Source) -> None:
+    """The manifest's class names and, for segmentation, its "segmentation" block (classes, small,
+    ignore_index: what training and evaluation read)."""
+    if source.classes is not None:
+        m["classes"] = list(source.classes)
+    if source.class_list is not None:
+        m["segmentation"] = source.class_list.to_manifest()
+
+
 def _resolve_crop(cfg: PrepareConfig) -> CropPolicy:
     if cfg.crop:
         return parse_crop(cfg.crop)
@@ -380,6 +405,8 @@ def validate(cfg: PrepareConfig) -> tuple[Source, CropPolicy, list[Codec]]:
         raise PrepareError(f"--limit must be at least 1, got {cfg.limit}")
     if cfg.max_pixels < 1:
         raise PrepareError(f"--max-pixels must be at least 1, got {cfg.max_pixels}")
+    if cfg.rate_sample < 1:
+        raise PrepareError(f"--rate-sample must be at least 1, got {cfg.rate_sample}")
     if not cfg.out or not str(cfg.out).strip():
         raise PrepareError("--out is empty; give the folder (or URL) to write the shards to")
     try:
@@ -394,15 +421,22 @@ def validate(cfg: PrepareConfig) -> tuple[Source, CropPolicy, list[Codec]]:
     try:
         crop = _resolve_crop(cfg)
         crop.check(cfg.max_pixels)
+        for s in cfg.codecs:
+            if s.mean_bpp is not None:
+                if s.q is not None or s.bpp is not None:
+                    raise PrepareError(f"codec {s.name}: give a mean_bpp target or a parameter (q or bpp), not both")
+                s.mean_bpp = check_target(s.name, s.mean_bpp)
+                check_options(s.name, s.options)
         codecs = [s.build() for s in cfg.codecs]
         for c in codecs:
             check_name("codec spec", c.spec)
-    except (CropError, CodecError, NameError_) as e:
+    except (CropError, CodecError, NameError_, RateTargetError) as e:
         raise PrepareError(str(e)) from None
-    specs = [c.spec for c in codecs]
-    dup = sorted({s for s in specs if specs.count(s) > 1})
-    if dup:
-        raise PrepareError(f"codec setting(s) requested twice: {', '.join(dup)}")
+    _check_distinct([c.spec for c, s in zip(codecs, cfg.codecs) if s.mean_bpp is None or s.q is not None])
+    targets = [(s.name, s.mean_bpp, tuple(sorted(s.options.items()))) for s in cfg.codecs if s.mean_bpp is not None and s.q is None]
+    twice = sorted({f"{n} {b:g}" for n, b, o in targets if targets.count((n, b, o)) > 1})
+    if twice:
+        raise PrepareError(f"--mean-bpp target(s) requested twice: {', '.join(twice)}")
     for what, url in (("--src", cfg.src), ("--out", cfg.out)):
         if url is not None and storage.is_remote(url):
             _check_backend(what, url)
@@ -427,6 +461,51 @@ def validate(cfg: PrepareConfig) -> tuple[Source, CropPolicy, list[Codec]]:
     except CodecError as e:
         raise PrepareError(str(e)) from None
     return source, crop, codecs
+
+
+def _check_distinct(specs: list[str]) -> None:
+    dup = sorted({s for s in specs if specs.count(s) > 1})
+    if dup:
+        raise PrepareError(f"codec setting(s) requested twice: {', '.join(dup)}")
+
+
+def resolve_rate_targets(cfg: PrepareConfig, source: Source, crop: CropPolicy, items: list[Item],
+                         on_choice: Callable[[CodecSetting], None] | None = None) -> list[CodecSetting]:
+    """cfg.codecs with every mean_bpp target replaced by the setting at the parameter chosen for it
+    on a seeded sample of ``items`` (the job's images): see meanbpp.py. Two targets that choose the
+    same parameter give one variant (a warning), whose record names the first."""
+    pending = {id(s) for s in cfg.codecs if s.mean_bpp is not None and s.q is None}
+    if not pending:
+        return list(cfg.codecs)
+    ordered = sorted(items, key=lambda it: it.key)
+    picked = [ordered[i] for i in sample_positions(len(ordered), cfg.rate_sample, cfg.order_seed)]
+    images = load_sample(picked, lambda it: load_cropped(source, crop, it, cfg.max_pixels)[0], lambda it: it.key)
+    if not images:
+        raise PrepareError(f"--mean-bpp: none of the {len(picked)} sample images could be read and cropped; "
+                           "check --src, --crop and --max-pixels")
+    rates = SampleRates(images)
+    out: list[CodecSetting] = []
+    chosen: dict[str, CodecSetting] = {}
+    for s in cfg.codecs:
+        if id(s) not in pending:
+            out.append(s)
+            continue
+        try:
+            rec = choose(s.name, s.options, float(s.mean_bpp), rates, cfg.order_seed, len(items))
+        except RateTargetError as e:
+            raise PrepareError(str(e)) from None
+        r = CodecSetting(s.name, q=rec["chosen"], options=dict(s.options), mean_bpp=s.mean_bpp, rate_target=rec)
+        spec = r.build().spec
+        if spec in chosen:
+            log.warning("--mean-bpp %g for %s chooses %s, as %g does: writing it once", s.mean_bpp, s.name, spec,
+                        chosen[spec].mean_bpp)
+            chosen[spec].rate_target.setdefault("also_targets", []).append(float(s.mean_bpp))
+            continue
+        chosen[spec] = r
+        out.append(r)
+        if on_choice is not None:
+            on_choice(r)
+    return out
 
 
 def _check_backend(what: str, url: str) -> None:
@@ -455,25 +534,31 @@ def _source_change_message(vdir: str, old: dict, chunks: list[list[Item]], n_ite
             "later shard would hold other images; write to a new --out, or delete that folder to rebuild it")
 
 
-def prepare_shards(cfg: PrepareConfig) -> dict[str, dict]:
+def prepare_shards(cfg: PrepareConfig, on_rate_choice: Callable[[CodecSetting], None] | None = None) -> dict[str, dict]:
     """Run the job; returns the final manifest of every variant. Resumes an interrupted run.
 
     ``cfg.src`` and ``cfg.out`` may be local paths or fsspec URLs (``s3://bucket/shards``). One job
-    per output at a time (a lock in ``<out>/<dataset>/<split>/``)."""
+    per output at a time (a lock in ``<out>/<dataset>/<split>/``). ``on_rate_choice`` is called with
+    each resolved --mean-bpp setting (its ``rate_target`` record) before any shard is written."""
     t_start = time.perf_counter()
-    source, crop, codecs = validate(cfg)
+    source, crop, _ = validate(cfg)
     base = storage.join(cfg.out, cfg.dataset, cfg.split)
     with JobLock(base, break_lock=cfg.break_lock) as lock:
-        return _prepare_locked(cfg, source, crop, codecs, base, lock.path, t_start)
+        return _prepare_locked(cfg, source, crop, base, lock.path, t_start, on_rate_choice)
 
 
-def _prepare_locked(cfg: PrepareConfig, source: Source, crop: CropPolicy, codecs: list[Codec], base: str, lock_path: str, t_start: float) -> dict[str, dict]:
+def _prepare_locked(cfg: PrepareConfig, source: Source, crop: CropPolicy, base: str, lock_path: str, t_start: float,
+                    on_rate_choice: Callable[[CodecSetting], None] | None = None) -> dict[str, dict]:
     items = sorted(source.items(), key=lambda it: it.key)  # sources list sorted already; the order must not depend on it
     items = [items[i] for i in shard_order(len(items), cfg.order, cfg.order_seed)]
     if cfg.limit:
         items = items[: cfg.limit]
     if not items:
         raise PrepareError(f"no images found for dataset '{cfg.dataset}' split '{cfg.split}' under {cfg.src}")
+    settings = resolve_rate_targets(cfg, source, crop, items, on_rate_choice)
+    codecs = [s.build() for s in settings]
+    _check_distinct([c.spec for c in codecs])
+    targets = {c.spec: s.rate_target for c, s in zip(codecs, settings) if s.rate_target is not None}
     keys = [it.key for it in items]
     variants: dict[str, str] = {}
     infos: dict[str, dict | None] = {}
@@ -524,6 +609,8 @@ def _prepare_locked(cfg: PrepareConfig, source: Source, crop: CropPolicy, codecs
             "shards": [None] * n,
         }
         m["config"] = {k: val for k, val in cfg.to_dict().items() if k not in ("progress",)}
+        if v in targets:
+            m["rate_target"] = targets[v]
         m["versions"] = {**versions, **((infos[v] or {}).get("versions") or {})}
         manifests[v] = m
         found[v] = dict(storage.walk_files(vdir, (".tar",)))
@@ -547,8 +634,7 @@ def _prepare_locked(cfg: PrepareConfig, source: Source, crop: CropPolicy, codecs
 
     def write_manifests() -> None:
         for v, vdir in variants.items():
-            if source.classes is not None:
-                manifests[v]["classes"] = list(source.classes)
+            _set_classes(manifests[v], source)
             _summarise(manifests[v])
             write_json_atomic(storage.join(vdir, MANIFEST), manifests[v])
         last_write[0] = time.monotonic()
@@ -563,7 +649,7 @@ def _prepare_locked(cfg: PrepareConfig, source: Source, crop: CropPolicy, codecs
         if time.monotonic() - last_write[0] >= MANIFEST_EVERY_S:
             write_manifests()
 
-    tasks = (ShardTask(i, chunks[i], source, crop, cfg.codecs, variants, cfg.write_orig, cfg.store_decoded, cfg.ms_ssim, cfg.orig_format, lock_path,
+    tasks = (ShardTask(i, chunks[i], source, crop, settings, variants, cfg.write_orig, cfg.store_decoded, cfg.ms_ssim, cfg.orig_format, lock_path,
                        cfg.max_pixels)
              for i in pending)
     if pending:
@@ -579,8 +665,7 @@ def _prepare_locked(cfg: PrepareConfig, source: Source, crop: CropPolicy, codecs
             raise
     for v in variants:
         clean_temp_files(variants[v])  # left by tasks whose worker or node died and that ran again elsewhere
-        if source.classes is not None:
-            manifests[v]["classes"] = list(source.classes)
+        _set_classes(manifests[v], source)
         _summarise(manifests[v])
         manifests[v]["wall_s"] = round(time.perf_counter() - t_start, 3)
         write_json_atomic(storage.join(variants[v], MANIFEST), manifests[v])

@@ -4,8 +4,11 @@ The output variant (``<variant>+restored`` by default) holds, per sample, the re
 as lossless PNG (``<key>.png``), the label copied from the source and a ``json`` whose
 ``bytes``/``bpp`` are those of the *source bitstream* (restoration happens at the receiver, so
 the rate is what was transmitted) and whose ``psnr``/``ssim``/``ms_ssim`` compare the restored
-image with ``orig``. Its manifest has ``codec: null`` (the member to read is ``png``, like
-``orig``) and a ``restored_from`` block naming the source variant, its codec and the generator.
+image with ``orig`` (and ``ms_ssim_db``, paper 2's Table III scale). Its manifest has ``codec:
+null`` (the member to read is ``png``, like ``orig``) and a ``restored_from`` block naming the
+source variant, its codec and the generator. Any network of `lossyvision.nets.restoration`
+(the GAN's FineNet, the RDN baseline) restores the same way. A split whose keys overlap the
+generator's training keys is refused unless ``allow_overlap``.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from lossyvision import storage
+from lossyvision.nets.restoration import build_restoration_net, net_stride
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +43,7 @@ class RestoreConfig:
     amp: bool = True              # autocast on CUDA
     png_level: int = 1            # zlib level of the restored PNGs (docs/shards.md: level 1)
     overwrite: bool = False       # rewrite shards written by another generator
+    allow_overlap: bool = False   # restore even keys the generator was trained on (else refused)
     max_pixels: int | None = None  # None: lossyvision.pipelines.imageio.DEFAULT_MAX_PIXELS
     quiet: bool = False           # no progress bar (it is off anyway when stderr is not a terminal)
 
@@ -84,10 +89,10 @@ def restore_tensor(generator: torch.nn.Module, x: torch.Tensor, tile: int = 0, o
     same sampling grid as the whole image: with a purely convolutional generator the result
     equals whole-image inference wherever the receptive field fits in ``overlap``. Instance
     norm computes its statistics per tile, which makes tiles differ slightly from the whole
-    image; large tiles (1024) keep that difference small.
+    image; large tiles (1024) keep that difference small. The stride is the network's own
+    (``generator.stride``: FineNet 8, RDN 1).
     """
-    from lossyvision.train.networks.finenet import GENERATOR_STRIDE as S
-
+    S = net_stride(generator)
     if tile <= 0:
         xp, h, w = _pad_to_stride(x, S)
         return generator(xp)[..., :h, :w]
@@ -116,6 +121,29 @@ def restore_image(generator: torch.nn.Module, rgb: np.ndarray, device: torch.dev
         y = restore_tensor(generator, x, tile, overlap).float()
     y = ((y.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return y[0].permute(1, 2, 0).cpu().numpy()
+
+
+def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
+    """A restoration network written by train-restoration (``generator.pt`` or a full ``last.pt``),
+    in eval mode, and the checkpoint dict (arch, step, config, train_keys, ...)."""
+    from lossyvision.pipelines.stream import OptionError, first_line
+
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"generator checkpoint {path} not found (train-restoration writes "
+                                "OUT/generator.pt)")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except MemoryError:
+        raise
+    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ValueError, ... here
+        raise OptionError(f"--generator {path} is not a PyTorch checkpoint ({type(e).__name__}: "
+                          f"{first_line(e, 200)})") from None
+    if not isinstance(ckpt, dict) or "generator" not in ckpt or "arch" not in ckpt:
+        raise OptionError(f"{path} is not a restoration checkpoint (no 'generator'/'arch' entries); pass the "
+                          "generator.pt that train-restoration wrote")
+    g = build_restoration_net(ckpt["arch"])
+    g.load_state_dict(ckpt["generator"])
+    return g.to(device).eval(), ckpt
 
 
 # -- writing -----------------------------------------------------------------------------------
@@ -160,8 +188,8 @@ def restore_shards(cfg: RestoreConfig, progress: bool = True) -> dict:
     from lossyvision.pipelines.stream import ShardError, decode_image, first_line, read_variant, resolve_device, variant_dir
     from lossyvision.pipelines.imageio import DEFAULT_MAX_PIXELS
     from lossyvision.progress import progress as progress_bar, rate_eta
-    from lossyvision.quality import ms_ssim, psnr, ssim
-    from lossyvision.train.restoration import load_generator
+    from lossyvision.pipelines.trainkeys import check_overlap, variant_keys
+    from lossyvision.quality import ms_ssim, ms_ssim_db, psnr, ssim
 
     if not cfg.shards or not cfg.variant or not cfg.generator:
         raise ValueError("shards, variant and generator are required")
@@ -180,6 +208,8 @@ def restore_shards(cfg: RestoreConfig, progress: bool = True) -> dict:
 
     device = resolve_device(cfg.device)
     generator, ckpt = load_generator(cfg.generator, device)
+    overlap = check_overlap(ckpt.get("train_keys"), variant_keys(variant_dir(split_dir, cfg.variant)), cfg.split,
+                            str(cfg.generator), cfg.allow_overlap)
     gen_sha = sha256_file(str(cfg.generator))
     out_dir = storage.join(split_dir, cfg.output_variant)
     storage.makedirs(out_dir)
@@ -201,15 +231,20 @@ def restore_shards(cfg: RestoreConfig, progress: bool = True) -> dict:
         "variant": cfg.output_variant, "task": src.task, "codec": None,
         "restored_from": {"variant": cfg.variant, "codec": src_codec, "generator": str(cfg.generator),
                           "generator_sha256": gen_sha, "generator_arch": ckpt.get("arch"),
-                          "generator_step": ckpt.get("step"), "tile": cfg.tile, "overlap": cfg.overlap},
+                          "generator_step": ckpt.get("step"),
+                          "generator_recipe": (ckpt.get("config") or {}).get("recipe"),
+                          "generator_train_split": (ckpt.get("train_keys") or {}).get("split"),
+                          "train_key_overlap": None if overlap < 0 else overlap,
+                          "tile": cfg.tile, "overlap": cfg.overlap},
         "crop": src.manifest.get("crop"), "config": cfg.to_dict(), "versions": library_versions("torch"),
         "shard_size": src.manifest.get("shard_size"), "shards": [], "num_samples": 0,
         "totals": {}, "means": {}, "failures": [], "complete": False,
     }
     if src.classes:
         manifest["classes"] = list(src.classes)
-    per_sample: dict[str, list] = {k: [] for k in ("bytes", "bpp", "psnr", "ssim", "ms_ssim", "source_psnr",
-                                                   "source_ssim")}
+    per_sample: dict[str, list] = {k: [] for k in ("bytes", "bpp", "psnr", "ssim", "ms_ssim", "ms_ssim_db",
+                                                   "source_psnr", "source_ssim", "source_ms_ssim",
+                                                   "source_ms_ssim_db")}
     codecs: dict = {}  # spec -> codec, built on first use
     t0, restored_here = time.perf_counter(), 0
     with progress_bar(total=src.num_samples, desc=f"restore {cfg.variant}", unit="img",
@@ -246,13 +281,16 @@ def restore_shards(cfg: RestoreConfig, progress: bool = True) -> dict:
                         h, w = restored.shape[:2]
                         ref = decode_image(o, orig, codecs, max_pixels) if o is not None else None
                         png = png_encode(restored, cfg.png_level)
+                        ms = ms_ssim(restored, ref) if ref is not None else None
                         stats = {
                             "bytes": meta.get("bytes"), "bpp": meta.get("bpp"), "h": h, "w": w,
                             "psnr": psnr(restored, ref) if ref is not None else None,
                             "ssim": ssim(restored, ref) if ref is not None else None,
-                            "ms_ssim": ms_ssim(restored, ref) if ref is not None else None,
+                            "ms_ssim": ms, "ms_ssim_db": ms_ssim_db(ms),
                             "q": meta.get("q"), "spec": meta.get("spec", src.spec), "source_variant": cfg.variant,
-                            "source_psnr": meta.get("psnr"), "source_ssim": meta.get("ssim"), "png_bytes": len(png),
+                            "source_psnr": meta.get("psnr"), "source_ssim": meta.get("ssim"),
+                            "source_ms_ssim": meta.get("ms_ssim"), "source_ms_ssim_db": ms_ssim_db(meta.get("ms_ssim")),
+                            "png_bytes": len(png),
                         }
                         out = {"__key__": key, "png": png, "json": sample_json(stats)}
                         for ext in ("cls", "seg.png"):

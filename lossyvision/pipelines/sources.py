@@ -1,13 +1,16 @@
 """Sources: list a dataset's images as sorted :class:`Item` s and load one as ``(rgb, label)``.
 
 Sources are plain picklable classes (Ray workers receive them), registered by name:
-``imagenet``, ``cityscapes``, ``folder``, ``samples`` and ``fashion-mnist``.
+``imagenet``, ``cityscapes``, ``segfolder``, ``inria``, ``sdd``, ``folder``, ``samples`` and
+``fashion-mnist``. Segmentation sources carry a :class:`~.classlists.ClassList` (``class_list``)
+that maps their label ids to train ids and that prepare-shards records in the manifest.
 """
 
 from __future__ import annotations
 
 import csv
 import fnmatch
+import hashlib
 import io
 import os
 import re
@@ -17,6 +20,8 @@ from typing import Any
 import numpy as np
 
 from .. import storage
+from .classlists import CITYSCAPES, INRIA, SDD, ClassList, ClassListError, parse_classes_json
+from .crops import PatchGrid
 from .imageio import DEFAULT_MAX_PIXELS, SourceError, check_pixels, header_size, read_file_bounded, read_rgb
 
 __all__ = ["Item", "Source", "SourceError", "register_source", "create_source", "source_names", "make_key"]
@@ -49,6 +54,7 @@ class Source:
     name: str = ""
     task: str = "none"  # "classification" | "segmentation" | "none"
     classes: list[str] | None = None
+    class_list: ClassList | None = None  # segmentation sources: label ids -> train ids, small/big groups
     root: str = ""
     max_pixels: int = DEFAULT_MAX_PIXELS  # images whose header says more are listed as failures, not decoded
 
@@ -270,19 +276,23 @@ def cityscapes_lut() -> np.ndarray:
     return lut
 
 
-CITYSCAPES_CLASSES = [
-    "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign", "vegetation",
-    "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle", "bicycle",
-]  # fmt: skip
+CITYSCAPES_CLASSES = list(CITYSCAPES.classes)
+# Cityscapes splits that come with gtFine label maps; any other split (train_extra) is images only
+# unless a gtFine/<split> folder exists
+CITYSCAPES_LABELLED = ("train", "val")
 
 
 @register_source
 class CityscapesSource(_FileSource):
-    """``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` + ``gtFine/<split>/<city>/*_gtFine_labelIds.png``."""
+    """``leftImg8bit/<split>/<city>/*_leftImg8bit.png`` + ``gtFine/<split>/<city>/*_gtFine_labelIds.png``.
+
+    ``train_extra`` (the 20 000 coarsely annotated frames) is listed as images only: paper 2 trains
+    its codec and restoration networks there, without labels; gtCoarse is never read."""
 
     name = "cityscapes"
     task = "segmentation"
     classes = CITYSCAPES_CLASSES
+    class_list = CITYSCAPES
 
     def __init__(self, root: str | None, split: str, **_: Any):
         if not root:
@@ -290,11 +300,12 @@ class CityscapesSource(_FileSource):
         self.root = _root(root)
         self.split = split
         _need_dir(storage.join(self.root, "leftImg8bit", split), f"Cityscapes folder leftImg8bit/{split}")
+        self.labelled = split in CITYSCAPES_LABELLED or storage.isdir(storage.join(self.root, "gtFine", split))
         # here, not at the first image: without cityscapesscripts every image would be skipped as bad
-        self._lut = cityscapes_lut()
+        self._lut = cityscapes_lut() if self.labelled else None
 
     def items(self) -> list[Item]:
-        labels = dict(_walk_images(storage.join(self.root, "gtFine", self.split), self.root))
+        labels = dict(_walk_images(storage.join(self.root, "gtFine", self.split), self.root)) if self.labelled else {}
         items = []
         for rel, stamp in _walk_images(storage.join(self.root, "leftImg8bit", self.split), self.root):
             if stamp.startswith("!"):
@@ -304,6 +315,9 @@ class CityscapesSource(_FileSource):
                 continue
             parts = rel.split("/")
             base = parts[-1][: -len("_leftImg8bit.png")]
+            if not self.labelled:
+                items.append(Item(make_key(f"{parts[-2]}/{base}"), rel, None, stamp))
+                continue
             lab = "/".join(("gtFine", self.split, parts[-2], base + "_gtFine_labelIds.png"))
             items.append(Item(make_key(f"{parts[-2]}/{base}"), rel, lab, f"{stamp}|{labels.get(lab, 'missing')}"))
         return _unique_keys(items)
@@ -311,6 +325,10 @@ class CityscapesSource(_FileSource):
     def load(self, item: Item) -> tuple[np.ndarray, Any]:
         _raise_listing_error(item)
         rgb = read_rgb(storage.join(self.root, item.ref), self.max_pixels)
+        if item.label is None:
+            return rgb, None
+        if self._lut is None:  # dropped when the source was pickled for a Ray worker
+            self._lut = cityscapes_lut()
         path = storage.join(self.root, item.label)
         import imagecodecs
 
@@ -332,6 +350,264 @@ class CityscapesSource(_FileSource):
         if ids.shape != rgb.shape[:2]:
             raise SourceError(f"label map {ids.shape} and image {rgb.shape[:2]} differ in size")
         return rgb, self._lut[ids]
+
+
+def read_label_ids(root: str, rel: str, max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """A single-channel label-id map (8- or 16-bit PNG, palette PNG, TIFF) as an integer array;
+    missing, oversized, corrupt or colour maps raise SourceError naming the file."""
+    from PIL import Image
+
+    path = storage.join(root, rel)
+    if not storage.exists(path):
+        raise SourceError(f"label map missing: {rel}")
+    try:
+        data = read_file_bounded(path, max_pixels)
+    except SourceError as e:
+        raise SourceError(f"label map {rel}: {e}") from None
+    try:
+        check_pixels(*header_size(data), max_pixels, f"label map {rel}")
+        with Image.open(io.BytesIO(data)) as im:
+            if im.mode == "1":  # a 1-bit map's pixels are 0 and 255
+                im = im.convert("L")
+            if im.mode not in ("L", "P", "I;16", "I;16B", "I;16L", "I"):
+                raise SourceError(f"label map {rel} is a {im.mode} image; expected one channel of label ids "
+                                  "(an 8- or 16-bit greyscale or a palette PNG)")
+            ids = np.asarray(im)
+    except SourceError:
+        raise
+    except Exception as e:
+        raise SourceError(f"corrupt label map {rel}: {e}") from None
+    if ids.ndim != 2:
+        raise SourceError(f"label map {rel} is not a single-channel image of label ids")
+    return ids
+
+
+class _LabelMapSource(_FileSource):
+    """Items whose ``label`` is the relative path of a label-id map (or None: images only),
+    mapped to train ids with the source's class list."""
+
+    task = "segmentation"
+
+    def _labels(self, rgb: np.ndarray, item: Item) -> np.ndarray | None:
+        if item.label is None:
+            return None
+        ids = read_label_ids(self.root, item.label, self.max_pixels)
+        if ids.shape != rgb.shape[:2]:
+            raise SourceError(f"label map {item.label} {ids.shape} and image {rgb.shape[:2]} differ in size")
+        return self.class_list.train_ids(ids)
+
+    def load(self, item: Item) -> tuple[np.ndarray, Any]:
+        _raise_listing_error(item)
+        rgb = read_rgb(storage.join(self.root, item.ref), self.max_pixels)
+        return rgb, self._labels(rgb, item)
+
+
+def _rel_under(rel: str, prefix: str) -> str:
+    return rel[len(prefix) + 1:] if rel.startswith(prefix + "/") else rel
+
+
+def _stem(rel: str) -> str:
+    return os.path.splitext(rel)[0]
+
+
+SEGFOLDER_EXTS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".webp")
+
+
+@register_source
+class SegFolderSource(_LabelMapSource):
+    """Any segmentation dataset in one layout (docs/restoration.md, "Datasets")::
+
+        ROOT/classes.json              {"name", "ignore_index": 255, "classes": [{"name", "label_id", "group"}]}
+        ROOT/images/<split>/<stem>.<png|jpg|jpeg|tif|tiff|webp>   (sub-folders allowed)
+        ROOT/labels/<split>/<stem>.png                            (uint8/uint16 label ids; optional)
+
+    Train ids are the classes' order in classes.json; a label id no class lists becomes
+    ``ignore_index``. A split without a ``labels/<split>/`` folder is images only."""
+
+    name = "segfolder"
+
+    def __init__(self, root: str | None, split: str, **_: Any):
+        if not root:
+            raise SourceError("the segfolder dataset needs --src pointing at a root with classes.json and images/<split>/")
+        self.root = _root(root)
+        self.split = split
+        path = storage.join(self.root, "classes.json")
+        if not storage.isfile(path):
+            raise SourceError(f"segfolder class list not found: {path} (see docs/restoration.md, \"Datasets\")")
+        text = storage.read_text(path)
+        try:
+            self.class_list = parse_classes_json(text, path)
+        except ClassListError as e:
+            raise SourceError(str(e)) from None
+        self.classes = list(self.class_list.classes)
+        # a changed class list changes every train-id map: part of every item's stamp, so shards rebuild
+        self.classes_sig = hashlib.sha256(text.encode()).hexdigest()[:16]
+        _need_dir(storage.join(self.root, "images", split), f"segfolder image folder images/{split}")
+        self.labelled = storage.isdir(storage.join(self.root, "labels", split))
+
+    def describe(self) -> dict:
+        return {**super().describe(), "labelled": self.labelled}
+
+    def items(self) -> list[Item]:
+        img_dir, lab_dir = f"images/{self.split}", f"labels/{self.split}"
+        labels = dict(_walk_images(storage.join(self.root, lab_dir), self.root)) if self.labelled else {}
+        items = []
+        for rel, stamp in _walk_images(storage.join(self.root, img_dir), self.root):
+            inner = _rel_under(rel, img_dir)
+            if stamp.startswith("!"):
+                items.append(_entry(inner, rel, None, stamp))
+                continue
+            if os.path.splitext(rel)[1].lower() not in SEGFOLDER_EXTS:
+                continue
+            if not self.labelled:
+                items.append(Item(make_key(inner), rel, None, f"{stamp}|{self.classes_sig}"))
+                continue
+            lab = f"{lab_dir}/{_stem(inner)}.png"
+            items.append(Item(make_key(inner), rel, lab, f"{stamp}|{labels.get(lab, 'missing')}|{self.classes_sig}"))
+        return _unique_keys(items)
+
+
+# INRIA Aerial Image Labeling: gt exists for the five training cities; paper 2 trains segmentation on
+# four, evaluates on one (it does not say which: the last one listed here) and trains the codec and
+# restoration on the five test cities, whose gt is not public.
+INRIA_LABELLED_CITIES = ("austin", "chicago", "kitsap", "tyrol-w", "vienna")
+INRIA_VAL_CITY = "vienna"
+INRIA_SPLITS = ("train", "val", "all", "train_extra")
+
+
+@register_source
+class InriaSource(_LabelMapSource):
+    """``AerialImageDataset/train/images/<city><n>.tif`` + ``train/gt/<city><n>.tif`` (0 / 255 ->
+    background / building), ``test/images/`` without gt. Splits: ``train`` (austin, chicago, kitsap,
+    tyrol-w), ``val`` (vienna), ``all`` (the five), ``train_extra`` (test/images: images only)."""
+
+    name = "inria"
+    class_list = INRIA
+    classes = list(INRIA.classes)
+
+    def __init__(self, root: str | None, split: str, **_: Any):
+        if not root:
+            raise SourceError("the inria dataset needs --src pointing at AerialImageDataset/ (with train/ and test/)")
+        base = _root(root)
+        nested = storage.join(base, "AerialImageDataset")
+        self.root = nested if storage.isdir(nested) else base
+        self.split = split
+        if split not in INRIA_SPLITS:
+            raise SourceError(f"inria has the splits {', '.join(INRIA_SPLITS)}; got '{split}'")
+        self.folder = "test" if split == "train_extra" else "train"
+        _need_dir(storage.join(self.root, self.folder, "images"), f"INRIA folder {self.folder}/images")
+
+    def _cities(self) -> tuple[str, ...] | None:
+        return {"train": tuple(c for c in INRIA_LABELLED_CITIES if c != INRIA_VAL_CITY), "val": (INRIA_VAL_CITY,),
+                "all": INRIA_LABELLED_CITIES}.get(self.split)
+
+    def items(self) -> list[Item]:
+        cities = self._cities()
+        gt_dir = f"{self.folder}/gt"
+        labels = dict(_walk_images(storage.join(self.root, gt_dir), self.root)) if cities else {}
+        items = []
+        for rel, stamp in _walk_images(storage.join(self.root, self.folder, "images"), self.root):
+            name = os.path.basename(_stem(rel))
+            city = re.sub(r"\d+$", "", name)
+            if stamp.startswith("!"):
+                items.append(_entry(f"{city}/{name}", rel, None, stamp))
+                continue
+            if cities is None:
+                items.append(Item(make_key(f"{city}/{name}"), rel, None, stamp))
+            elif city in cities:
+                lab = f"{gt_dir}/{os.path.basename(rel)}"
+                items.append(Item(make_key(f"{city}/{name}"), rel, lab, f"{stamp}|{labels.get(lab, 'missing')}"))
+        return _unique_keys(items)
+
+
+# Paper 2: the 400 public SDD images resized from 6000x4000 to 3000x2000, each cut into 12 patches of
+# 1200x800; 265 train segmentation, 70 evaluate it, 65 train the codec and restoration. The paper gives
+# neither the grid nor which images go where: 12 patches fit 3000x2000 as 4 columns x 3 rows at a
+# stride of 600 px both ways, and the split is by file name (consecutive frames of one flight stay
+# on one side), in the paper's proportions.
+SDD_GRID = PatchGrid(frame_w=3000, frame_h=2000, patch_w=1200, patch_h=800, cols=4, rows=3)
+SDD_SPLIT_SIZES = (("train", 265), ("val", 70), ("train_extra", 65))
+SDD_SPLITS = ("train", "val", "train_extra", "all")
+
+
+def sdd_split(stems: list[str], split: str) -> list[str]:
+    """The sorted stems of one SDD split: train/val/train_extra take 265/70/65 of every 400 in name order."""
+    stems = sorted(stems)
+    if split == "all":
+        return stems
+    total = sum(n for _, n in SDD_SPLIT_SIZES)
+    start = 0
+    for name, n in SDD_SPLIT_SIZES:
+        stop = len(stems) if name == SDD_SPLIT_SIZES[-1][0] else start + round(len(stems) * n / total)
+        if name == split:
+            return stems[start:stop]
+        start = stop
+    raise SourceError(f"sdd has the splits {', '.join(SDD_SPLITS)}; got '{split}'")
+
+
+def patch_key(key: str, index: int) -> str:
+    return f"{key}__p{index:02d}"
+
+
+def patch_index(key: str) -> int:
+    return int(key.rsplit("__p", 1)[1])
+
+
+@register_source
+class SemanticDroneSource(_LabelMapSource):
+    """Semantic Drone Dataset, as released: ``original_images/<n>.jpg`` + ``label_images_semantic/<n>.png``
+    (class ids 0..23) under ROOT, ROOT/semantic_drone_dataset or ROOT/dataset/semantic_drone_dataset.
+    Every image is resized to 3000x2000 (labels with nearest) and cut into 12 patches of 1200x800,
+    each its own sample ``<n>__p00`` .. ``<n>__p11`` (row-major)."""
+
+    name = "sdd"
+    class_list = SDD
+    classes = list(SDD.classes)
+    grid = SDD_GRID
+
+    def __init__(self, root: str | None, split: str, **_: Any):
+        if not root:
+            raise SourceError("the sdd dataset needs --src pointing at the folder with original_images/ and label_images_semantic/")
+        base = _root(root)
+        for cand in (base, storage.join(base, "semantic_drone_dataset"), storage.join(base, "dataset", "semantic_drone_dataset")):
+            if storage.isdir(storage.join(cand, "original_images")):
+                self.root = cand
+                break
+        else:
+            raise SourceError(f"Semantic Drone Dataset folder original_images not found under {base}")
+        if split not in SDD_SPLITS:
+            raise SourceError(f"sdd has the splits {', '.join(SDD_SPLITS)}; got '{split}'")
+        self.split = split
+        self._frame: tuple[str, np.ndarray, np.ndarray | None] | None = None
+
+    def items(self) -> list[Item]:
+        labels = dict(_walk_images(storage.join(self.root, "label_images_semantic"), self.root))
+        found = {os.path.basename(_stem(rel)): (rel, st) for rel, st in _walk_images(storage.join(self.root, "original_images"), self.root)}
+        need_labels = self.split != "train_extra"
+        items = []
+        for stem in sdd_split(list(found), self.split):
+            rel, stamp = found[stem]
+            lab = f"label_images_semantic/{stem}.png"
+            if lab not in labels and not need_labels:
+                lab = None
+            for k in range(self.grid.count):
+                key = patch_key(make_key(stem), k)
+                if stamp.startswith("!"):
+                    items.append(Item(key, rel, None, "unusable", stamp[1:]))
+                else:
+                    items.append(Item(key, rel, lab, f"{stamp}|{labels.get(lab, 'missing') if lab else ''}"))
+        return _unique_keys(items)
+
+    def load(self, item: Item) -> tuple[np.ndarray, Any]:
+        _raise_listing_error(item)
+        # the 12 patches of a frame are neighbours in sorted shards: one decode and resize serves them all
+        if self._frame is None or self._frame[0] != item.ref:
+            self._frame = None  # the old frame goes before the new one is decoded
+            rgb = read_rgb(storage.join(self.root, item.ref), self.max_pixels)
+            rgb, label = self.grid.frame(rgb, self._labels(rgb, item))
+            self._frame = (item.ref, rgb, label)
+        _, rgb, label = self._frame
+        return self.grid.patch(rgb, label, patch_index(item.key))
 
 
 @register_source

@@ -22,7 +22,7 @@ import math
 import warnings
 from typing import Iterable
 
-from .curves import Curve, curves, family, groups, recipes
+from .curves import Curve, base_family, curves, family, groups, recipes
 
 METHODS = ("pchip", "akima", "cubic")
 DEFAULT_METHOD = "pchip"
@@ -108,7 +108,8 @@ def bd_table(rows: list[dict], references: Iterable[str] = (), method: str = DEF
     naming a family, else jpeg when present, else the first family) on PSNR and MS-SSIM (dB), and on
     each accuracy metric per recipe. Recipe vs recipe: on each codec with several recipes, each
     recipe against the reference recipe (a ``references`` entry naming a recipe, else the first
-    results file's)."""
+    results file's). Restoration: each restored family ('bpg+restored') against its codec ('bpg')
+    where both curves exist, on the same metrics."""
     references = list(references)
     all_families = sorted({family(r) for r in rows if r.get("codec") != "lossless"})
     all_recipes = recipes(rows)
@@ -123,11 +124,14 @@ def bd_table(rows: list[dict], references: Iterable[str] = (), method: str = DEF
             for recipe in ([None] if metric in IMAGE_METRICS else recipes(g.rows)):
                 cs = curves(g.rows, metric, recipe=recipe)
                 ref = _pick(sorted(cs), references, "jpeg")
+                fixed = "" if recipe is None else f"recipe={recipe}"
                 for label in sorted(cs):
-                    if label == ref:
-                        continue
-                    out.append(_row(base, "codec", metric, "" if recipe is None else f"recipe={recipe}", cs[ref], cs[label],
-                                    method))
+                    if label == ref or (label != base_family(label) and base_family(label) == ref):
+                        continue  # a restored family against its own codec is the restoration row below
+                    out.append(_row(base, "codec", metric, fixed, cs[ref], cs[label], method))
+                for label in sorted(cs):
+                    if label != base_family(label) and base_family(label) in cs:
+                        out.append(_row(base, "restoration", metric, fixed, cs[base_family(label)], cs[label], method))
         for metric in TASK_METRICS:
             rs = recipes([r for r in g.rows if r.get(metric) is not None])
             if len(rs) < 2:

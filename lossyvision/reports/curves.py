@@ -2,8 +2,9 @@
 
 A curve is one codec family (codec plus its non-default options, e.g. 'j2k (nomct)') on one
 dataset/split, optionally for one recipe (a results label); its points are the family's variants,
-ordered by rate. The lossless 'orig' row is not a point of any curve: the plots draw it as a
-reference line.
+ordered by rate. Restored variants (restore-shards) form their own family beside their codec's,
+'bpg+restored' (paper 2 Fig. 6), at their source's rate. The lossless 'orig' row is not a point of
+any curve: the plots draw it as a reference line.
 """
 
 from __future__ import annotations
@@ -14,20 +15,32 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 
+def _coded_variant(r: dict) -> str:
+    """The variant whose bitstream a row stands for: a restored row's source, else the variant."""
+    return r.get("source_variant") or r["variant"].split("+")[0]
+
+
 def family(r: dict) -> str:
-    """Curve label: the codec plus any non-default options (the variant minus its parameter)."""
-    v = r["variant"].split("+")[0]
-    parts = v.split("-")
+    """Curve label: the codec plus any non-default options (the variant minus its parameter), and
+    '+restored' (or the variant's own '+' suffix) for restored variants."""
+    parts = _coded_variant(r).split("-")
     extra = "-".join(parts[2:])
     label = r["codec"] + (f" ({extra})" if extra else "")
     if r.get("target_bpp") is not None:
         label += " rate-controlled"
-    return label + ("+" + r["variant"].split("+", 1)[1] if "+" in r["variant"] else "")
+    if "+" in r["variant"]:
+        return label + "+" + r["variant"].split("+", 1)[1]
+    return label + ("+restored" if r.get("restored") else "")
+
+
+def base_family(label: str) -> str:
+    """The codec family a derived family ('bpg+restored') was made from ('bpg')."""
+    return label.split("+", 1)[0]
 
 
 def setting(r: dict) -> str:
     """A point's label: the codec parameter of its variant ('q75', 'r200', 'qp41', 'b0.5')."""
-    parts = r["variant"].split("+")[0].split("-")
+    parts = _coded_variant(r).split("-")
     return parts[1] if len(parts) > 1 else r["variant"]
 
 

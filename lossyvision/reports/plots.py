@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any, Iterable
 
 from ..eval.figures import DEFAULT_FORMATS, pyplot, save
-from .curves import Group, curves, finite, groups, recipes
+from .curves import Group, base_family, curves, finite, groups, recipes
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -52,15 +52,23 @@ def _finish(ax: Any, ylabel: str) -> None:
 
 
 def rd_figure(g: Group, metrics: Iterable[str] = RD_METRICS) -> Figure | None:
-    """One panel per metric with data: a line per codec family over rate; None if nothing to plot."""
+    """One panel per metric with data: a line per codec family over rate; None if nothing to plot.
+    A restored family ('bpg+restored', paper 2 Fig. 6) is dashed in its codec's colour."""
     metrics = [m for m in metrics if curves(g.rows, m)]
     if not metrics:
         return None
+    plt = pyplot()
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     fig, axes = _panels(len(metrics))
     for ax, metric in zip(axes, metrics):
-        for label, c in sorted(curves(g.rows, metric).items()):
-            (line,) = ax.plot(c.rates, c.values, marker="o", label=label)
-            _label_points(ax, c.rates, c.values, c.settings, line.get_color())
+        cs = curves(g.rows, metric)
+        bases = sorted({base_family(label) for label in cs})
+        for label, c in sorted(cs.items()):
+            colour = colours[bases.index(base_family(label)) % len(colours)]
+            derived = label != base_family(label)
+            ax.plot(c.rates, c.values, marker="s" if derived else "o", linestyle="--" if derived else "-", color=colour,
+                    label=label)
+            _label_points(ax, c.rates, c.values, c.settings, colour)
         _finish(ax, LABELS.get(metric, metric))
     fig.suptitle(g.title())
     fig.tight_layout()

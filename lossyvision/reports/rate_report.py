@@ -59,6 +59,8 @@ def rate_report(root: str, out: str | None = None, results: list[str] | None = N
         raise FileNotFoundError(f"no shard manifest ({MANIFEST}) under {root}; run prepare-shards first")
     columns = list(COLUMNS)
     shown = list(SHOWN)
+    if any(r.get("restored") for r in rows):  # restore-shards variants: their codec's row, restored yes
+        shown.insert(shown.index("q") + 1, "restored")
     if results:
         rows = join_results(rows, load_results(results))
         extra = [c for c in ("recipe", *ACCURACY_COLUMNS) if any(r.get(c) is not None for r in rows)]

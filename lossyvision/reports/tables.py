@@ -16,6 +16,8 @@ FORMATS = {"bytes_per_img": "{:.0f}", "bpp": "{:.4f}", "psnr": "{:.2f}", "ssim":
 def _cell(k: str, v: Any) -> str:
     if v is None or (isinstance(v, float) and not math.isfinite(v)):
         return "-"
+    if isinstance(v, bool):
+        return "yes" if v else "no"
     if isinstance(v, float):
         return FORMATS.get(k, "{:.4g}").format(v)
     return str(v)

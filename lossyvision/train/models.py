@@ -175,14 +175,12 @@ def is_torchscript(path: str) -> bool:
 def load_checkpoint(path: str | os.PathLike, what: str = "checkpoint", weights_only: bool = True):
     """`torch.load` on the CPU; a file that is not a PyTorch checkpoint (a text file, an empty or
     truncated one) raises OptionError naming the option (`what`) instead of an unpickling error."""
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"{what} {path}: no such file")
+    from lossyvision.nets.checkpoint import CheckpointError, load_torch_file
+
     try:
-        return torch.load(path, map_location="cpu", weights_only=weights_only)
-    except MemoryError:
-        raise
-    except Exception as e:  # torch raises UnpicklingError, RuntimeError, EOFError, ValueError, ... here
-        raise OptionError(f"{what} {path} is not a PyTorch checkpoint ({type(e).__name__}: {first_line(e, 200)})") from None
+        return load_torch_file(path, what, weights_only)
+    except CheckpointError as e:
+        raise OptionError(str(e)) from None
 
 
 def load_state(path: str, what: str = "--weights") -> tuple[dict, dict | None]:

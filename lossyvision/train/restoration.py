@@ -1,10 +1,18 @@
-"""Adversarial dataset restoration (Katakol et al. 2021, Sec. IV and Appendix B).
+"""Dataset restoration (Katakol et al. 2021, Sec. IV and Appendices B and C).
 
 A generator learns to turn compressed training images back into plausible originals, trained
-on (compressed, original) pairs read in lockstep from two aligned variants. The generator
-loss is ``L_GAN + 10 (2 L1 + L_VGG + L_MS-SSIM + L_DIST)``; the two discriminators use the
-standard GAN loss. ``recipe="l1-msssim"`` is the non-adversarial baseline (same generator,
-``10 (2 L1 + L_MS-SSIM)``, no discriminators) for the paper's adversarial-vs-not comparison.
+on (compressed, original) pairs read in lockstep from two aligned variants of a split disjoint
+from the segmentation training set (Cityscapes ``train_extra`` by default). Recipes:
+
+- ``gan`` (the paper's): FineNet generator, loss ``L_GAN + 10 (2 L1 + L_VGG + L_MS-SSIM +
+  L_DIST)``, two discriminators on the standard GAN loss (Appendix B).
+- ``l1-msssim``: the same generator on ``10 (2 L1 + L_MS-SSIM)``, no discriminators.
+- ``rdn-psnr`` / ``rdn-msssim``: the non-adversarial baseline of Table III, a residual dense
+  network (Appendix C: 16 blocks, 6 layers each, growth 32) trained to maximise PSNR (MSE loss,
+  whose minimiser is PSNR's maximiser) or MS-SSIM (``1 - MS-SSIM``), with Appendix C's schedule.
+
+The keys of the images trained on are recorded in generator.pt and in ``train_keys.json`` beside
+it, so that restore-shards can refuse a split that overlaps them.
 """
 
 from __future__ import annotations
@@ -26,35 +34,59 @@ from torch.utils.data import IterableDataset
 
 from lossyvision import storage
 from lossyvision.names import check_name
+from lossyvision.nets.finenet import GENERATOR_STRIDE, MultiScaleDiscriminator, VGGFeatures
+from lossyvision.nets.restoration import build_restoration_net, normalize_arch
 from lossyvision.pipelines.imageio import DEFAULT_MAX_PIXELS
+from lossyvision.pipelines.restore import load_generator  # noqa: F401  (its old home, re-exported)
 from lossyvision.pipelines.stream import OptionError, check_limits, resolve_device
+from lossyvision.pipelines.trainkeys import TRAIN_KEYS, seeded_subset, variant_keys, write_train_keys
 from lossyvision.progress import progress, rate_eta
-from lossyvision.train.networks.finenet import (
-    GENERATOR_STRIDE, Generator, MultiScaleDiscriminator, VGGFeatures)
 
 log = logging.getLogger(__name__)
 
-RECIPES = ("gan", "l1-msssim")
+@dataclass(frozen=True)
+class Recipe:
+    """What a recipe trains (network, objective) and its optimiser defaults (the paper's)."""
+
+    net: str
+    objective: str           # "gan", "l1-msssim", "mse" or "msssim"
+    steps: int
+    lr: float
+    lr_decay_steps: tuple[int, ...]
+    betas: tuple[float, float]
+
+
+# Appendix B for the GAN (and the same generator without discriminators); Appendix C for RDN,
+# whose Adam betas the paper does not give: RDN's own (0.9, 0.999).
+RECIPE_TABLE: dict[str, Recipe] = {
+    "gan": Recipe("finenet", "gan", 135_000, 2e-4, (80_000,), (0.1, 0.9)),
+    "l1-msssim": Recipe("finenet", "l1-msssim", 135_000, 2e-4, (80_000,), (0.1, 0.9)),
+    "rdn-psnr": Recipe("rdn", "mse", 200_000, 1e-3, (80_000, 150_000), (0.9, 0.999)),
+    "rdn-msssim": Recipe("rdn", "msssim", 200_000, 1e-3, (80_000, 150_000), (0.9, 0.999)),
+}
+RECIPES = tuple(RECIPE_TABLE)
 
 
 @dataclass
 class RestorationConfig:
-    """Defaults are the paper's (Appendix B): batch 1, ~135k iterations, Adam(0.1, 0.9), lr/10 at 80k."""
+    """Defaults are the paper's: batch 1, 256x256 patches; per recipe (None: the recipe's default)
+    ~135k iterations, Adam(0.1, 0.9), lr 2e-4 divided by 10 at 80k for the GAN (Appendix B), and
+    200k iterations, lr 1e-3 divided by 10 at 80k and 150k for RDN (Appendix C)."""
 
     shards: str = ""                 # ROOT/<dataset>, e.g. ROOT/cityscapes (a local path or an fsspec URL)
     variant: str = ""                # the compressed variant to learn to restore, e.g. bpg-qp41
     out_dir: str = "runs/restoration"
-    split: str = "train"
+    split: str = "train_extra"       # the paper's 2000 extra images, disjoint from the segmentation training set
     orig_variant: str = "orig"
-    recipe: str = "gan"              # "gan" (paper) or "l1-msssim" (non-adversarial baseline)
-    steps: int = 135_000
+    recipe: str = "gan"              # one of RECIPES
+    steps: int | None = None
     batch_size: int = 1
     patch_size: int = 256
-    lr: float = 2e-4
-    lr_decay_step: int = 80_000      # lr is multiplied by lr_decay from this iteration on
+    lr: float | None = None
+    lr_decay_steps: tuple[int, ...] | None = None  # lr is multiplied by lr_decay at each of these iterations
     lr_decay: float = 0.1
-    beta1: float = 0.1
-    beta2: float = 0.9
+    beta1: float | None = None
+    beta2: float | None = None
     # loss weights: L_GAN + 10 (2 L1 + L_VGG + L_MS-SSIM + L_DIST)
     gan_weight: float = 1.0
     l1_weight: float = 20.0
@@ -64,8 +96,12 @@ class RestorationConfig:
     width: int = 64                  # generator c64 / discriminator C64 channels (tests shrink it)
     n_blocks: int = 9
     disc_width: int = 64
+    rdn_blocks: int = 16             # RDN (Appendix C): global layers (residual dense blocks)
+    rdn_layers: int = 6              # local layers (convolutions per block)
+    rdn_growth: int = 32             # growth rate
+    rdn_features: int = 64           # G0, RDN's feature width between blocks
     vgg_weights: str | None = "imagenet"  # "imagenet", a state-dict path, or "random" (tests only)
-    max_images: int | None = None    # train on the first N pairs only (paper Fig. 8)
+    max_images: int | None = None    # a seeded random subset of N images of the split (paper Fig. 8)
     num_workers: int = 4
     shuffle_buffer: int = 64
     seed: int = 0
@@ -84,24 +120,40 @@ class RestorationConfig:
         for what, name in (("--variant", self.variant), ("--split", self.split), ("--orig-variant", self.orig_variant)):
             if name:
                 check_name(what, name)
+        if self.recipe not in RECIPES:
+            raise ValueError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
+        r = RECIPE_TABLE[self.recipe]
+        self.steps = r.steps if self.steps is None else self.steps
+        self.lr = r.lr if self.lr is None else self.lr
+        self.lr_decay_steps = r.lr_decay_steps if self.lr_decay_steps is None else tuple(self.lr_decay_steps)
+        self.beta1 = r.betas[0] if self.beta1 is None else self.beta1
+        self.beta2 = r.betas[1] if self.beta2 is None else self.beta2
         check_limits(steps=self.steps, batch_size=self.batch_size, patch_size=self.patch_size, width=self.width,
-                     n_blocks=self.n_blocks, disc_width=self.disc_width, max_images=self.max_images,
-                     num_workers=(self.num_workers, 0), log_every=self.log_every, sample_every=self.sample_every,
-                     ckpt_every=self.ckpt_every, lr_decay_step=(self.lr_decay_step, 0), max_pixels=self.max_pixels,
+                     n_blocks=self.n_blocks, disc_width=self.disc_width, limit=self.max_images,
+                     rdn_blocks=self.rdn_blocks, rdn_layers=self.rdn_layers, rdn_growth=self.rdn_growth,
+                     rdn_features=self.rdn_features, num_workers=(self.num_workers, 0), log_every=self.log_every,
+                     sample_every=self.sample_every, ckpt_every=self.ckpt_every, max_pixels=self.max_pixels,
                      sample_size=self.sample_size)
+        for step in self.lr_decay_steps:
+            check_limits(lr_decay_steps=(step, 0))
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise OptionError(f"--lr must be a positive number, got {self.lr!r}")
         if self.resume and self.overwrite:
             raise OptionError("--resume continues a run and --overwrite replaces it; give one of them")
-        if self.recipe not in RECIPES:
-            raise ValueError(f"unknown recipe {self.recipe!r}; choose one of {', '.join(RECIPES)}")
-        if self.patch_size % GENERATOR_STRIDE:
+        if r.net == "finenet" and self.patch_size % GENERATOR_STRIDE:
             raise ValueError(f"patch_size {self.patch_size} must be a multiple of {GENERATOR_STRIDE}")
+        if r.objective != "mse" and self.patch_size <= 32:
+            raise ValueError(f"patch_size {self.patch_size} is too small for 5-scale MS-SSIM; use > 32")
         if self.recipe == "gan" and self.patch_size < 128:
             raise ValueError(f"patch_size {self.patch_size} is too small for the 1/4-scale discriminator (4 stride-2 layers on a quarter of it); use >= 128")
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    @property
+    def net(self) -> str:
+        """The restoration network this recipe trains (a `lossyvision.nets.restoration` name)."""
+        return RECIPE_TABLE[self.recipe].net
 
 
 # -- data ------------------------------------------------------------------------------------
@@ -154,18 +206,9 @@ class PatchPairs(IterableDataset):
             yield x[:, top:top + p, left:left + p].clone(), xc[:, top:top + p, left:left + p].clone()
 
 
-def first_keys(variant_dir: str, n: int) -> frozenset[str]:
-    """The first ``n`` keys of a variant in shard order (which is sorted source order)."""
-    from lossyvision.pipelines.stream import iter_tar_samples, read_variant
-
-    info = read_variant(variant_dir)
-    out: list[str] = []
-    for s in info.shards:
-        for sample in iter_tar_samples(info.shard_path(s.name)):
-            if len(out) >= n:
-                return frozenset(out)
-            out.append(sample["__key__"])
-    return frozenset(out)
+def training_keys(variant_dir: str, limit: int | None, seed: int) -> list[str]:
+    """The keys a run trains on: all of the variant's, or a seeded random subset of ``limit``."""
+    return seeded_subset(variant_keys(variant_dir), limit, seed)
 
 
 def fixed_pair(variant_dir: str, orig_dir: str, size: int,
@@ -219,31 +262,35 @@ def feature_l1(fake: list[torch.Tensor], real: list[torch.Tensor]) -> torch.Tens
 # -- model I/O -------------------------------------------------------------------------------
 
 def generator_arch(cfg: RestorationConfig) -> dict:
-    return {"width": cfg.width, "n_blocks": cfg.n_blocks, "norm": "instance"}
+    """The ``arch`` block of the network ``cfg`` trains (`lossyvision.nets.restoration`)."""
+    if cfg.net == "rdn":
+        return {"net": "rdn", "blocks": cfg.rdn_blocks, "layers": cfg.rdn_layers, "growth": cfg.rdn_growth,
+                "features": cfg.rdn_features}
+    return {"net": "finenet", "width": cfg.width, "n_blocks": cfg.n_blocks, "norm": "instance"}
 
 
-def save_generator(path: Path, generator: Generator, arch: dict, meta: dict) -> None:
-    """Slim file for restore-shards: weights + architecture + how it was trained."""
+def save_generator(path: Path, generator: torch.nn.Module, arch: dict, meta: dict) -> None:
+    """Slim file for restore-shards: weights + architecture + how it was trained (meta: step, config,
+    train_keys)."""
     _atomic_save({"generator": generator.state_dict(), "arch": arch, **meta}, path)
 
 
-def load_generator(path: str | Path, device: str | torch.device = "cpu") -> tuple[Generator, dict]:
-    """Load a generator written by train-restoration (``generator.pt`` or a full ``last.pt``)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"generator checkpoint {path} not found (train-restoration writes "
-                                "OUT/generator.pt)")
+def vgg_features(weights: str | None) -> VGGFeatures:
+    """L_VGG's network from ``--vgg-weights``: "imagenet", a local torchvision vgg19 state dict, or None
+    (random init, tests only)."""
+    if weights is None or weights == "imagenet":
+        return VGGFeatures(weights)
     from lossyvision.train.models import load_checkpoint
 
-    ckpt = load_checkpoint(path, "--generator", weights_only=False)
-    if not isinstance(ckpt, dict) or "generator" not in ckpt or "arch" not in ckpt:
-        from lossyvision.pipelines.stream import OptionError
+    state = load_checkpoint(weights, "--vgg-weights")
+    if not isinstance(state, dict):
+        raise OptionError(f"--vgg-weights {weights} is not a state dict")
+    try:
+        return VGGFeatures(state)
+    except RuntimeError as e:  # missing keys, shape mismatches
+        from lossyvision.pipelines.stream import first_line
 
-        raise OptionError(f"{path} is not a restoration checkpoint (no 'generator'/'arch' entries); pass the "
-                          "generator.pt that train-restoration wrote")
-    g = Generator(**ckpt["arch"], zero_init_residual=False)
-    g.load_state_dict(ckpt["generator"])
-    return g.to(device).eval(), ckpt
+        raise OptionError(f"--vgg-weights {weights} does not fit VGG ({first_line(e, 200)})") from None
 
 
 def _atomic_save(obj: dict, path: Path) -> None:
@@ -251,6 +298,21 @@ def _atomic_save(obj: dict, path: Path) -> None:
     tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def sample_metrics(image: torch.Tensor, original: torch.Tensor) -> dict[str, float | None]:
+    """PSNR, SSIM, MS-SSIM and MS-SSIM in dB (Table III's columns) of uint8 1x3xHxW vs the original,
+    as restore-shards measures them (`lossyvision.quality`); MS-SSIM is None under 161 pixels."""
+    from lossyvision.quality import ms_ssim, ms_ssim_db, psnr, ssim
+
+    a, b = (t.squeeze(0).permute(1, 2, 0).cpu().numpy() for t in (image, original))
+    ms = ms_ssim(a, b)
+    return {"psnr": psnr(a, b), "ssim": ssim(a, b), "ms_ssim": ms, "ms_ssim_db": ms_ssim_db(ms)}
+
+
+def _finite(rec: dict) -> dict:
+    """JSON-safe: an infinite PSNR (identical images) becomes null."""
+    return {k: None if isinstance(v, float) and not math.isfinite(v) else v for k, v in rec.items()}
 
 
 def save_grid(path: Path, compressed: torch.Tensor, restored: torch.Tensor, original: torch.Tensor) -> None:
@@ -302,9 +364,10 @@ class RestorationTrainer:
         self.cfg = cfg
         self.device = device
         self.amp = _setup_amp(cfg, device)
-        self.G = Generator(cfg.width, cfg.n_blocks).to(device)
+        self.objective = RECIPE_TABLE[cfg.recipe].objective
+        self.G = build_restoration_net(generator_arch(cfg)).to(device)
         self.optG = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
-        self.adversarial = cfg.recipe == "gan"
+        self.adversarial = self.objective == "gan"
         self.D = self.optD = self.vgg = None
         if self.adversarial:
             self.D = MultiScaleDiscriminator(cfg.disc_width).to(device)
@@ -313,19 +376,22 @@ class RestorationTrainer:
                 weights = None if cfg.vgg_weights == "random" else cfg.vgg_weights
                 if weights is None:
                     log.warning("L_VGG uses a randomly initialised VGG19 (vgg_weights='random'): tests only")
-                self.vgg = VGGFeatures(weights).to(device)
+                self.vgg = vgg_features(weights).to(device)
         self.step = 0
 
     def lr_at(self, step: int) -> float:
-        return self.cfg.lr * (self.cfg.lr_decay if step >= self.cfg.lr_decay_step else 1.0)
+        """The recipe's step schedule: lr times lr_decay for every decay step already reached."""
+        return self.cfg.lr * self.cfg.lr_decay ** sum(step >= m for m in self.cfg.lr_decay_steps)
 
     def train_step(self, x: torch.Tensor, xc: torch.Tensor) -> dict[str, float]:
-        """One iteration on a batch in [-1, 1]: discriminators first, then the generator."""
+        """One iteration on a batch in [-1, 1]: discriminators first (GAN), then the generator."""
         cfg, dev = self.cfg, self.device
         for opt in (self.optG, self.optD):
             if opt is not None:
                 for group in opt.param_groups:
                     group["lr"] = self.lr_at(self.step)
+        if self.objective in ("mse", "msssim"):
+            return self._plain_step(x, xc)
         stats: dict[str, float] = {}
         with self.amp.autocast(dev):
             restored = self.G(xc)
@@ -366,6 +432,22 @@ class RestorationTrainer:
         stats["lr"] = self.lr_at(self.step - 1)
         return stats
 
+    def _plain_step(self, x: torch.Tensor, xc: torch.Tensor) -> dict[str, float]:
+        """RDN's step: one objective, no discriminators (Appendix C)."""
+        with self.amp.autocast(self.device):
+            restored = self.G(xc)
+        if self.objective == "mse":
+            loss = F.mse_loss(restored.float(), x)
+            stats = {"loss_g": loss, "l2": loss}
+        else:
+            loss = ms_ssim_loss(restored, x)
+            stats = {"loss_g": loss, "l_msssim": loss}
+        _step(self.optG, loss, self.amp, 0)
+        self.step += 1
+        out = {k: float(v.detach()) for k, v in stats.items()}
+        out["lr"] = self.lr_at(self.step - 1)
+        return out
+
     @torch.no_grad()
     def restore(self, xc: torch.Tensor) -> torch.Tensor:
         """Restore a [-1, 1] batch whose sides are multiples of 8 (no grad, generator's own mode)."""
@@ -381,14 +463,14 @@ class RestorationTrainer:
         return state
 
     def load_state_dict(self, state: dict) -> None:
-        if state["arch"] != generator_arch(self.cfg):
+        if normalize_arch(state["arch"]) != generator_arch(self.cfg):
             raise ValueError(f"checkpoint generator {state['arch']} does not match the config "
-                             f"{generator_arch(self.cfg)}; resume with the same --width/--n-blocks")
+                             f"{generator_arch(self.cfg)}; resume with the same --recipe and network sizes")
         self.G.load_state_dict(state["generator"])
         self.optG.load_state_dict(state["opt_g"])
         if self.adversarial:
             if "discriminator" not in state:
-                raise ValueError("checkpoint has no discriminator (trained with recipe l1-msssim)")
+                raise ValueError("checkpoint has no discriminator (trained with a non-adversarial recipe)")
             self.D.load_state_dict(state["discriminator"])
             self.optD.load_state_dict(state["opt_d"])
         for scaler, s in zip(self.amp.scalers, state.get("scalers", [])):
@@ -403,10 +485,12 @@ def _device(name: str | None) -> torch.device:
 def train_restoration(cfg: RestorationConfig) -> dict:
     """Train the restoration generator; return a summary (paths, steps, last losses).
 
-    Writes under ``cfg.out_dir``: config.json, log.jsonl, samples/step-NNNNNNN.png,
-    checkpoints/last.pt (everything needed to resume) and generator.pt (for restore-shards).
+    Writes under ``cfg.out_dir``: config.json, train_keys.json (the keys trained on, with the
+    dataset and split), log.jsonl (losses, and PSNR / SSIM / MS-SSIM / MS-SSIM dB of the fixed
+    sample crop), samples/step-NNNNNNN.png, checkpoints/last.pt (everything needed to resume) and
+    generator.pt (for restore-shards; it carries the training keys too).
     """
-    from lossyvision.pipelines.stream import variant_dir
+    from lossyvision.pipelines.stream import read_variant, variant_dir
 
     if not cfg.shards or not cfg.variant:
         raise ValueError("shards and variant are required (e.g. shards=ROOT/cityscapes, variant=bpg-qp41)")
@@ -418,8 +502,15 @@ def train_restoration(cfg: RestorationConfig) -> dict:
     device = _device(cfg.device)
     out.mkdir(parents=True, exist_ok=True)
     if cfg.overwrite:
-        clear_run(out, ("generator.pt", "checkpoints/last.pt", "log.jsonl", "summary.json"))
+        clear_run(out, ("generator.pt", "checkpoints/last.pt", "log.jsonl", "summary.json", TRAIN_KEYS))
     (out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
+    keys = training_keys(vdir, cfg.max_images, cfg.seed)
+    train_keys = {"dataset": read_variant(vdir).manifest.get("dataset"), "split": cfg.split, "variant": cfg.variant,
+                  "orig_variant": cfg.orig_variant, "limit": cfg.max_images, "seed": cfg.seed, "count": len(keys),
+                  "keys": keys}
+    write_train_keys(out / TRAIN_KEYS, train_keys)
+    log.info("training on %d images of %s/%s%s", len(keys), train_keys["dataset"], cfg.split,
+             f" (a seeded subset, seed {cfg.seed})" if cfg.max_images is not None else "")
 
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
@@ -433,11 +524,11 @@ def train_restoration(cfg: RestorationConfig) -> dict:
         trainer.load_state_dict(load_checkpoint(ckpt_path, "--resume: checkpoint", weights_only=False))
         log.info("resumed from %s at step %d", ckpt_path, trainer.step)
 
-    keys = first_keys(vdir, cfg.max_images) if cfg.max_images is not None else None
-    dataset = PatchPairs(vdir, odir, cfg.patch_size, seed=cfg.seed, buffer_size=cfg.shuffle_buffer, keys=keys,
-                         max_pixels=cfg.max_pixels)
+    dataset = PatchPairs(vdir, odir, cfg.patch_size, seed=cfg.seed, buffer_size=cfg.shuffle_buffer,
+                         keys=frozenset(keys) if cfg.max_images is not None else None, max_pixels=cfg.max_pixels)
     sample_x, sample_xc = fixed_pair(vdir, odir, cfg.sample_size, cfg.max_pixels)
     sample_x_dev = to_unit(sample_xc.to(device))
+    sample_source = sample_metrics(sample_xc, sample_x)
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch = trainer.step  # any value that differs between resumes reshuffles differently
@@ -467,10 +558,13 @@ def train_restoration(cfg: RestorationConfig) -> dict:
                 step = trainer.step
                 bar.update(1)
                 if step % cfg.log_every == 0 or step == cfg.steps:
-                    rec = {"step": step, "time_s": round(time.time() - t0, 2), **last}
-                    logf.write(json.dumps(rec) + "\n")
+                    quality = {f"sample_{k}": v for k, v in
+                               sample_metrics(to_uint8(trainer.restore(sample_x_dev)).cpu(), sample_x).items()}
+                    rec = {"step": step, "time_s": round(time.time() - t0, 2), **last, **quality}
+                    logf.write(json.dumps(_finite(rec)) + "\n")
                     logf.flush()
-                    log.info("step %d/%d %s (%s)", step, cfg.steps, " ".join(f"{k}={v:.4g}" for k, v in last.items()),
+                    log.info("step %d/%d %s (%s)", step, cfg.steps,
+                             " ".join(f"{k}={v:.4g}" for k, v in {**last, **quality}.items() if v is not None),
                              rate_eta(step - start, time.time() - t0, cfg.steps - step))
                 if step % cfg.sample_every == 0 or step == cfg.steps:
                     restored = trainer.restore(sample_x_dev)
@@ -478,10 +572,12 @@ def train_restoration(cfg: RestorationConfig) -> dict:
                 if step % cfg.ckpt_every == 0 or step == cfg.steps:
                     _atomic_save(trainer.state_dict(), ckpt_path)
                     save_generator(out / "generator.pt", trainer.G, generator_arch(cfg),
-                                   {"step": step, "config": cfg.to_dict()})
+                                   {"step": step, "config": cfg.to_dict(), "recipe": cfg.recipe,
+                                    "train_keys": train_keys})
     finally:
         logf.close()
     summary = {"steps": trainer.step, "out_dir": str(out), "generator": str(out / "generator.pt"),
-               "last": last, "seconds": round(time.time() - t0, 2)}
+               "recipe": cfg.recipe, "train_images": len(keys), "train_keys": str(out / TRAIN_KEYS),
+               "last": last, "sample_compressed": _finite(sample_source), "seconds": round(time.time() - t0, 2)}
     write_summary(out, summary)
     return summary

@@ -2,8 +2,8 @@
 
 The model is segmentation-models-pytorch's DeepLabV3Plus. Training follows the usual Cityscapes
 recipe: random scale (0.5-2.0), random crop (768), horizontal flip, applied identically to
-image and label map (bilinear for the image, nearest for the labels, label padding 255), cross
-entropy ignoring 255, SGD with poly learning rate. AMP on CUDA, DDP under torchrun (SyncBN),
+image and label map (bilinear for the image, nearest for the labels, both on the same half-pixel
+grid; label padding 255), cross entropy ignoring 255, SGD with poly learning rate. AMP on CUDA, DDP under torchrun (SyncBN),
 checkpoints and resume. At the end the model is evaluated on the test variant.
 """
 
@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch.utils.data import IterableDataset
 
 from lossyvision import storage
-from lossyvision.eval.segmentation import IGNORE_INDEX
+from lossyvision.pipelines.classlists import IGNORE_INDEX, variant_class_list
 from lossyvision.names import check_name
 from lossyvision.pipelines.imageio import DEFAULT_MAX_PIXELS
 from lossyvision.pipelines.stream import OptionError, check_limits, resolve_device
@@ -42,9 +42,9 @@ class SegmentationConfig:
     test_split: str = "val"
     out_dir: str = "runs/segmentation"
     encoder: str = "resnet101"       # any segmentation-models-pytorch encoder
-    encoder_weights: str | None = None  # "imagenet" (downloaded), a local encoder state dict, or None
+    encoder_weights: str | None = "imagenet"  # ImageNet (downloaded or cached), a local state dict, or None/"none"
     output_stride: int = 16
-    num_classes: int = 19
+    num_classes: int | None = None   # None: the class count of the training shards' class list
     crop_size: int = 768
     scale_min: float = 0.5
     scale_max: float = 2.0
@@ -71,6 +71,9 @@ class SegmentationConfig:
     overwrite: bool = False          # replace a run already in out_dir (else it is refused without resume)
 
     def __post_init__(self) -> None:
+        from lossyvision.nets.segmentation import weights_choice
+
+        self.encoder_weights = weights_choice(self.encoder_weights)
         for what, name in (("--variant", self.train_variant), ("--val-variant", self.test_variant),
                            ("--train-split", self.train_split), ("--val-split", self.test_split)):
             check_name(what, name)
@@ -93,71 +96,37 @@ class SegmentationConfig:
 # -- model ---------------------------------------------------------------------------------------
 
 def model_arch(cfg: SegmentationConfig) -> dict:
-    return {"encoder": cfg.encoder, "output_stride": cfg.output_stride, "num_classes": cfg.num_classes}
+    from lossyvision.nets.segmentation import aspp_rates
+
+    return {"encoder": cfg.encoder, "output_stride": cfg.output_stride, "num_classes": cfg.num_classes,
+            "atrous_rates": list(aspp_rates(cfg.output_stride))}
 
 
 def build_model(encoder: str = "resnet101", num_classes: int = 19, output_stride: int = 16,
                 encoder_weights: str | None = None) -> torch.nn.Module:
-    """DeepLabv3+; ``encoder_weights``: None, "imagenet" (needs network or a warm cache) or a path."""
-    from lossyvision.extras import require
+    """DeepLabv3+ with DeepLabv3+'s ASPP rates; ``encoder_weights``: None/'none', 'imagenet' or a path
+    (:func:`lossyvision.nets.segmentation.build_deeplabv3plus`)."""
+    from lossyvision.nets.segmentation import build_deeplabv3plus
 
-    smp = require("segmentation_models_pytorch", "segmentation", "DeepLabv3+ (train-segmentation, eval-segmentation)",
-                  "segmentation-models-pytorch")
-
-    if encoder_weights not in (None, "imagenet") and not Path(encoder_weights).is_file():
-        raise FileNotFoundError(f"encoder weights {encoder_weights!r}: no such file (use 'imagenet', a path, "
-                                "or leave unset for random init)")
-    named = encoder_weights if encoder_weights == "imagenet" else None
-    try:
-        model = smp.DeepLabV3Plus(encoder_name=encoder, encoder_weights=named, encoder_output_stride=output_stride,
-                                  classes=num_classes)
-    except (KeyError, ValueError) as exc:
-        raise ValueError(f"segmentation-models-pytorch cannot build encoder {encoder!r}: {exc}") from exc
-    except Exception as exc:  # network/cache failures surface as many exception types
-        if named is None:
-            raise
-        raise RuntimeError(f"cannot load ImageNet weights for encoder {encoder!r} ({type(exc).__name__}: "
-                           f"{str(exc).splitlines()[0][:200] if str(exc) else ''}); run once online to fill the "
-                           "cache, or pass a local encoder state dict with --encoder-weights PATH") from exc
-    if encoder_weights is not None and named is None:
-        from lossyvision.train.models import load_checkpoint
-
-        state = load_checkpoint(encoder_weights, "--encoder-weights")
-        if not isinstance(state, dict):
-            raise OptionError(f"--encoder-weights {encoder_weights} is not a state dict")
-        # nn.Module's own method: some smp encoders override it and return nothing
-        missing, unexpected = torch.nn.Module.load_state_dict(model.encoder, state, strict=False)
-        if len(missing) > len(state) or not state:
-            raise ValueError(f"{encoder_weights} does not fit encoder {encoder!r} "
-                             f"({len(missing)} missing, {len(unexpected)} unexpected keys)")
-        log.info("encoder weights from %s (%d missing, %d unexpected keys)", encoder_weights, len(missing),
-                 len(unexpected))
-    return model
+    return build_deeplabv3plus(encoder, num_classes, output_stride, encoder_weights)
 
 
 def load_segmentation_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
-    """A model written by train-segmentation (``model.pt`` or ``checkpoints/last.pt``) and its metadata."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"segmentation checkpoint {path} not found (train-segmentation writes OUT/model.pt)")
-    from lossyvision.train.models import load_checkpoint
+    """A model written by train-segmentation and its checkpoint (:mod:`lossyvision.nets.segmentation`)."""
+    from lossyvision.nets.segmentation import load_segmentation_model as load
 
-    ckpt = load_checkpoint(path, "--checkpoint", weights_only=False)
-    if not isinstance(ckpt, dict) or "model" not in ckpt or "arch" not in ckpt:
-        raise OptionError(f"{path} is not a segmentation checkpoint (no 'model'/'arch' entries); pass the "
-                          "model.pt that train-segmentation wrote")
-    model = build_model(**ckpt["arch"])
-    model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), ckpt
+    return load(path, device)
 
 
 # -- data ----------------------------------------------------------------------------------------
 
 def random_scale_crop_flip(image: torch.Tensor, label: torch.Tensor, crop: int, scale: tuple[float, float],
-                           flip: bool, rng: random.Random) -> tuple[torch.Tensor, torch.Tensor]:
+                           flip: bool, rng: random.Random,
+                           ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale, pad, crop and flip a uint8 3xHxW image and uint8 HxW train-id map identically.
 
-    The image is resized bilinearly, the labels with nearest neighbour (so no new ids appear);
+    The image is resized bilinearly, the labels with nearest neighbour (so no new ids appear), both
+    with half-pixel centres, so a label stays under the image pixels it marked;
     padding is 0 for the image and 255 (ignore) for the labels. Returns uint8 3xcxc, uint8 cxc.
     """
     h, w = label.shape
@@ -166,11 +135,13 @@ def random_scale_crop_flip(image: torch.Tensor, label: torch.Tensor, crop: int, 
     if (nh, nw) != (h, w):
         image = F.interpolate(image[None].float(), size=(nh, nw), mode="bilinear", align_corners=False)[0]
         image = image.round().clamp(0, 255).to(torch.uint8)
-        label = F.interpolate(label[None, None].float(), size=(nh, nw), mode="nearest")[0, 0].to(torch.uint8)
+        # nearest-exact samples at (i + 0.5) * in/out, the pixel centres bilinear uses (align_corners=False);
+        # plain "nearest" floors i * in/out and shifts the labels up to half a pixel against the image
+        label = F.interpolate(label[None, None].float(), size=(nh, nw), mode="nearest-exact")[0, 0].to(torch.uint8)
     ph, pw = max(crop - nh, 0), max(crop - nw, 0)
     if ph or pw:
         image = F.pad(image, (0, pw, 0, ph), value=0)
-        label = F.pad(label, (0, pw, 0, ph), value=IGNORE_INDEX)
+        label = F.pad(label, (0, pw, 0, ph), value=ignore_index)
     top, left = rng.randrange(label.shape[0] - crop + 1), rng.randrange(label.shape[1] - crop + 1)
     image, label = image[:, top:top + crop, left:left + crop], label[top:top + crop, left:left + crop]
     if flip and rng.random() < 0.5:
@@ -181,13 +152,14 @@ def random_scale_crop_flip(image: torch.Tensor, label: torch.Tensor, crop: int, 
 class SegmentationCrops(IterableDataset):
     """Augmented (uint8 3xcxc image, uint8 cxc labels) from one variant, split over ranks and workers."""
 
-    def __init__(self, variant_dir: str, cfg: SegmentationConfig) -> None:
+    def __init__(self, variant_dir: str, cfg: SegmentationConfig, ignore_index: int = IGNORE_INDEX) -> None:
         super().__init__()
         from lossyvision.pipelines.stream import ShardStream
 
         self.stream = ShardStream(variant_dir, shuffle=True, seed=cfg.seed, buffer_size=cfg.shuffle_buffer,
                                   max_pixels=cfg.max_pixels)
         self.crop, self.scale, self.flip, self.seed = cfg.crop_size, (cfg.scale_min, cfg.scale_max), cfg.flip, cfg.seed
+        self.ignore_index = ignore_index
         self.epoch = 0
 
     def set_epoch(self, epoch: int) -> None:
@@ -200,7 +172,7 @@ class SegmentationCrops(IterableDataset):
         for x, y, key in self.stream:
             if not isinstance(y, torch.Tensor):
                 raise ValueError(f"sample {key!r} has no seg.png label map (is this a segmentation variant?)")
-            yield random_scale_crop_flip(x, y, self.crop, self.scale, self.flip, rng)
+            yield random_scale_crop_flip(x, y, self.crop, self.scale, self.flip, rng, self.ignore_index)
 
 
 # -- training ------------------------------------------------------------------------------------
@@ -245,12 +217,24 @@ def train_segmentation(cfg: SegmentationConfig) -> dict:
     if not cfg.shards:
         raise ValueError("shards is required (ROOT/cityscapes)")
     vdir = variant_dir(storage.join(cfg.shards, cfg.train_split), cfg.train_variant)
-    if cfg.evaluate:
-        variant_dir(storage.join(cfg.shards, cfg.test_split), cfg.test_variant)  # fail before training, not after
+    classes = variant_class_list(vdir)  # the manifest's "segmentation" block; old manifests: Cityscapes' 19
+    if cfg.evaluate:  # fail before training, not after
+        test_classes = variant_class_list(variant_dir(storage.join(cfg.shards, cfg.test_split), cfg.test_variant))
+        if test_classes.classes != classes.classes:
+            raise OptionError(f"--val-variant {cfg.test_variant} ({cfg.test_split}) has other classes than --variant "
+                              f"{cfg.train_variant} ({cfg.train_split}): {test_classes.name} vs {classes.name}")
+    if cfg.num_classes is None:
+        cfg.num_classes = classes.num_classes
+    elif cfg.num_classes != classes.num_classes:
+        raise OptionError(f"num_classes {cfg.num_classes} differs from the {classes.num_classes} classes of {vdir}")
     rank, world, device = _dist_setup(cfg)
     out = Path(cfg.out_dir)
     from lossyvision.train.classifier import check_run_folder, clear_run, write_summary
     check_run_folder(out, ("model.pt", "checkpoints/last.pt"), cfg.resume, cfg.overwrite)
+    from lossyvision.nets.segmentation import check_encoder_weights
+
+    encoder_weights = None if cfg.resume else cfg.encoder_weights  # a resumed run has its weights
+    check_encoder_weights(cfg.encoder, encoder_weights)  # offline without them: one line now, before any output
     if rank == 0:
         out.mkdir(parents=True, exist_ok=True)
         if cfg.overwrite:
@@ -259,7 +243,7 @@ def train_segmentation(cfg: SegmentationConfig) -> dict:
     random.seed(cfg.seed + rank)
     torch.manual_seed(cfg.seed)
 
-    model = build_model(cfg.encoder, cfg.num_classes, cfg.output_stride, cfg.encoder_weights).to(device)
+    model = build_model(cfg.encoder, cfg.num_classes, cfg.output_stride, encoder_weights).to(device)
     if world > 1 and cfg.sync_bn and device.type == "cuda":  # SyncBatchNorm has no CPU kernel
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
     net = torch.nn.parallel.DistributedDataParallel(
@@ -284,8 +268,8 @@ def train_segmentation(cfg: SegmentationConfig) -> dict:
         step = int(state["step"])
         log.info("resumed from %s at step %d", ckpt_path, step)
 
-    dataset = SegmentationCrops(vdir, cfg)
-    criterion = torch.nn.CrossEntropyLoss(ignore_index=IGNORE_INDEX)
+    dataset = SegmentationCrops(vdir, cfg, classes.ignore_index)
+    criterion = torch.nn.CrossEntropyLoss(ignore_index=classes.ignore_index)
 
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch = step
@@ -304,7 +288,8 @@ def train_segmentation(cfg: SegmentationConfig) -> dict:
             epoch += 1
 
     def save(path: Path, full: bool) -> None:
-        state = {"arch": model_arch(cfg), "model": model.state_dict(), "config": cfg.to_dict(), "step": step}
+        state = {"arch": model_arch(cfg), "model": model.state_dict(), "config": cfg.to_dict(), "step": step,
+                 "segmentation": classes.to_manifest()}
         if full:
             state.update(opt=opt.state_dict(), scaler=scaler.state_dict())
         _atomic_save(state, path)

@@ -113,6 +113,17 @@ def test_summary_runs_the_codec_bench_and_prints_one_table(tmp_path):
     assert data["failed"] == {} and {r["bench"] for r in data["rows"]} == {"codecs"}
 
 
+@pytest.mark.slow
+def test_segmentation_bench_times_every_pipeline(tmp_path):
+    out = _run(["tools/bench/segmentation.py", "--size", "128x64", "--images", "2", "--encoder", "resnet18",
+                "--gen-width", "8", "--gen-blocks", "1", "--device", "cpu", "--json", str(tmp_path / "seg.json")])
+    assert "| OO, CO, RO |" in out and "| CC, OC |" in out and "| OR, RR |" in out
+    rows = _rows(tmp_path / "seg.json", "segmentation")
+    for stage in ("encode", "decode", "restore", "segment"):
+        assert rows[f"{stage} ms per 128x64 frame (bpg-qp41)"]["value"] > 0, stage
+    assert rows["compress before inference (CC) / originals (RO), per frame"]["value"] >= 1.0
+
+
 def test_summary_reports_failed_and_missing_scripts(tmp_path, monkeypatch, capfd):
     import importlib.util
 

@@ -1,4 +1,5 @@
-"""Restoration GAN, restore-shards and tiled inference on a generated Cityscapes-layout shard set."""
+"""Restoration GAN, restore-shards and tiled inference on a generated Cityscapes-layout shard set
+(the GAN trains on its own train_extra split, disjoint from the train split it restores)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,8 @@ import torch
 
 from .cityscapes_fixture import make_cityscapes_shards  # noqa: E402
 
+from lossyvision.nets.finenet import Generator, MultiScaleDiscriminator, VGGFeatures  # noqa: E402
 from lossyvision.pipelines.restore import RestoreConfig, restore_shards, restore_tensor  # noqa: E402
-from lossyvision.train.networks.finenet import Generator, MultiScaleDiscriminator, VGGFeatures  # noqa: E402
 from lossyvision.train.restoration import (  # noqa: E402
     RestorationConfig, RestorationTrainer, fixed_pair, load_generator, ms_ssim_loss, to_unit, train_restoration)
 
@@ -21,8 +22,9 @@ SMALL = dict(width=8, n_blocks=2, disc_width=8, vgg_weights="random", num_worker
 
 @pytest.fixture(scope="module")
 def shards(tmp_path_factory) -> Path:
-    root = make_cityscapes_shards(tmp_path_factory.mktemp("cs"), n=4, h=128, w=192, shard_size=3)
-    return root
+    base = tmp_path_factory.mktemp("cs")
+    make_cityscapes_shards(base, split="train_extra", n=3, h=128, w=192, shard_size=2, seed=5)
+    return make_cityscapes_shards(base, n=4, h=128, w=192, shard_size=3)
 
 
 def test_generator_shapes_and_zero_init_residual_is_identity():
@@ -67,6 +69,13 @@ def test_vgg_features_blocks():
     assert [f.shape[1] for f in feats] == [64, 128, 256, 512, 512]
     assert [f.shape[-1] for f in feats] == [64, 32, 16, 8, 4]
     assert not any(p.requires_grad for p in vgg.parameters())
+
+
+def test_old_networks_path_still_imports():
+    from lossyvision.train.networks import finenet as old
+
+    assert old.Generator is Generator and old.MultiScaleDiscriminator is MultiScaleDiscriminator
+    assert isinstance(old.VGGFeatures(None), VGGFeatures)
 
 
 def test_vgg_offline_error_is_clear(monkeypatch, tmp_path):
@@ -122,6 +131,7 @@ def test_non_adversarial_baseline_has_no_discriminator(shards):
 def test_lr_schedule_divides_by_ten_at_decay_step():
     cfg = RestorationConfig()
     assert (cfg.lr, cfg.beta1, cfg.beta2, cfg.batch_size, cfg.steps) == (2e-4, 0.1, 0.9, 1, 135_000)
+    assert cfg.split == "train_extra" and cfg.lr_decay_steps == (80_000,)
     trainer = RestorationTrainer(RestorationConfig(recipe="l1-msssim", width=8, n_blocks=1), torch.device("cpu"))
     assert trainer.lr_at(79_999) == pytest.approx(2e-4) and trainer.lr_at(80_000) == pytest.approx(2e-5)
 

@@ -88,7 +88,8 @@ def test_poly_lr():
 def test_train_segmentation_few_steps_evaluates_and_resumes(shards, tmp_path):
     out = tmp_path / "co"
     cfg = SegmentationConfig(shards=str(shards), train_variant="jpeg-q10", test_variant="orig", out_dir=str(out),
-                             encoder="resnet18", crop_size=64, batch_size=2, steps=3, num_workers=0, log_every=1,
+                             encoder="resnet18", encoder_weights=None, crop_size=64, batch_size=2, steps=3,
+                             num_workers=0, log_every=1,
                              ckpt_every=2)
     summary = train_segmentation(cfg)
     assert summary["steps"] == 3 and summary["configuration"] == "CO"
@@ -133,6 +134,8 @@ def test_cli_workflow_restore_then_ro_and_report(shards, tmp_path):
 
     runner = CliRunner()
     gan = tmp_path / "gan"
+    # the GAN trains on its own split (default train_extra), disjoint from the images it restores
+    make_cityscapes_shards(shards.parent, split="train_extra", n=2, seed=2)
     r = runner.invoke(train_restoration, ["--shards", str(shards), "--variant", "jpeg-q10", "--out", str(gan),
                                           "--steps", "1", "--patch-size", "64", "--recipe", "l1-msssim",
                                           "--width", "8", "--n-blocks", "1", "--workers", "0", "-q"])
@@ -143,7 +146,8 @@ def test_cli_workflow_restore_then_ro_and_report(shards, tmp_path):
         assert r.exit_code == 0, r.output
     seg = tmp_path / "ro"
     r = runner.invoke(train_segmentation, ["--shards", str(shards), "--variant", "jpeg-q10+restored",
-                                           "--out", str(seg), "--encoder", "resnet18", "--crop-size", "64",
+                                           "--out", str(seg), "--encoder", "resnet18", "--encoder-weights", "none",
+                                           "--crop-size", "64",
                                            "--batch-size", "2", "--steps", "1", "--workers", "0", "-q"])
     assert r.exit_code == 0, r.output
     report = tmp_path / "report"

@@ -3,8 +3,8 @@
     python tools/bench/summary.py [--quick] [--only codecs,train] [--json all.json]
 
 What ``make bench`` runs (``make bench BENCH_ARGS=--quick``). Runs each script as its own process, in
-this order: codecs.py, prepare.py, hevc_cli.py, train.py, scale.py, each with ``--json`` to a temporary
-file (scale.py: ``--rows-json``; its ``--json`` writes its own, fuller structure) in the protocol of
+this order: codecs.py, prepare.py, hevc_cli.py, train.py, scale.py, segmentation.py, each with ``--json``
+to a temporary file (scale.py: ``--rows-json``; its ``--json`` writes its own, fuller structure) in the protocol of
 tools/bench/common.py. Each script's stdout and stderr are passed straight through, so its detailed
 Markdown tables appear as it runs; then one Markdown table of all the rows:
 
@@ -38,7 +38,7 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 import common  # noqa: E402  (tools/bench/common.py, next to this script)
 
-ORDER = ["codecs", "prepare", "hevc_cli", "train", "scale"]
+ORDER = ["codecs", "prepare", "hevc_cli", "train", "scale", "segmentation"]
 # the flag each script writes its common.py rows with
 JSON_FLAG = {"scale": "--rows-json"}
 # small, fast arguments per script (from each script's argparse)
@@ -50,9 +50,11 @@ QUICK = {
               "--steps", "2", "--mix-classes", "8", "--mix-per-class", "16", "--mix-shard-size", "16",
               "--mix-batch", "8"],
     "scale": ["--quick"],
+    "segmentation": ["--size", "256x128", "--images", "3", "--encoder", "resnet18", "--gen-width", "16",
+                     "--gen-blocks", "2"],
 }
 # arguments of a full run that differ from the scripts' defaults
-FULL = {"prepare": ["--large"]}
+FULL = {"prepare": ["--large"], "segmentation": ["--size", "512x256", "--images", "4"]}
 
 
 def run_script(name: str, quick: bool) -> tuple[list[dict], str | None, str | None, float]:

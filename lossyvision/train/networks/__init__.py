@@ -1,1 +1,1 @@
-"""Network definitions used by the training recipes."""
+"""Deprecated: the restoration networks live in `lossyvision.nets` now (kept for one release)."""
