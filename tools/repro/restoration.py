@@ -79,7 +79,7 @@ class ExperimentConfig:
     gan_batch: int = 1
     gan_lr: float = 2e-4
     vgg_weights: str | None = None             # None: L_VGG off (see the module docstring)
-    threads: int = 1                          # 2 threads ran 4x slower per GAN step on this shared 2-core box (measured)
+    threads: int = 1                           # 2 ran a GAN step 4x slower on this shared 2-core box (measured)
     quiet: bool = False
     timings_s: dict[str, float] = field(default_factory=dict)
 
@@ -173,7 +173,8 @@ def markdown(cfg: ExperimentConfig, runs: dict, pairs: dict, rates: dict[str, di
              f"{', '.join(g for g in seg_synth.DEFAULT_GARMENTS if g not in seg_synth.DEFAULT_SMALL)} (32-64 px) "
              "and background.", "",
              "| setting | value |", "| --- | --- |",
-             f"| images | {cfg.size}x{cfg.size}; train {cfg.train}, train_extra {cfg.train_extra} (GAN only), val {cfg.val} |",
+             f"| images | {cfg.size}x{cfg.size}; train {cfg.train}, train_extra {cfg.train_extra} (GAN only), "
+             f"val {cfg.val} |",
              f"| segmentation | DeepLabv3+ OS16, ASPP (6, 12, 18), {cfg.encoder} encoder ({cfg.encoder_weights}); "
              f"{cfg.seg_steps} steps, batch {cfg.seg_batch}, crop {cfg.crop}, scale {cfg.scale[0]:g}-{cfg.scale[1]:g}, "
              f"SGD lr {cfg.seg_lr:g} poly |",
@@ -287,17 +288,17 @@ class Experiment:
         gen = run / "generator.pt"
         if gen.exists():
             return gen
-        common = dict(steps=c.gan_steps, batch=c.gan_batch, patch=c.gan_patch)
         if c.vgg_weights:
             cli(self.logs / f"gan-{variant}.log", "train-restoration", "--shards", str(self.root), "--variant", variant,
-                "--split", "train_extra", "--out", str(run), "--steps", str(common["steps"]), "-b", str(common["batch"]),
-                "--patch-size", str(common["patch"]), "--lr", str(c.gan_lr), "--width", str(c.gan_width), "--n-blocks", str(c.gan_blocks),
-                "--vgg-weights", c.vgg_weights, "-j", "0", "--device", "cpu", "--log-every", "50",
-                "--sample-every", str(c.gan_steps), "--ckpt-every", str(c.gan_steps), "--overwrite", "-q")
+                "--split", "train_extra", "--out", str(run), "--steps", str(c.gan_steps), "-b", str(c.gan_batch),
+                "--patch-size", str(c.gan_patch), "--lr", str(c.gan_lr), "--width", str(c.gan_width),
+                "--n-blocks", str(c.gan_blocks), "--vgg-weights", c.vgg_weights, "-j", "0", "--device", "cpu",
+                "--log-every", "50", "--sample-every", str(c.gan_steps), "--ckpt-every", str(c.gan_steps), "--overwrite", "-q")
             return gen
         from lossyvision.train.restoration import RestorationConfig, train_restoration
 
-        with open(self.logs / f"gan-{variant}.log", "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
+        log = self.logs / f"gan-{variant}.log"
+        with open(log, "a") as f, contextlib.redirect_stdout(f), contextlib.redirect_stderr(f):
             train_restoration(RestorationConfig(
                 shards=str(self.root), variant=variant, out_dir=str(run), split="train_extra", steps=c.gan_steps,
                 batch_size=c.gan_batch, patch_size=c.gan_patch, lr=c.gan_lr, width=c.gan_width, n_blocks=c.gan_blocks,
@@ -413,7 +414,8 @@ def parse_args(argv: list[str] | None = None) -> ExperimentConfig:
     ap.add_argument("--encoder", default=d.encoder, help=f"smp encoder ({d.encoder})")
     ap.add_argument("--encoder-weights", default=d.encoder_weights,
                     help="pretrained (seg_pretrain.py, cached in --out), none (random init) or a state-dict path")
-    ap.add_argument("--pretrain-steps", type=int, default=d.pretrain_steps, help=f"encoder pretraining ({d.pretrain_steps})")
+    ap.add_argument("--pretrain-steps", type=int, default=d.pretrain_steps,
+                    help=f"encoder pretraining steps ({d.pretrain_steps})")
     ap.add_argument("--steps", type=int, default=d.seg_steps, help=f"segmentation steps per run ({d.seg_steps})")
     ap.add_argument("--batch-size", type=int, default=d.seg_batch, help=f"segmentation batch ({d.seg_batch})")
     ap.add_argument("--crop", type=int, default=d.crop, help=f"segmentation training crop ({d.crop})")
@@ -432,7 +434,8 @@ def parse_args(argv: list[str] | None = None) -> ExperimentConfig:
     return ExperimentConfig(out=a.out, seeds=tuple(a.seeds), qps=tuple(a.qp), size=a.size, train=a.train,
                             train_extra=a.train_extra, val=a.val, encoder=a.encoder, encoder_weights=a.encoder_weights,
                             pretrain_steps=a.pretrain_steps, seg_steps=a.steps, seg_batch=a.batch_size, crop=a.crop,
-                            seg_lr=a.lr, gan_steps=a.gan_steps, gan_lr=a.gan_lr, gan_width=a.gan_width, gan_blocks=a.gan_blocks,
+                            seg_lr=a.lr, gan_steps=a.gan_steps, gan_lr=a.gan_lr, gan_width=a.gan_width,
+                            gan_blocks=a.gan_blocks,
                             vgg_weights=a.vgg_weights, threads=a.threads, quiet=a.quiet)
 
 

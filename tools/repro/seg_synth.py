@@ -2,19 +2,23 @@
 
 Fashion-MNIST garments (Zalando's real 28x28 photographs, `apt-get install dataset-fashion-mnist`) are
 composited onto crops of the real texture photographs scikit-image ships in its wheel (brick, grass,
-gravel, coffee, chelsea, ...). A garment's alpha comes from its own intensity (Fashion-MNIST garments
-lie on a black background), its colour is a random tint shaded by that intensity, and the label map is
-exact: a pixel belongs to the topmost garment whose alpha there is >= 0.5, else to the background.
-One class per garment type (four by default) plus `background`; half of them are always composited small
-(`--small-px`, 8-16 px: 6-12 % of the image side, as a pedestrian in a Cityscapes frame), the others big, so Table II's small / big split is by design.
+gravel, coffee, chelsea, ...), their contrast halved around their mean colour. A garment's alpha comes
+from its own intensity (Fashion-MNIST garments lie on black), its colour is a random tint shaded by
+that intensity, and the label map is exact: a pixel belongs to the topmost garment whose alpha there
+is >= 0.5, else to the background. One class per garment type (four by default) plus `background`;
+half of the types are always composited small (`--small-px` 8-16 px: 6-12 % of the image side, as a
+pedestrian in a Cityscapes frame), the others big (32-64 px), so Table II's small / big split is by
+design; big garments are pasted first, small ones on top.
 
 Splits (`ROOT/images/<split>/`, `ROOT/labels/<split>/`, `ROOT/classes.json`):
 - `train`: labelled, garments from Fashion-MNIST train images 0-19 999 (the segmentation training set);
 - `train_extra`: images only (like Cityscapes' train_extra), garments from train images 20 000-39 999,
   for the restoration GAN, so it never sees a segmentation training image;
 - `val`: labelled, garments from the Fashion-MNIST test split.
-(Train images 40 000-59 999 are left for seg_pretrain.py's encoder pretraining.) Every image is drawn from its own generator seeded by (seed, split, index), so the first N images of a
-split are the same whatever the split's size.
+Train images 40 000-59 999 are left for seg_pretrain.py's encoder pretraining. The textures are shared
+by all splits (other random crops), as Cityscapes' cities share their kind of streets. Every image is
+drawn from its own generator seeded by (seed, split, index), so the first N images of a split are the
+same whatever the split's size.
 
     python tools/repro/seg_synth.py --out /tmp/fmnist-seg --train 600 --train-extra 300 --val 200
 """
