@@ -5,10 +5,11 @@
 - `ShardDataset(folder)`: one variant (or a mixture of aligned variants); yields `(image, label, key)`.
 - `PairedShardDataset(folder, orig_folder)`: a compressed variant and `orig` read in lockstep (keys
   checked); yields `(orig, image, label, key)`, for expert training, restoration, distortion losses.
-- `make_loader(ds, batch_size, num_workers, drop_last)`: a DataLoader of whole batches whose `len()`
-  is exactly the number of batches it yields, for any worker count and on every DDP rank.
+- `make_loader(ds, batch_size, num_workers, drop_last, pin_memory=False, persistent_workers=None)`: a
+  DataLoader of whole batches whose `len()` is exactly the number of batches it yields, for any worker
+  count and on every DDP rank; its workers are persistent by default (see Epochs).
 - `to_device(x, device)`: a uint8 batch to normalised float32 on the device (ImageNet's mean/std by
-  default), where normalising is cheap.
+  default), where normalising is cheap; the copy is non-blocking (asynchronous from pinned memory).
 - `variant_dir(root, variant, split=...)`: a variant's folder, or an error listing the variants there.
 
 Samples: images are uint8 3xHxW tensors (`orig` and the variant decoded exactly as lossyvision's own
@@ -16,7 +17,10 @@ training reads them), `label` is the class index (`.cls`), a uint8 HxW train-id 
 (`NO_LABEL`), `key` the sample's key (str). Batches from `make_loader` are lists of the same
 fields, images uint8 Bx3xHxW.
 
-Epochs (docs/classifier.md, "Data loading"): call `ds.set_epoch(e)` before each epoch. With
+Epochs (docs/classifier.md, "Data loading"): build the loader once and call `ds.set_epoch(e)` before
+each epoch's `iter(loader)`. The epoch is kept in shared memory, so the loader's persistent workers
+(started once, under fork or spawn) see it when the epoch starts in them; `make_loader(...,
+persistent_workers=False)` restarts the workers every epoch instead. On CUDA pass `pin_memory=True`. With
 `shuffle=True` the shard order is permuted per epoch (seeded by `seed` and `e`) and each worker
 shuffles its samples through a buffer of `buffer_size` encoded samples. Under DDP every rank reads
 `len(ds) = num_samples // world_size` samples (the remainder is dropped, as DistributedSampler's

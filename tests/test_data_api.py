@@ -124,6 +124,33 @@ def test_transform_runs_in_the_workers_and_keeps_len(toy, workers, context):
     assert x.shape == (3, 24, 24) and isinstance(key, str) and worker == -1
 
 
+def test_set_epoch_reaches_the_persistent_workers_of_a_paired_dataset(toy):
+    """Built once, the loader's workers persist; each epoch (also going back to one) is what fresh workers give."""
+    def dataset():
+        return PairedShardDataset(toy / "train" / "jpeg-q10", toy / "train" / "orig", shuffle=True, seed=7,
+                                  buffer_size=5, transform=functools.partial(crop_to_float, size=24))
+
+    def epoch_of(loader):
+        out = []
+        for x, x_tilde, y, keys, worker in loader:
+            out += [(k, int(w), x[i].sum().item(), x_tilde[i].sum().item()) for i, (k, w) in enumerate(zip(keys, worker))]
+        return out
+
+    ds = dataset()
+    loader = make_loader(ds, 5, 2, drop_last=True)
+    assert loader.persistent_workers and len(loader) == 5
+    got = {}
+    for epoch in (0, 1, 0):
+        ds.set_epoch(epoch)
+        run = epoch_of(loader)
+        assert len(run) == 25 and {w for _, w, _, _ in run} == {0, 1}
+        assert got.setdefault(epoch, run) == run
+        fresh = dataset()
+        fresh.set_epoch(epoch)
+        assert run == epoch_of(make_loader(fresh, 5, 2, drop_last=True, persistent_workers=False))
+    assert [k for k, *_ in got[0]] != [k for k, *_ in got[1]]
+
+
 def test_a_transform_that_changes_one_sample_size_names_it(toy):
     ds = ShardDataset(toy / "train" / "jpeg-q10", transform=odd_size_for_one_key)
     with pytest.raises(ShardError, match=r"sample 'train/img0003' is 32x31 but sample .* of the same batch is 32x32"):

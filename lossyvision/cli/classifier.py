@@ -6,6 +6,7 @@ defaults in TrainConfig / EvalConfig apply), call one library function, print th
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -49,7 +50,7 @@ def _list_presets(ctx: click.Context, param: click.Parameter, value: bool) -> No
     from lossyvision.train.classifier import PRESETS
     for name in sorted(PRESETS):
         p = PRESETS[name]
-        click.echo(f"{name}\t{p['recipe']}\t{p.get('variant', '-')}\tlr {p['lr']:g}\talpha {p.get('alpha', 0):g}\tbatch {p['batch_size']}")
+        click.echo(f"{name}\t{p['recipe']}\t{p.get('variant', '-')}\tlr {p['lr']:g}\talpha {p.get('alpha', 0):g}\tglobal batch {p['batch_size']}")
     ctx.exit()
 
 
@@ -60,7 +61,8 @@ _TRAIN_OPTIONS = [
     o.out("Run folder (config.json, log.jsonl, last.pt, best.pt).", shown="required, or --resume PATH"),
     o.option("--preset", default=None, show_default="none",
              help="Paper settings, e.g. marie2022-resnet50-expert-bpg-qp51 (a Table I cell, variant included) or "
-                  "marie2022-mnasnet-expert; --list-presets shows them. Explicit options override it."),
+                  "marie2022-mnasnet-expert; --list-presets shows them. Explicit options override it. Its batch is "
+                  "global (the paper's, over all GPUs) unless -b gives one per process."),
     o.option("--model", default=None, show_default="mnasnet1_0",
              help="torchvision:NAME[:WEIGHTS], a registered name, or a checkpoint."),
     o.option("--weights", default=None, show_default="the model's pretrained weights",
@@ -68,7 +70,8 @@ _TRAIN_OPTIONS = [
     o.option("--num-classes", type=positive(), default=None, show_default="the manifest's class count",
              help="Classes of the model's head."),
     o.option("--epochs", type=positive(), default=None, show_default="45", help="Epochs at most (the stop rule may end earlier)."),
-    o.batch_size("Per process.", shown="320, the paper's MnasNet batch; ResNet50: 384"),
+    o.batch_size(o.PER_PROCESS_HELP),
+    o.global_batch("the preset's batch, the paper's (MnasNet 320, ResNet50 384); without a preset 320"),
     o.option("--lr", type=POSITIVE_FLOAT, default=None, show_default="1e-5", help="Adam learning rate."),
     o.option("--alpha", type=click.FloatRange(min=0), default=None, show_default="3.2",
              help="Weight of the KL term (3.2 with batchmean = the paper's 1e-2 with reduction 'sum' at batch 320, "
@@ -92,7 +95,9 @@ _TRAIN_OPTIONS = [
     o.val_split(),
     o.workers(shown="4"),
     o.seed(),
-    o.amp("on with CUDA", "bf16 autocast; --no-amp: fp32 with TF32 off, as the paper."),
+    o.deterministic(),
+    o.amp("on with CUDA", "autocast (bf16 where the GPU runs it natively, else fp16 with loss scaling); --no-amp: "
+          "fp32 with TF32 off, as the paper."),
     o.option("--channels-last/--no-channels-last", default=None, show_default="on with CUDA",
              help="NHWC memory format for the model and batches."),
     o.device(),
@@ -104,7 +109,7 @@ _TRAIN_OPTIONS = [
              help="Log a line every N training steps (loss, lr, rate, ETA), besides each epoch's."),
     o.max_pixels(o.SHARD_MAX_PIXELS),
     o.option("--list-presets", is_flag=True, expose_value=False, is_eager=True, callback=_list_presets,
-             help="List the presets (name, recipe, variant, lr, alpha, batch) and exit."),
+             help="List the presets (name, recipe, variant, lr, alpha, global batch) and exit."),
 ]
 
 
@@ -114,8 +119,9 @@ def _train_options(fn: F) -> F:
     return fn
 
 
-def _run_training(recipe: str | None, quiet: bool, **options: Any) -> None:
-    from lossyvision.train.classifier import PRESETS, preset_config, train
+def training_config(recipe: str | None, quiet: bool, **options: Any) -> Any:
+    """The TrainConfig of train-classifier / train-expert from their parsed options."""
+    from lossyvision.train.classifier import PRESETS, TrainConfig, preset_config
 
     preset = options.pop("preset")
     if recipe is not None:
@@ -135,11 +141,26 @@ def _run_training(recipe: str | None, quiet: bool, **options: Any) -> None:
         raise click.UsageError("Missing option '--out' (the run folder)")
     if options.get("resume") and options.get("overwrite"):
         raise click.UsageError("--resume continues a run and --overwrite replaces it; give one of them")
+    if preset in PRESETS:
+        default_batch, default_is = PRESETS[preset]["batch_size"], f"preset {preset}'s"
+    else:  # an unknown preset: preset_config names the known ones
+        default_batch, default_is = fields_default(TrainConfig, "batch_size"), "the default"
+    options.update(o.batches(options.pop("batch_size"), options.pop("global_batch"), default_batch, default_is))
     try:
-        cfg = preset_config(preset, quiet=quiet or None, **options)
+        return preset_config(preset, quiet=quiet or None, **options)
     except ValueError as e:  # the config's checks of option values
         raise click.UsageError(str(e)) from None
-    summary = train(cfg)
+
+
+def fields_default(cls: type, name: str) -> Any:
+    """A dataclass field's default (the library's, so the CLI does not repeat it)."""
+    return next(f.default for f in dataclasses.fields(cls) if f.name == name)
+
+
+def _run_training(recipe: str | None, quiet: bool, **options: Any) -> None:
+    from lossyvision.train.classifier import train
+
+    summary = train(training_config(recipe, quiet, **options))
     click.echo(json.dumps({k: v for k, v in summary.items() if k != "history"}))
 
 

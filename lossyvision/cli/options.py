@@ -3,7 +3,7 @@
 | concept | spelling |
 | --- | --- |
 | parallel workers | ``-j, --workers N`` |
-| batch size | ``-b, --batch-size N`` |
+| batch size | ``-b, --batch-size N`` (per process), ``--global-batch N`` (over all processes) |
 | shard root | ``--shards ROOT/<dataset>`` with ``--split`` (or ``--train-split``/``--val-split``) |
 | variant | ``--variant`` |
 | subset size | ``--limit N`` (``--val-limit N`` for the evaluation inside training) |
@@ -208,9 +208,55 @@ def workers(help: str = "DataLoader worker processes per process.", default: int
                   help=help, old=old)
 
 
-def batch_size(help: str, shown: str) -> Callable[[F], F]:
+def batch_size(help: str, shown: str = "none: the global batch (--global-batch)") -> Callable[[F], F]:
     return option("-b", "--batch-size", "batch_size", type=positive(), default=None, show_default=shown, metavar="N",
                   help=help)
+
+
+PER_PROCESS_HELP = ("Images per step in each process: under torchrun every one of its WORLD_SIZE processes takes N "
+                    "(N x WORLD_SIZE in all). Not with --global-batch.")
+
+
+def global_batch(shown: str) -> Callable[[F], F]:
+    """``--global-batch N``: images per optimiser step over all processes (see :func:`batches`)."""
+    return option("--global-batch", "global_batch", type=positive(), default=None, show_default=shown, metavar="N",
+                  help="Images per optimiser step over all processes: each of torchrun's WORLD_SIZE processes takes "
+                       "N / WORLD_SIZE (N must be a multiple of it; 1 process: N). The lr is not rescaled: it is "
+                       "the paper's for the paper's batch; scale it yourself for another N. Not with -b.")
+
+
+def batches(batch_size: int | None, global_batch: int | None, default: int, default_is: str) -> dict[str, int]:
+    """The config's batch fields from -b and --global-batch: -b N is per process; without it the batch
+    is global: --global-batch N, else ``default`` (the preset's or the config's batch, the paper's),
+    so ``torchrun --nproc-per-node 8`` keeps the paper's batch instead of multiplying it by 8.
+    ``default_is`` names where ``default`` comes from, for the error when it does not divide."""
+    if batch_size is not None and global_batch is not None:
+        raise click.UsageError(f"{_given('-b/--batch-size', 'batch_size')} sets the batch per process and "
+                               f"{_given('--global-batch', 'global_batch')} over all processes; give one of them")
+    if batch_size is not None:
+        return {"batch_size": batch_size}
+    world = os.environ.get("WORLD_SIZE", "1").strip()
+    world_size = int(world) if world.isdigit() and int(world) > 0 else 1  # a bad WORLD_SIZE is the trainer's to refuse
+    if global_batch is None:
+        global_batch = default
+        if global_batch % world_size:
+            raise click.UsageError(f"{default_is} batch {global_batch} is the global batch and does not divide over "
+                                   f"{world_size} processes; give --global-batch N (a multiple of {world_size}) or "
+                                   "-b N (per process)")
+    from lossyvision.train.distributed import per_process_batch
+
+    per_process_batch(global_batch, world_size)  # the trainer checks it too; here it fails before any set-up
+    return {"global_batch": global_batch}
+
+
+def _given(spelling: str, name: str) -> str:
+    """An option's spelling, naming the environment variable when the value came from there."""
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and ctx.get_parameter_source(name) is click.core.ParameterSource.ENVIRONMENT:
+        opt = next((p for p in ctx.command.params if p.name == name), None)
+        if isinstance(opt, VocabOption):
+            return f"{spelling} (from {ctx.auto_envvar_prefix}_{opt.env_suffix})"
+    return spelling
 
 
 def shards(help: str = "ROOT/<dataset> holding <split>/<variant>/ folders (a path or an fsspec URL such as "
@@ -283,6 +329,12 @@ def device(shown: str = "auto: cuda if available, else cpu") -> Callable[[F], F]
 def seed(shown: str = "0") -> Callable[[F], F]:
     return option("--seed", "seed", type=int, default=None, show_default=shown,
                   help="Seed of the shuffling, augmentations and initialisation.")
+
+
+def deterministic() -> Callable[[F], F]:
+    return option("--deterministic", "deterministic", is_flag=True, default=None,
+                  help="Deterministic kernels: cudnn.benchmark off, CUBLAS_WORKSPACE_CONFIG set (slower on CUDA); "
+                       "otherwise cudnn.benchmark is on for the fixed training shapes.")
 
 
 def overwrite(help: str = "Replace the run in --out (its checkpoints and log).") -> Callable[[F], F]:

@@ -16,7 +16,7 @@ from typing import Any
 import click
 
 from . import options as o
-from .classifier import resolve_resume
+from .classifier import fields_default, resolve_resume
 from .errors import config, model_errors
 
 
@@ -68,6 +68,7 @@ RESTORATION_RECIPES = ["gan", "l1-msssim", "rdn-psnr", "rdn-msssim"]
          "images; a smaller subset is part of a larger one).", old=("--max-images",))
 @o.workers(shown="4", old=("--num-workers",))
 @o.seed()
+@o.deterministic()
 @o.option("--sample-every", type=o.positive(), default=None, show_default="1000",
           help="Save a compressed|restored|original PNG every N steps.")
 @o.option("--ckpt-every", type=o.positive(), default=None, show_default="5000", help="Write checkpoints/last.pt every N steps.")
@@ -101,6 +102,10 @@ def train_restoration(quiet: bool, resume: str | None, overwrite: bool | None, o
 @o.option("--tile", type=o.positive(0), default=None, show_default="0: whole image",
           help="Tile side for tiled inference, multiple of 8.")
 @o.option("--overlap", type=o.positive(0), default=None, show_default="64", help="Context around each tile, cropped away.")
+@o.workers("Threads that decode ahead of the generator's input and measure + PNG-encode behind it; 0: all in "
+           "one thread, one image at a time.", shown="CPUs - 1, 1 to 4")
+@o.option("--in-flight", type=o.positive(), default=None, show_default="2 x --workers",
+          help="Most restored images held between the generator and the shard writer (bounds memory).")
 @o.overwrite("Replace a variant written by another generator.")
 @o.option("--allow-overlap", is_flag=True, default=None,
           help="Restore even images the generator was trained on (refused otherwise: it makes RO optimistic).")
@@ -134,11 +139,13 @@ def restore_shards(quiet: bool, overwrite: bool | None, **opts: Any) -> None:
 @o.option("--crop-size", type=o.positive(), default=None, show_default="768", help="Random crop side.")
 @o.option("--scale-min", type=o.POSITIVE_FLOAT, default=None, show_default="0.5", help="Random scale range, low end.")
 @o.option("--scale-max", type=o.POSITIVE_FLOAT, default=None, show_default="2.0", help="Random scale range, high end.")
-@o.batch_size("Per process.", shown="8")
+@o.batch_size(o.PER_PROCESS_HELP)
+@o.global_batch("8, the paper's")
 @o.option("--steps", type=o.positive(), default=None, show_default="90000", help="Iterations.")
 @o.option("--lr", type=o.POSITIVE_FLOAT, default=None, show_default="0.01", help="SGD base lr, poly schedule.")
 @o.workers(shown="4", old=("--num-workers",))
 @o.seed()
+@o.deterministic()
 @o.option("--ckpt-every", type=o.positive(), default=None, show_default="2000", help="Write checkpoints/last.pt every N steps.")
 @o.option("--log-every", type=o.positive(), default=None, show_default="50", help="Log a line every N steps.")
 @o.limit("Evaluate the first N images of --val-variant.", old=("--max-eval-images",), name="--val-limit")
@@ -150,18 +157,32 @@ def restore_shards(quiet: bool, overwrite: bool | None, **opts: Any) -> None:
 @o.device()
 @o.max_pixels(o.SHARD_MAX_PIXELS)
 @model_errors
-def train_segmentation(quiet: bool, resume: str | None, overwrite: bool | None, no_eval: bool,
-                       output_stride: str | None, out: str | None, variant: str | None, val_variant: str | None,
-                       val_split: str | None, val_limit: int | None, workers: int | None, **opts: Any) -> None:
+def train_segmentation(**options: Any) -> None:
     """Train DeepLabv3+ on one variant and evaluate on another (configurations OO, CO, OC, CC, RO, OR)."""
-    from lossyvision.train.segmentation import SegmentationConfig, train_segmentation as run
+    from lossyvision.train.segmentation import train_segmentation as run
+
+    _echo(run(segmentation_config(**options)))
+
+
+def segmentation_config(quiet: bool, resume: str | None, overwrite: bool | None, no_eval: bool,
+                        output_stride: str | None, out: str | None, variant: str | None, val_variant: str | None,
+                        val_split: str | None, val_limit: int | None, workers: int | None, batch_size: int | None,
+                        global_batch: int | None, **opts: Any) -> Any:
+    """The SegmentationConfig of train-segmentation from its parsed options."""
+    from lossyvision.train.segmentation import SegmentationConfig
 
     resumed, out = resolve_resume(resume, out, "checkpoints/last.pt")
-    cfg = config(SegmentationConfig, resume=resumed, overwrite=overwrite, evaluate=False if no_eval else None,
-                 output_stride=int(output_stride) if output_stride else None, out_dir=out, train_variant=variant,
-                 test_variant=val_variant, test_split=val_split, max_eval_images=val_limit, num_workers=workers,
-                 quiet=quiet or None, **opts)
-    _echo(run(cfg))
+    opts.update(o.batches(batch_size, global_batch, fields_default(SegmentationConfig, "batch_size"), "the default"))
+    return config(SegmentationConfig, resume=resumed, overwrite=overwrite, evaluate=False if no_eval else None,
+                  output_stride=int(output_stride) if output_stride else None, out_dir=out, train_variant=variant,
+                  test_variant=val_variant, test_split=val_split, max_eval_images=val_limit, num_workers=workers,
+                  quiet=quiet or None, **opts)
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 @o.command("eval-segmentation", log_level=logging.INFO)
@@ -195,9 +216,21 @@ def eval_segmentation(quiet: bool, out: str, checkpoint: str | None, shards: str
         return
     if not shards:
         raise click.UsageError("--checkpoint needs --shards ROOT/cityscapes")
-    cfg = config(EvalConfig, checkpoint=checkpoint, shards=shards, out_dir=out, test_variants=list(variant) or None,
-                 max_images=limit, formats=formats, quiet=quiet or None, **opts)
-    records = evaluate_checkpoint(cfg)
+    from lossyvision.train import distributed
+
+    # under torchrun each process evaluates its share of the images; the confusion matrices are summed
+    info = distributed.init_distributed("cuda" if _cuda_available() else "cpu")
+    if info.distributed and opts.get("device") is None and _cuda_available():
+        opts["device"] = f"cuda:{info.local_rank}"
+    try:
+        cfg = config(EvalConfig, checkpoint=checkpoint, shards=shards, out_dir=out,
+                     test_variants=list(variant) or None, max_images=limit, formats=formats, quiet=quiet or None,
+                     **opts)
+        records = evaluate_checkpoint(cfg, dist=info if info.distributed else None)
+    finally:
+        distributed.destroy(info)
+    if not info.main:
+        return
     _echo([{k: r[k] for k in ("configuration", "train_variant", "test_variant", "bpp", "miou_pct", "miou_small_pct",
                               "miou_big_pct", "images")} for r in records])
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Iterable
 import torch
 from torch import nn
 
+from lossyvision import accel
 from lossyvision.names import check_name
 from lossyvision.pipelines.imageio import DEFAULT_MAX_PIXELS
 from lossyvision.pipelines.stream import (IMAGENET_MEAN, IMAGENET_STD, ShardError, ShardStream, check_limits,
@@ -43,7 +44,7 @@ class EvalConfig:
     mean: tuple[float, float, float] = IMAGENET_MEAN
     std: tuple[float, float, float] = IMAGENET_STD
     max_samples: int | None = None
-    amp: bool | None = None                  # None: bf16 autocast on CUDA
+    amp: bool | None = None                  # None: autocast on CUDA (bf16 where native, else fp16)
     progress: bool = True                    # False: no progress bar (the older spelling of quiet=True)
     quiet: bool = False                      # no progress bar (it is off anyway when stderr is not a terminal)
     max_pixels: int = DEFAULT_MAX_PIXELS     # images in shards over this many pixels are refused before decoding
@@ -57,47 +58,73 @@ class EvalConfig:
         return asdict(self)
 
 
+def _one_size(manifest: dict) -> bool:
+    """True when prepare-shards cropped or scaled every image of the variant to one size."""
+    crop = manifest.get("crop") or {}
+    return bool(crop.get("crop_w") or crop.get("scale_w"))
+
+
 @torch.no_grad()
 def accuracy(model: nn.Module, vdir: str | os.PathLike, *, device: torch.device | str = "cpu", batch_size: int = 128,
              workers: int = 0, mean=IMAGENET_MEAN, std=IMAGENET_STD, max_samples: int | None = None,
-             amp: bool = False, progress: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+             amp: bool | None = False, progress: bool = False, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
     """Top-1/top-5 (percent) of `model` on one variant folder (its first `max_samples` samples), plus
-    its mean rate from the manifest. `progress`: a bar over the batches when stderr is a terminal."""
+    its mean rate from the manifest. `progress`: a bar over the batches when stderr is a terminal.
+
+    `amp`: autocast in `accel.amp_dtype(device, amp)` (bf16 where native, else fp16; None: on CUDA
+    only). The hit counts stay on the device (one sync at the end). On CUDA the batches are pinned,
+    the model (converted in place) and its input are channels_last, and cudnn.benchmark is on for a
+    variant of one crop size (the previous setting is restored afterwards)."""
     from lossyvision.progress import progress as progress_bar
 
     check_limits(batch_size=batch_size, max_samples=max_samples, max_pixels=max_pixels)
     dev = torch.device(device)
     info = read_variant(vdir)
     ds = ShardStream(vdir, shuffle=False, rank=0, world_size=1, max_pixels=max_pixels)
-    loader = make_loader(ds, batch_size, workers, pin_memory=dev.type == "cuda")
-    correct1 = correct5 = n = 0
+    cuda = dev.type == "cuda"
+    # one pass per loader: nothing for persistent workers to keep
+    loader = make_loader(ds, batch_size, workers, pin_memory=cuda, persistent_workers=False)
+    dtype = accel.amp_dtype(dev, amp)
+    if cuda:
+        model = model.to(memory_format=torch.channels_last)
+        benchmark = torch.backends.cudnn.benchmark
+        if not torch.are_deterministic_algorithms_enabled():  # a --deterministic run keeps its settings
+            accel.configure_backends(dev, fixed_shapes=_one_size(info.manifest))
+    correct1 = torch.zeros((), dtype=torch.int64, device=dev)
+    correct5 = torch.zeros((), dtype=torch.int64, device=dev)
+    n = 0
     total = len(loader) if max_samples is None else min(len(loader), -(-max_samples // batch_size))
-    with progress_bar(loader, total=total, desc=f"eval {info.variant}", quiet=not progress) as bar:
-        for xt, y, keys in bar:
-            if max_samples is not None:
-                if n >= max_samples:
-                    break
-                xt, y, keys = xt[:max_samples - n], y[:max_samples - n], keys[:max_samples - n]
-            if not torch.is_tensor(y) or y.dim() != 1:
-                raise ValueError(f"{vdir}: samples carry no class labels (task {info.task!r})")
-            if (y < 0).any():
-                raise ValueError(f"{vdir}: samples carry no class labels (no .cls members)")
-            y = y.to(dev)
-            with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=amp):
-                logits = model(to_device(xt, dev, mean, std)).float()
-            if (y >= logits.shape[1]).any():
-                i = int((y >= logits.shape[1]).nonzero()[0])
-                raise ShardError(f"{vdir}: sample {keys[i]!r} has class {int(y[i])} but the model has "
-                                 f"{logits.shape[1]} outputs; evaluate it on shards of its own classes")
-            k = min(5, logits.shape[1])
-            top = logits.topk(k, dim=1).indices
-            hit = top == y[:, None]
-            correct1 += hit[:, 0].sum().item()
-            correct5 += hit.any(dim=1).sum().item()
-            n += y.shape[0]
+    try:
+        with progress_bar(loader, total=total, desc=f"eval {info.variant}", quiet=not progress) as bar:
+            for xt, y, keys in bar:
+                if max_samples is not None:
+                    if n >= max_samples:
+                        break
+                    xt, y, keys = xt[:max_samples - n], y[:max_samples - n], keys[:max_samples - n]
+                # the label checks run on the host copy of y: no device sync per batch
+                if not torch.is_tensor(y) or y.dim() != 1:
+                    raise ValueError(f"{vdir}: samples carry no class labels (task {info.task!r})")
+                if (y < 0).any():
+                    raise ValueError(f"{vdir}: samples carry no class labels (no .cls members)")
+                y_dev = y.to(dev, non_blocking=True)
+                with accel.autocast(dev, dtype):
+                    logits = model(to_device(xt, dev, mean, std, channels_last=cuda)).float()
+                if (y >= logits.shape[1]).any():
+                    i = int((y >= logits.shape[1]).nonzero()[0])
+                    raise ShardError(f"{vdir}: sample {keys[i]!r} has class {int(y[i])} but the model has "
+                                     f"{logits.shape[1]} outputs; evaluate it on shards of its own classes")
+                k = min(5, logits.shape[1])
+                hit = logits.topk(k, dim=1).indices == y_dev[:, None]
+                correct1 += hit[:, 0].sum()
+                correct5 += hit.any(dim=1).sum()
+                n += y.shape[0]
+    finally:
+        if cuda:
+            torch.backends.cudnn.benchmark = benchmark
+    c1, c5 = torch.stack([correct1, correct5]).tolist()  # the one host sync
     means = info.manifest.get("means", {}) or {}
     return {"variant": info.variant, "spec": info.spec, "samples": n,
-            "top1_pct": 100.0 * correct1 / max(n, 1), "top5_pct": 100.0 * correct5 / max(n, 1),
+            "top1_pct": 100.0 * c1 / max(n, 1), "top5_pct": 100.0 * c5 / max(n, 1),
             "bpp": means.get("bpp"), "bytes": means.get("bytes"), "psnr": means.get("psnr"),
             "ssim": means.get("ssim")}
 
@@ -107,11 +134,10 @@ def evaluate(cfg: EvalConfig) -> list[dict]:
     from lossyvision.train.models import load_for_eval
     dev = resolve_device(cfg.device)
     model = load_for_eval(cfg.model, weights=cfg.weights).to(dev)
-    amp = dev.type == "cuda" if cfg.amp is None else cfg.amp
     rows = []
     for v in cfg.variants:
         r = accuracy(model, variant_dir(cfg.shards, v), device=dev, batch_size=cfg.batch_size, workers=cfg.workers,
-                     mean=cfg.mean, std=cfg.std, max_samples=cfg.max_samples, amp=amp,
+                     mean=cfg.mean, std=cfg.std, max_samples=cfg.max_samples, amp=cfg.amp,
                      progress=cfg.progress and not cfg.quiet, max_pixels=cfg.max_pixels)
         rows.append({"model": cfg.model, **r})
         log.info("%s on %s: top-1 %.2f %% top-5 %.2f %% (%d samples)", cfg.model, v, r["top1_pct"], r["top5_pct"],

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from lossyvision import storage
+from lossyvision import accel, storage
 from lossyvision.nets.segmentation import DEFAULT_FEATURE_LAYER, find_layer
 
 if TYPE_CHECKING:
@@ -96,8 +96,7 @@ def channel_means(model: torch.nn.Module, layer: str, variant_dir: str, device: 
 
     stream = ShardStream(variant_dir, rank=0, world_size=1, max_pixels=max_pixels)
     total = len(stream) if max_images is None else min(len(stream), max_images)
-    use_amp = amp and device.type == "cuda"
-    dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    dtype = accel.amp_dtype(device, None if amp else False)  # bf16 where native, else fp16; CUDA only
     handle = module.register_forward_hook(hook)
     was_training = model.training
     model.eval()
@@ -108,7 +107,7 @@ def channel_means(model: torch.nn.Module, layer: str, variant_dir: str, device: 
                 if len(keys) >= total:
                     break
                 try:
-                    with torch.autocast(device.type, dtype=dtype, enabled=use_amp):
+                    with accel.autocast(device, dtype):
                         model(to_device(x[None], device))
                 except _Stop:
                     pass

@@ -28,6 +28,8 @@ from lossyvision.pipelines.classlists import CITYSCAPES, IGNORE_INDEX, ClassList
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
+    from lossyvision.train.distributed import DistInfo
+
 log = logging.getLogger(__name__)
 
 #: Cityscapes train ids 0..18, in order (cityscapesscripts' labels table).
@@ -120,60 +122,135 @@ def configuration(train_variant: str, test_variant: str, orig: str = "orig") -> 
 
 # -- inference -----------------------------------------------------------------------------------
 
-@torch.no_grad()
-def predict(model: torch.nn.Module, x: torch.Tensor, multiple: int = 32) -> torch.Tensor:
-    """Argmax train ids (N x H x W, int64) for normalised N x 3 x H x W input of any size."""
+def _logits(model: torch.nn.Module, x: torch.Tensor, multiple: int = 32) -> torch.Tensor:
     import torch.nn.functional as F
 
     h, w = x.shape[-2:]
     ph, pw = -h % multiple, -w % multiple
     if ph or pw:
         x = F.pad(x, (0, pw, 0, ph))  # zeros = the dataset mean after normalisation
-    return model(x)[..., :h, :w].argmax(1)
+    return model(x)[..., :h, :w]
+
+
+@torch.no_grad()
+def predict(model: torch.nn.Module, x: torch.Tensor, multiple: int = 32) -> torch.Tensor:
+    """Argmax train ids (N x H x W, int64) for normalised N x 3 x H x W input of any size."""
+    return _logits(model, x, multiple).argmax(1)
+
+
+def confusion_counts(pred: torch.Tensor, label: torch.Tensor, num_classes: int, ignore_index: int = IGNORE_INDEX,
+                     out: torch.Tensor | None = None) -> torch.Tensor:
+    """Add the (label, prediction) pairs of ``pred``/``label`` (same device) to ``out``, a flat int64
+    confusion matrix of ``num_classes**2 + 1`` counts on that device (the last one collects ignored
+    pixels), and return it; no host sync. Values must already be in range (labels are checked on
+    the host by :func:`evaluate_model`; predictions are argmaxes over ``num_classes`` logits).
+
+    Not ``torch.bincount``: on CUDA it reads the input's maximum back to the host to size its
+    output, one sync per image; ``scatter_add_`` into a fixed-size vector needs none."""
+    n = num_classes
+    p, y = pred.reshape(-1).long(), label.reshape(-1).long()
+    if p.shape != y.shape:
+        raise ValueError(f"prediction and label sizes differ: {tuple(pred.shape)} vs {tuple(label.shape)}")
+    idx = torch.where(y == ignore_index, n * n, y * n + p)
+    if out is None:
+        out = torch.zeros(n * n + 1, dtype=torch.int64, device=p.device)
+    return out.scatter_add_(0, idx, torch.ones_like(idx))
+
+
+def _check_label(y: torch.Tensor, num_classes: int, ignore_index: int) -> None:
+    bad = (y != ignore_index) & ((y < 0) | (y >= num_classes))
+    if bad.any():  # a CPU tensor from the stream: no device sync
+        found = sorted(set(y[bad].unique().tolist()))[:5]
+        raise ValueError(f"label values must be 0..{num_classes - 1} or {ignore_index}; found {found}")
+
+
+def eval_share(total: int, rank: int, world_size: int, max_images: int | None = None) -> tuple[int, int]:
+    """(first, count) of the images rank ``rank`` of ``world_size`` evaluates: its contiguous share
+    of the stream (``ShardStream(..., drop_remainder=False)``: every image on exactly one rank),
+    cut to the first ``max_images`` of the whole split."""
+    from lossyvision.pipelines.stream import split_range
+
+    a, b = split_range(0, total, world_size, rank)
+    stop = total if max_images is None else min(total, max_images)
+    return a, max(0, min(b, stop) - a)
 
 
 def evaluate_model(model: torch.nn.Module, variant_dir: str, device: torch.device, num_classes: int = 19,
                    amp: bool = True, max_images: int | None = None,
                    max_pixels: int | None = None, quiet: bool = False,
-                   ignore_index: int = IGNORE_INDEX) -> tuple[np.ndarray, int]:
+                   ignore_index: int = IGNORE_INDEX, dist: "DistInfo | None" = None) -> tuple[np.ndarray, int]:
     """Full-frame, single-scale evaluation of one variant (its first `max_images` images); returns
     (confusion matrix, images). A progress bar unless `quiet` (or stderr is not a terminal), and an
-    INFO line per tenth of the images."""
+    INFO line per tenth of the images.
+
+    With ``dist`` (a :class:`lossyvision.train.distributed.DistInfo` of a joined process group, every
+    rank calling) each rank evaluates its contiguous share of the images and the confusion matrices
+    and image counts are summed over the ranks (one all_reduce): every rank returns exactly what
+    one process evaluating all the images returns. ``amp``: mixed precision on CUDA
+    (:func:`lossyvision.accel.amp_dtype`); on CUDA the model (converted in place) and the frames are
+    channels_last. The matrix accumulates on the device and is read back once."""
     import time
 
+    from lossyvision import accel
     from lossyvision.pipelines.stream import ShardStream, check_limits, to_device
     from lossyvision.progress import progress, rate_eta
 
     check_limits(max_images=max_images, max_pixels=max_pixels)
-    stream = ShardStream(variant_dir, rank=0, world_size=1, max_pixels=max_pixels)
-    total = len(stream) if max_images is None else min(len(stream), max_images)
-    every, t0 = max(1, total // 10), time.perf_counter()
-    cm = np.zeros((num_classes, num_classes), np.int64)
+    rank, world = (dist.rank, dist.world_size) if dist is not None else (0, 1)
+    stream = ShardStream(variant_dir, rank=rank, world_size=world, drop_remainder=False, max_pixels=max_pixels)
+    total = stream.variant.num_samples if max_images is None else min(stream.variant.num_samples, max_images)
+    _, mine = eval_share(stream.variant.num_samples, rank, world, max_images)
+    every, t0 = max(1, mine // 10), time.perf_counter()
+    cm = torch.zeros(num_classes * num_classes + 1, dtype=torch.int64, device=device)
     n = 0
     was_training = model.training
     model.eval()
-    use_amp = amp and device.type == "cuda"
-    dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    on_cuda = device.type == "cuda"
+    dtype = accel.amp_dtype(device, amp and on_cuda)
+    benchmark = torch.backends.cudnn.benchmark
+    if not torch.are_deterministic_algorithms_enabled():  # (deterministic runs have benchmark off already)
+        # frames may differ in size: cudnn.benchmark would re-tune for every new shape
+        accel.configure_backends(device, fixed_shapes=False)
+    if on_cuda:
+        model.to(memory_format=torch.channels_last)
+    quiet = quiet or rank != 0
     try:
-        with progress(stream, total=total, desc=f"eval {stream.variant.variant}", unit="img", quiet=quiet) as bar:
-            for x, y, key in bar:
-                if max_images is not None and n >= max_images:
+        with torch.no_grad(), progress(stream, total=mine, desc=f"eval {stream.variant.variant}", unit="img",
+                                       quiet=quiet) as bar:
+            for x, y, key in (bar if mine else ()):
+                if n >= mine:
                     break
                 if not isinstance(y, torch.Tensor):
                     raise ValueError(f"{variant_dir}: sample {key!r} has no seg.png label map")
-                with torch.autocast(device.type, dtype=dtype, enabled=use_amp):
-                    pred = predict(model, to_device(x[None], device))
                 try:
-                    cm += confusion_matrix(pred[0].cpu(), y, num_classes, ignore_index)
+                    _check_label(y, num_classes, ignore_index)
                 except ValueError as e:  # label ids outside the classes
                     raise ValueError(f"{variant_dir}: sample {key!r}: {e}") from None
+                if on_cuda:  # page-locked: the copies below run asynchronously
+                    x, y = x.pin_memory(), y.pin_memory()
+                xd = to_device(x[None], device, channels_last=on_cuda)
+                with accel.autocast(device, dtype):
+                    logits = _logits(model, xd)
+                if logits.shape[1] != num_classes:
+                    raise ValueError(f"the model predicts {logits.shape[1]} classes, the variant has {num_classes}")
+                confusion_counts(logits.argmax(1), y.to(device, non_blocking=True), num_classes, ignore_index, cm)
                 n += 1
-                if n % every == 0 and n < total:
-                    log.info("eval %s: %d/%d images (%s)", stream.variant.variant, n, total,
-                             rate_eta(n, time.perf_counter() - t0, total - n, "img"))
+                if n % every == 0 and n < mine and not quiet:
+                    log.info("eval %s: %d/%d images (%s)", stream.variant.variant, n, mine,
+                             rate_eta(n, time.perf_counter() - t0, mine - n, "img"))
     finally:
         model.train(was_training)
-    return cm, n
+        torch.backends.cudnn.benchmark = benchmark
+    counts = torch.cat([cm[:-1], torch.tensor([n], dtype=torch.int64, device=device)])
+    if dist is not None and dist.distributed:
+        from lossyvision.train.distributed import all_reduce_sum
+
+        all_reduce_sum(counts, dist)
+    counts = counts.cpu().numpy()  # the one transfer
+    n = int(counts[-1])
+    if n != total:
+        raise RuntimeError(f"{variant_dir}: evaluated {n} of {total} images")
+    return counts[:-1].reshape(num_classes, num_classes).astype(np.int64), n
 
 
 def variant_bpp(variant_dir: str) -> float | None:
@@ -230,8 +307,11 @@ def result_record(cm: np.ndarray, images: int, train_variant: str, test_variant:
             "classes": list(class_list.classes), "small_classes": list(class_list.small), **extra}
 
 
-def evaluate_checkpoint(cfg: EvalConfig) -> list[dict]:
-    """Evaluate a trained model on each test variant; write one JSON per pair and the report."""
+def evaluate_checkpoint(cfg: EvalConfig, dist: "DistInfo | None" = None) -> list[dict]:
+    """Evaluate a trained model on each test variant; write one JSON per pair and the report.
+
+    With ``dist`` (every rank of a joined process group calling) the images are split over the
+    ranks (:func:`evaluate_model`); every rank returns the records, rank 0 alone writes them."""
     from lossyvision.pipelines.stream import variant_dir
     from lossyvision.nets.segmentation import load_segmentation_model
 
@@ -263,19 +343,23 @@ def evaluate_checkpoint(cfg: EvalConfig) -> list[dict]:
     if train_dir and storage.isdir(train_dir):
         train_bpp = variant_bpp(train_dir)
     out = Path(cfg.out_dir)
+    main = dist is None or dist.main
     records = []
     for test_variant in cfg.test_variants:
         vdir = variant_dir(storage.join(cfg.shards, cfg.split), test_variant)
         cl = class_lists[test_variant]
         cm, n = evaluate_model(model, vdir, device, num_classes=cl.num_classes, amp=cfg.amp, max_images=cfg.max_images,
-                               max_pixels=cfg.max_pixels, quiet=cfg.quiet, ignore_index=cl.ignore_index)
+                               max_pixels=cfg.max_pixels, quiet=cfg.quiet, ignore_index=cl.ignore_index, dist=dist)
         rec = result_record(cm, n, train_variant, test_variant, train_bpp, variant_bpp(vdir), class_list=cl,
                             checkpoint=str(cfg.checkpoint), split=cfg.split)
+        records.append(rec)
+        if not main:
+            continue
         save_result(rec, out)
         log.info("%s (%s -> %s): mIoU %.2f %%  small %.2f %%  big %.2f %% on %d images", rec["configuration"],
                  train_variant, test_variant, rec["miou_pct"], rec["miou_small_pct"], rec["miou_big_pct"], n)
-        records.append(rec)
-    write_report(load_results(out), out, formats=cfg.formats)
+    if main:
+        write_report(load_results(out), out, formats=cfg.formats)
     return records
 
 

@@ -108,8 +108,7 @@ def _timed(fn: Callable[[], object]) -> tuple[object, float]:
 
 def _pairs(orig_dir: str, variant_dir_: str):
     """(key, orig rgb, the variant's members) in shard order, the two variants read in lockstep."""
-    from lossyvision.pipelines.stream import (ShardError, check_aligned, check_image_pixels, decode_lossless,
-                                              iter_tar_samples, read_variant)
+    from lossyvision.pipelines.stream import ShardError, check_aligned, iter_tar_samples, read_variant
 
     o, v = read_variant(orig_dir), read_variant(variant_dir_)
     check_aligned(o, v)
@@ -126,11 +125,11 @@ def _pairs(orig_dir: str, variant_dir_: str):
 
 def time_pipelines(cfg: TimingConfig, progress_quiet: bool = False) -> dict:
     """Time every stage per image; write OUT/timing.{json,csv,md}; return the JSON summary."""
-    from lossyvision.codecs import from_spec
+    from lossyvision import accel
     from lossyvision.nets.segmentation import load_segmentation_model
     from lossyvision.pipelines.imageio import DEFAULT_MAX_PIXELS
     from lossyvision.pipelines.stream import (OptionError, check_image_pixels, decode_lossless, read_variant,
-                                              resolve_device, to_device, variant_dir)
+                                              resolve_device, to_device, variant_decoder, variant_dir)
     from lossyvision.progress import progress
 
     from .segmentation import predict
@@ -141,7 +140,7 @@ def time_pipelines(cfg: TimingConfig, progress_quiet: bool = False) -> dict:
     if info.spec is None:
         raise OptionError(f"--variant {cfg.variant} has no codec (orig or restored); give the compressed variant, "
                           "e.g. bpg-qp41, and the generator with --generator")
-    codec = from_spec(info.spec)
+    codec = variant_decoder(info)
     device = resolve_device(cfg.device)
     model, _ = load_segmentation_model(cfg.checkpoint, device)
     generator = None
@@ -149,13 +148,12 @@ def time_pipelines(cfg: TimingConfig, progress_quiet: bool = False) -> dict:
         from lossyvision.pipelines.restore import load_generator
 
         generator, _ = load_generator(cfg.generator, device)
-    use_amp = cfg.amp and device.type == "cuda"
-    dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
+    dtype = accel.amp_dtype(device, None if cfg.amp else False)
     max_pixels = cfg.max_pixels or DEFAULT_MAX_PIXELS
 
     def segment(rgb: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None]
-        with torch.no_grad(), torch.autocast(device.type, dtype=dtype, enabled=use_amp):
+        with torch.no_grad(), accel.autocast(device, dtype):
             return predict(model, to_device(x, device)).cpu().numpy()
 
     def restore(rgb: np.ndarray) -> np.ndarray:
@@ -203,7 +201,7 @@ def time_pipelines(cfg: TimingConfig, progress_quiet: bool = False) -> dict:
         "variant": cfg.variant, "codec": info.spec, "split": cfg.split, "images": timed, "warmup": cfg.warmup,
         "frame_sizes": [f"{w}x{h}" for w, h in sorted(sizes)],
         "segment_device": device_name(device), "restore_device": device_name(device) if generator else None,
-        "codec_device": cpu_name(), "amp": use_amp, "checkpoint": cfg.checkpoint, "generator": cfg.generator,
+        "codec_device": cpu_name(), "amp": dtype is not None, "checkpoint": cfg.checkpoint, "generator": cfg.generator,
         "stages": stages, "pipelines": pipelines,
     }
     out = Path(cfg.out_dir)

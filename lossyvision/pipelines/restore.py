@@ -9,22 +9,34 @@ null`` (the member to read is ``png``, like ``orig``) and a ``restored_from`` bl
 source variant, its codec and the generator. Any network of `lossyvision.nets.restoration`
 (the GAN's FineNet, the RDN baseline) restores the same way. A split whose keys overlap the
 generator's training keys is refused unless ``allow_overlap``.
+
+Pipeline (``workers > 0``, the default): a thread decodes the source bitstreams ahead of the
+generator, the generator runs whole frames in the calling thread, and a pool of ``workers``
+threads decodes the reference, measures PSNR / SSIM / MS-SSIM and PNG-encodes behind it, with at
+most ``in_flight`` images between the generator and the shard writer (the memory bound). Samples
+reach the writer in source order, so the shards are byte-identical to the serial path
+(``workers=0``). Tiling runs only when asked (``tile``) or for a frame that runs out of GPU memory
+whole (retried once in tiles, logged, and recorded in its json as ``tiled_after_oom``).
 """
 
 from __future__ import annotations
 
+import collections
+import concurrent.futures
 import json
 import logging
 import os
+import queue
+import threading
 import time
 from dataclasses import asdict, dataclass
-from typing import Iterator
+from typing import Any, Callable, Iterable, Iterator
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from lossyvision import storage
+from lossyvision import accel, storage
 from lossyvision.nets.restoration import build_restoration_net, net_stride
 
 log = logging.getLogger(__name__)
@@ -40,12 +52,15 @@ class RestoreConfig:
     tile: int = 0                 # 0: whole image at once; else core tile side (multiple of 8)
     overlap: int = 64             # context added around each tile and cropped away (multiple of 8)
     device: str | None = None
-    amp: bool = True              # autocast on CUDA
+    amp: bool = True              # autocast on CUDA: bf16 where native (cc >= 8), else fp16
     png_level: int = 1            # zlib level of the restored PNGs (docs/shards.md: level 1)
     overwrite: bool = False       # rewrite shards written by another generator
     allow_overlap: bool = False   # restore even keys the generator was trained on (else refused)
     max_pixels: int | None = None  # None: lossyvision.pipelines.imageio.DEFAULT_MAX_PIXELS
     quiet: bool = False           # no progress bar (it is off anyway when stderr is not a terminal)
+    workers: int | None = None    # threads measuring + PNG-encoding behind the generator (None: CPUs - 1, 1 to 4);
+    #                               0: the serial path (decode, restore, encode one image at a time)
+    in_flight: int | None = None  # most restored images not yet written (None: 2 x workers): bounds memory
 
     def __post_init__(self) -> None:
         from lossyvision.names import check_name
@@ -58,7 +73,16 @@ class RestoreConfig:
                 check_name(what, name)
         if self.variant:
             check_name("--out-variant", self.output_variant)
-        check_limits(tile=(self.tile, 0), overlap=(self.overlap, 0), max_pixels=self.max_pixels)
+        check_limits(tile=(self.tile, 0), overlap=(self.overlap, 0), max_pixels=self.max_pixels,
+                     workers=(self.workers, 0), in_flight=self.in_flight)
+
+    def resolved_workers(self) -> tuple[int, int]:
+        """(workers, in_flight) with the defaults filled in."""
+        workers = self.workers
+        if workers is None:  # one core left to the thread that feeds the GPU and the decode thread
+            workers = max(1, min(4, len(os.sched_getaffinity(0)) - 1)) if hasattr(os, "sched_getaffinity") \
+                else max(1, min(4, (os.cpu_count() or 2) - 1))
+        return workers, self.in_flight or max(2 * workers, 1)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -113,14 +137,40 @@ def restore_tensor(generator: torch.nn.Module, x: torch.Tensor, tile: int = 0, o
 
 def restore_image(generator: torch.nn.Module, rgb: np.ndarray, device: torch.device,
                   tile: int = 0, overlap: int = 64, amp: bool = True) -> np.ndarray:
-    """uint8 HxWx3 RGB -> restored uint8 HxWx3 RGB."""
+    """uint8 HxWx3 RGB -> restored uint8 HxWx3 RGB. Autocast on CUDA only (``amp``): bf16 where the
+    GPU runs it natively, else fp16 (`lossyvision.accel.amp_dtype`). The frame travels as uint8
+    both ways (a quarter of the float bytes)."""
     x = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].to(device).float() / 127.5 - 1
-    use_amp = amp and device.type == "cuda"
-    dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    with torch.autocast(device.type, dtype=dtype, enabled=use_amp):
+    with accel.autocast(device, accel.amp_dtype(device, None if amp else False)):
         y = restore_tensor(generator, x, tile, overlap).float()
     y = ((y.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
     return y[0].permute(1, 2, 0).cpu().numpy()
+
+
+def oom_tile(h: int, w: int, stride: int = 8) -> int:
+    """The tile side for a frame that ran out of memory whole: half its long side, rounded up to the
+    stride, at most 1024 (large tiles keep instance-norm statistics close to the whole frame's)."""
+    half = -(-max(h, w) // 2)
+    return max(stride, min(1024, -(-half // stride) * stride))
+
+
+def restore_frame(generator: torch.nn.Module, rgb: np.ndarray, device: torch.device, tile: int = 0,
+                  overlap: int = 64, amp: bool = True, key: str = "") -> tuple[np.ndarray, int]:
+    """`restore_image`, and the tile side used after an out-of-memory error on the whole frame
+    (0: none). Whole frames are the default because tiles change instance-norm statistics; a frame
+    that does not fit is retried once in `oom_tile` tiles, with a log line."""
+    try:
+        return restore_image(generator, rgb, device, tile, overlap, amp), 0
+    except torch.OutOfMemoryError:
+        if tile:
+            raise
+    # outside the except block, so the failed attempt's tensors are freed before the retry
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    t = oom_tile(*rgb.shape[:2], net_stride(generator))
+    log.warning("restore %s: the whole %dx%d frame ran out of %s memory; restoring it in %d-pixel tiles "
+                "(overlap %d)", key, rgb.shape[1], rgb.shape[0], device.type, t, overlap)
+    return restore_image(generator, rgb, device, t, overlap, amp), t
 
 
 def load_generator(path: str | os.PathLike, device: str | torch.device = "cpu") -> tuple[torch.nn.Module, dict]:
@@ -169,6 +219,150 @@ def _paired(source: str, orig: str | None, source_check: tuple = (None, None),
         yield s, o
 
 
+# -- overlap -------------------------------------------------------------------------------------
+
+_END = object()  # the producer thread's last item
+
+
+def prefetch(items: Iterable, depth: int) -> Iterator:
+    """``items`` produced by a background thread, at most ``depth`` ahead of the consumer, in order;
+    an exception in the producer is raised in the consumer at its place in the sequence. Closing the
+    returned generator stops the producer."""
+    q: queue.Queue = queue.Queue(maxsize=max(depth, 1))
+    stop = threading.Event()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((True, item)):
+                    return
+            put((True, _END))
+        except BaseException as e:  # handed to the consumer, raised there
+            put((False, e))
+
+    thread = threading.Thread(target=produce, name="restore-decode", daemon=True)
+    thread.start()
+    try:
+        while True:
+            ok, item = q.get()
+            if not ok:
+                raise item
+            if item is _END:
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
+class Marker:
+    """An item that `ordered_map` passes through unchanged (here: the end of a shard)."""
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def ordered_map(fn: Callable, items: Iterable, pool: concurrent.futures.Executor, max_in_flight: int) -> Iterator:
+    """``fn(item)`` for each item, computed in ``pool``, yielded in input order; `Marker` items pass
+    through. At most ``max_in_flight`` items are taken from ``items`` and not yet yielded, so the
+    memory held is bounded and ``items`` (the generator's output) runs at most that far ahead."""
+    pending: collections.deque = collections.deque()
+    for item in items:
+        pending.append(item if isinstance(item, Marker) else pool.submit(fn, item))
+        while len(pending) >= max_in_flight or (pending and isinstance(pending[0], Marker)):
+            head = pending.popleft()
+            yield head if isinstance(head, Marker) else head.result()
+    while pending:
+        head = pending.popleft()
+        yield head if isinstance(head, Marker) else head.result()
+
+
+@dataclass
+class _Decoded:
+    """One source sample, decoded (the stage before the generator)."""
+
+    source: dict
+    orig: dict | None
+    rgb: np.ndarray
+    dec_ms: float
+    ref: np.ndarray | None = None   # decoded here only when the reference needs a codec (else in `_finish`)
+    restored: np.ndarray | None = None
+    restore_ms: float = 0.0
+    tiled: int = 0
+
+
+@dataclass
+class _Finished:
+    out: dict                       # the sample as written
+    stats: dict                     # its json, parsed
+    dec_ms: float
+    restore_ms: float
+
+
+def _decode_source(s: dict, o: dict | None, src, orig, codecs: dict, max_pixels: int, shard: str) -> _Decoded:
+    from lossyvision.pipelines.stream import ShardError, decode_image, first_line
+
+    key = s["__key__"]
+    try:
+        t = time.perf_counter()
+        rgb = decode_image(s, src, codecs, max_pixels)
+    except Exception as e:  # a decoder's own error type, or over --max-pixels
+        raise ShardError(f"{shard}: sample {key!r} does not decode ({type(e).__name__}: {first_line(e)})") from None
+    item = _Decoded(s, o, rgb, (time.perf_counter() - t) * 1e3)
+    if o is not None and orig.spec is not None:  # a codec object: decoded in this thread, like the source
+        item.ref = decode_image(o, orig, codecs, max_pixels)
+    return item
+
+
+def _finish(item: _Decoded, orig, png_level: int, variant: str, spec: str | None, max_pixels: int) -> _Finished:
+    """Everything after the generator, on the CPU: the reference, PNG, metrics, the sample json."""
+    from lossyvision.codecs import png_encode
+    from lossyvision.pipelines.shards import sample_json
+    from lossyvision.pipelines.stream import decode_image
+    from lossyvision.quality import Reference, ms_ssim_db, psnr
+
+    s, o, restored = item.source, item.orig, item.restored
+    meta = json.loads(s["json"]) if "json" in s else {}
+    h, w = restored.shape[:2]
+    ref = item.ref if item.ref is not None or o is None else decode_image(o, orig, {}, max_pixels)
+    png = png_encode(restored, png_level)
+    # SSIM and MS-SSIM share their full-scale pass: the values of quality.ssim / quality.ms_ssim, in half the time
+    ss, ms = Reference(restored).scores(ref) if ref is not None else (None, None)
+    stats = {
+        "bytes": meta.get("bytes"), "bpp": meta.get("bpp"), "h": h, "w": w,
+        "psnr": psnr(restored, ref) if ref is not None else None,
+        "ssim": ss, "ms_ssim": ms, "ms_ssim_db": ms_ssim_db(ms),
+        "q": meta.get("q"), "spec": meta.get("spec", spec), "source_variant": variant,
+        "source_psnr": meta.get("psnr"), "source_ssim": meta.get("ssim"),
+        "source_ms_ssim": meta.get("ms_ssim"), "source_ms_ssim_db": ms_ssim_db(meta.get("ms_ssim")),
+        "png_bytes": len(png),
+    }
+    if item.tiled:
+        stats["tiled_after_oom"] = item.tiled
+    out = {"__key__": s["__key__"], "png": png, "json": sample_json(stats)}
+    for ext in ("cls", "seg.png"):
+        if ext in s or (o is not None and ext in o):
+            out[ext] = s[ext] if ext in s else o[ext]
+    return _Finished(out, json.loads(out["json"]), item.dec_ms, item.restore_ms)
+
+
+def _fixed_shapes(manifest: dict) -> bool:
+    """Whether every frame has one size, so that cudnn.benchmark's autotuning (once per input shape)
+    pays off: a crop policy that fixes the size, or Cityscapes (1024x2048 throughout)."""
+    crop = manifest.get("crop") or {}
+    return bool((crop.get("crop_w") and crop.get("crop_h")) or (crop.get("scale_w") and crop.get("scale_h"))
+                or manifest.get("dataset") == "cityscapes")
+
+
 def _intact(path: str, sha256: str) -> bool:
     """True when a shard a previous run finished is still there with the sha256 its manifest records."""
     from lossyvision.pipelines.shards import sha256_file
@@ -181,15 +375,12 @@ def restore_shards(cfg: RestoreConfig, progress: bool = True) -> dict:
 
     A progress bar counts images (off with ``cfg.quiet`` or ``progress=False``, and when stderr is not
     a terminal); each shard written logs an INFO line with the rate and ETA."""
-    from lossyvision.codecs import png_encode
     from lossyvision.pipelines.shards import (FORMAT, LEGACY_MANIFEST, MANIFEST, has_manifest, library_versions,
-                                              manifest_path, sample_json, sha256_file, write_json_atomic,
-                                              write_tar_atomic)
-    from lossyvision.pipelines.stream import ShardError, decode_image, first_line, read_variant, resolve_device, variant_dir
+                                              manifest_path, sha256_file, write_json_atomic, write_tar_atomic)
+    from lossyvision.pipelines.stream import read_variant, resolve_device, variant_dir
     from lossyvision.pipelines.imageio import DEFAULT_MAX_PIXELS
     from lossyvision.progress import progress as progress_bar, rate_eta
     from lossyvision.pipelines.trainkeys import check_overlap, variant_keys
-    from lossyvision.quality import ms_ssim, ms_ssim_db, psnr, ssim
 
     if not cfg.shards or not cfg.variant or not cfg.generator:
         raise ValueError("shards, variant and generator are required")
@@ -207,6 +398,7 @@ def restore_shards(cfg: RestoreConfig, progress: bool = True) -> dict:
         log.warning("no %s variant under %s: psnr/ssim vs the original are left null", cfg.orig_variant, split_dir)
 
     device = resolve_device(cfg.device)
+    accel.configure_backends(device, fixed_shapes=_fixed_shapes(src.manifest))
     generator, ckpt = load_generator(cfg.generator, device)
     overlap = check_overlap(ckpt.get("train_keys"), variant_keys(variant_dir(split_dir, cfg.variant)), cfg.split,
                             str(cfg.generator), cfg.allow_overlap)
@@ -245,81 +437,96 @@ def restore_shards(cfg: RestoreConfig, progress: bool = True) -> dict:
     per_sample: dict[str, list] = {k: [] for k in ("bytes", "bpp", "psnr", "ssim", "ms_ssim", "ms_ssim_db",
                                                    "source_psnr", "source_ssim", "source_ms_ssim",
                                                    "source_ms_ssim_db")}
-    codecs: dict = {}  # spec -> codec, built on first use
+    codecs: dict = {}  # spec -> codec, built on first use (by the decode thread only)
+    workers, in_flight = cfg.resolved_workers()
+    todo = [info for info in src.shards if info.name not in done]
+    oom_keys: list[str] = []
+    manifest["restored_from"]["tiled_after_oom"] = oom_keys  # keys restored in tiles after a GPU OOM
+
+    def decoded() -> Iterator[_Decoded | Marker]:
+        """Every sample of the shards to write, decoded, in order; a Marker after each shard."""
+        for info in todo:
+            opath = orig.shard_path(info.name) if orig is not None else None
+            ocheck = next(((o.size, o.sha256) for o in orig.shards if o.name == info.name), (None, None)) \
+                if orig is not None else (None, None)
+            for s, o in _paired(src.shard_path(info.name), opath, (info.size, info.sha256), ocheck):
+                yield _decode_source(s, o, src, orig, codecs, max_pixels, src.shard_path(info.name))
+            yield Marker(info.name)
+
+    def restored(items: Iterable) -> Iterator[_Decoded | Marker]:
+        """The generator's stage, in this thread (the one that owns the device)."""
+        for item in items:
+            if not isinstance(item, Marker):
+                t = time.perf_counter()
+                item.restored, item.tiled = restore_frame(generator, item.rgb, device, cfg.tile, cfg.overlap,
+                                                          cfg.amp, item.source["__key__"])
+                item.restore_ms = (time.perf_counter() - t) * 1e3
+                item.rgb = None  # the source pixels are not needed after the generator
+                if item.tiled:
+                    oom_keys.append(item.source["__key__"])
+            yield item
+
+    def finish(item: _Decoded) -> _Finished:
+        return _finish(item, orig, cfg.png_level, cfg.variant, src.spec, max_pixels)
+
+    pool = concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="restore-encode") if workers else None
+    if pool is None:  # serial: one image at a time through every stage
+        source = decoded()
+        stream = (item if isinstance(item, Marker) else finish(item) for item in restored(source))
+    else:
+        source = prefetch(decoded(), in_flight)
+        stream = ordered_map(finish, restored(source), pool, in_flight)
     t0, restored_here = time.perf_counter(), 0
-    with progress_bar(total=src.num_samples, desc=f"restore {cfg.variant}", unit="img",
-                      quiet=cfg.quiet or not progress, leave=True) as bar:
-        for index, info in enumerate(src.shards):
-            entry_stats: list[dict] = []
-            if info.name in done:
-                entry = done[info.name]
-                # the per-sample stats of a skipped shard come back from its own json members
-                from lossyvision.pipelines.stream import iter_tar_samples
-                entry_stats = [json.loads(s["json"]) for s in iter_tar_samples(storage.join(out_dir, info.name))]
-                bar.update(entry["count"])
-            else:
-                restore_ms, dec_ms, keys = [], [], []
+    try:
+        with progress_bar(total=src.num_samples, desc=f"restore {cfg.variant}", unit="img",
+                          quiet=cfg.quiet or not progress, leave=True) as bar:
+            for index, info in enumerate(src.shards):
+                entry_stats: list[dict] = []
+                if info.name in done:
+                    entry = done[info.name]
+                    # the per-sample stats of a skipped shard come back from its own json members
+                    from lossyvision.pipelines.stream import iter_tar_samples
+                    entry_stats = [json.loads(s["json"]) for s in iter_tar_samples(storage.join(out_dir, info.name))]
+                    bar.update(entry["count"])
+                else:
+                    restore_ms, dec_ms, keys = [], [], []
 
-                def samples() -> Iterator[dict]:
-                    opath = orig.shard_path(info.name) if orig is not None else None
-                    ocheck = next(((o.size, o.sha256) for o in orig.shards if o.name == info.name), (None, None)) \
-                        if orig is not None else (None, None)
-                    for s, o in _paired(src.shard_path(info.name), opath, (info.size, info.sha256), ocheck):
-                        key = s["__key__"]
-                        keys.append(key)
-                        try:
-                            meta = json.loads(s["json"]) if "json" in s else {}
-                            t = time.perf_counter()
-                            rgb = decode_image(s, src, codecs, max_pixels)
-                        except Exception as e:  # a decoder's own error type, or over --max-pixels
-                            raise ShardError(f"{src.shard_path(info.name)}: sample {key!r} does not decode "
-                                             f"({type(e).__name__}: {first_line(e)})") from None
-                        dec_ms.append((time.perf_counter() - t) * 1e3)
-                        t = time.perf_counter()
-                        restored = restore_image(generator, rgb, device, cfg.tile, cfg.overlap, cfg.amp)
-                        restore_ms.append((time.perf_counter() - t) * 1e3)
-                        h, w = restored.shape[:2]
-                        ref = decode_image(o, orig, codecs, max_pixels) if o is not None else None
-                        png = png_encode(restored, cfg.png_level)
-                        ms = ms_ssim(restored, ref) if ref is not None else None
-                        stats = {
-                            "bytes": meta.get("bytes"), "bpp": meta.get("bpp"), "h": h, "w": w,
-                            "psnr": psnr(restored, ref) if ref is not None else None,
-                            "ssim": ssim(restored, ref) if ref is not None else None,
-                            "ms_ssim": ms, "ms_ssim_db": ms_ssim_db(ms),
-                            "q": meta.get("q"), "spec": meta.get("spec", src.spec), "source_variant": cfg.variant,
-                            "source_psnr": meta.get("psnr"), "source_ssim": meta.get("ssim"),
-                            "source_ms_ssim": meta.get("ms_ssim"), "source_ms_ssim_db": ms_ssim_db(meta.get("ms_ssim")),
-                            "png_bytes": len(png),
-                        }
-                        out = {"__key__": key, "png": png, "json": sample_json(stats)}
-                        for ext in ("cls", "seg.png"):
-                            if ext in s or (o is not None and ext in o):
-                                out[ext] = s[ext] if ext in s else o[ext]
-                        entry_stats.append(json.loads(out["json"]))
-                        bar.update(1)
-                        yield out
+                    def samples() -> Iterator[dict]:
+                        for r in stream:
+                            if isinstance(r, Marker):  # this shard's last sample was the one before
+                                return
+                            keys.append(r.out["__key__"])
+                            dec_ms.append(r.dec_ms)
+                            restore_ms.append(r.restore_ms)
+                            entry_stats.append(r.stats)
+                            bar.update(1)
+                            yield r.out
 
-                sha, size = write_tar_atomic(storage.join(out_dir, info.name), samples())
-                if len(keys) != info.count:
-                    raise ValueError(f"{src.shard_path(info.name)}: holds {len(keys)} samples, manifest says {info.count}")
-                entry = {"name": info.name, "index": index, "count": len(keys), "sha256": sha, "size": size, "first_key": keys[0] if keys else None,
-                         "last_key": keys[-1] if keys else None, "enc_ms": _mean(restore_ms), "dec_ms": _mean(dec_ms),
-                         "failures": 0}
-                restored_here += len(keys)
-                log.info("restore %s: shard %d/%d done (%s)", cfg.variant, index + 1, len(src.shards),
-                         rate_eta(restored_here, time.perf_counter() - t0,
-                                  src.num_samples - sum(e["count"] for e in manifest["shards"]) - len(keys), "img"))
-            manifest["shards"].append(entry)
-            for st in entry_stats:
-                for k in per_sample:
-                    per_sample[k].append(st.get(k))
-            manifest["num_samples"] = sum(s["count"] for s in manifest["shards"])
-            manifest["totals"] = {"bytes": int(sum(v for v in per_sample["bytes"] if v is not None))}
-            manifest["means"] = {k: _mean(v) for k, v in per_sample.items()}
-            manifest["means"]["enc_ms"] = _mean([s.get("enc_ms") for s in manifest["shards"]])
-            manifest["means"]["dec_ms"] = _mean([s.get("dec_ms") for s in manifest["shards"]])
-            write_json_atomic(mpath, manifest)  # after every shard, so a killed run resumes
+                    sha, size = write_tar_atomic(storage.join(out_dir, info.name), samples())
+                    if len(keys) != info.count:
+                        raise ValueError(f"{src.shard_path(info.name)}: holds {len(keys)} samples, manifest says {info.count}")
+                    entry = {"name": info.name, "index": index, "count": len(keys), "sha256": sha, "size": size, "first_key": keys[0] if keys else None,
+                             "last_key": keys[-1] if keys else None, "enc_ms": _mean(restore_ms), "dec_ms": _mean(dec_ms),
+                             "failures": 0}
+                    restored_here += len(keys)
+                    log.info("restore %s: shard %d/%d done (%s)", cfg.variant, index + 1, len(src.shards),
+                             rate_eta(restored_here, time.perf_counter() - t0,
+                                      src.num_samples - sum(e["count"] for e in manifest["shards"]) - len(keys), "img"))
+                manifest["shards"].append(entry)
+                for st in entry_stats:
+                    for k in per_sample:
+                        per_sample[k].append(st.get(k))
+                manifest["num_samples"] = sum(s["count"] for s in manifest["shards"])
+                manifest["totals"] = {"bytes": int(sum(v for v in per_sample["bytes"] if v is not None))}
+                manifest["means"] = {k: _mean(v) for k, v in per_sample.items()}
+                manifest["means"]["enc_ms"] = _mean([s.get("enc_ms") for s in manifest["shards"]])
+                manifest["means"]["dec_ms"] = _mean([s.get("dec_ms") for s in manifest["shards"]])
+                write_json_atomic(mpath, manifest)  # after every shard, so a killed run resumes
+    finally:
+        stream.close()
+        source.close()  # stops the decode thread when a shard failed
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
     manifest["complete"] = True
     write_json_atomic(mpath, manifest)
     storage.remove(storage.join(out_dir, LEGACY_MANIFEST))

@@ -46,7 +46,8 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from lossyvision import storage
+from lossyvision import accel, storage
+from lossyvision.pipelines.epoch import SharedEpoch
 from lossyvision.pipelines.imageio import SourceError
 from lossyvision.pipelines.shards import MANIFEST, has_manifest, manifest_path
 
@@ -479,6 +480,22 @@ def first_line(e: BaseException, limit: int = 300) -> str:
     return (str(e).strip().splitlines() or [""])[0][:limit]
 
 
+def variant_decoder(info: "VariantInfo"):
+    """The codec that decodes a (compressed) variant's bitstreams, as its manifest describes it."""
+    from lossyvision.codecs import CodecError, from_spec
+
+    block = info.manifest.get("codec") or {}
+    if block.get("name") == "msh":
+        # the spec alone drops weights=: the manifest names the weights (and their sha256) it was encoded with
+        from lossyvision.codecs.msh import decoder_for_manifest
+
+        try:
+            return decoder_for_manifest(block, info.root)
+        except CodecError as e:
+            raise ShardError(first_line(e, 1000)) from None
+    return from_spec(info.spec)
+
+
 def decode_image(members: dict, info: "VariantInfo", codecs: dict, max_pixels: int) -> np.ndarray:
     """A sample's image as uint8 HxWx3: its `decoded.png` if stored, else its bitstream through the
     variant's codec (built once into `codecs`, keyed by spec); the pixel limit is checked first."""
@@ -493,9 +510,7 @@ def decode_image(members: dict, info: "VariantInfo", codecs: dict, max_pixels: i
         return decode_lossless(data, info.ext)
     codec = codecs.get(info.spec)
     if codec is None:
-        from lossyvision.codecs import from_spec
-
-        codec = codecs[info.spec] = from_spec(info.spec)
+        codec = codecs[info.spec] = variant_decoder(info)
     return codec.decode(data)
 
 
@@ -545,8 +560,11 @@ class ShardStream(IterableDataset):
     aligned variants of the same (dataset, split): a *mixture*, where each sample comes from one of
     them, drawn per sample and epoch with a seeded generator (every variant is still read in lockstep,
     so keys are checked across all of them). `orig_dir`, when given, is the `orig` folder of the same
-    (dataset, split), read in lockstep. Call `set_epoch(e)` before each epoch (workers must not be
-    persistent, so they see it). Iterating yields samples; `make_loader` yields whole batches.
+    (dataset, split), read in lockstep. Call `set_epoch(e)` before each epoch's `iter(loader)`: the
+    epoch lives in shared memory (`SharedEpoch`), so persistent DataLoader workers (fork or spawn)
+    read it too, once, when the epoch's iteration starts in them; the whole epoch (shard order,
+    shuffle buffer, mixture draws) uses that value. Iterating yields samples; `make_loader` yields
+    whole batches.
     """
 
     def __init__(self, variant_dir: str | os.PathLike | list | tuple, orig_dir: str | os.PathLike | None = None, *,
@@ -580,7 +598,7 @@ class ShardStream(IterableDataset):
         self.rank, self.world_size = rank, world_size
         # with one rank nothing needs dropping; with several, equal counts per rank matter more
         self.drop_remainder = world_size > 1 if drop_remainder is None else drop_remainder
-        self.epoch = 0
+        self._epoch = SharedEpoch(0)
         self._codecs: dict = {}
 
     def __getstate__(self) -> dict:
@@ -599,8 +617,17 @@ class ShardStream(IterableDataset):
     def classes(self) -> tuple[str, ...] | None:
         return self.variant.classes
 
+    @property
+    def epoch(self) -> int:
+        """The epoch `set_epoch` set last (shared with this dataset's DataLoader workers)."""
+        return self._epoch.get()
+
+    @epoch.setter
+    def epoch(self, epoch: int) -> None:
+        self._epoch.set(epoch)
+
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch.set(epoch)
 
     def __len__(self) -> int:
         """Samples this rank yields per epoch (all its workers together)."""
@@ -620,16 +647,17 @@ class ShardStream(IterableDataset):
             return self.rank * per, (self.rank + 1) * per
         return split_range(0, total, self.world_size, self.rank)
 
-    def shard_order(self) -> list[int]:
+    def shard_order(self, epoch: int | None = None) -> list[int]:
+        """The shard permutation of `epoch` (default: the current one)."""
         order = list(range(len(self.variant.shards)))
         if self.shuffle:
-            random.Random(self.seed * 1_000_003 + self.epoch).shuffle(order)
+            random.Random(self.seed * 1_000_003 + (self.epoch if epoch is None else epoch)).shuffle(order)
         return order
 
-    def _segments(self, start: int, stop: int) -> list[tuple[int, int, int]]:
+    def _segments(self, start: int, stop: int, epoch: int) -> list[tuple[int, int, int]]:
         """(shard index, first, stop) pieces covering virtual positions [start, stop)."""
         segs, pos = [], 0
-        for i in self.shard_order():
+        for i in self.shard_order(epoch):
             n = self.variant.shards[i].count
             lo, hi = max(start, pos), min(stop, pos + n)
             if lo < hi:
@@ -638,13 +666,13 @@ class ShardStream(IterableDataset):
         return segs
 
     # -- reading --------------------------------------------------------------------------
-    def _draw(self, key: str) -> int:
+    def _draw(self, key: str, epoch: int) -> int:
         """Which variant of a mixture this sample uses this epoch (validation: the same every epoch)."""
         if not self.mixture:
             return 0
-        return random.Random(f"{self.seed}:{self.epoch if self.shuffle else 0}:{key}").randrange(len(self.variants))
+        return random.Random(f"{self.seed}:{epoch if self.shuffle else 0}:{key}").randrange(len(self.variants))
 
-    def _read_shard(self, i: int, first: int, stop: int) -> Iterator[_Raw]:
+    def _read_shard(self, i: int, first: int, stop: int, epoch: int) -> Iterator[_Raw]:
         infos = [*self.variants, *([self.orig] if self.orig is not None else [])]
         name = self.variant.shards[i].name
         paths = [v.shard_path(name) for v in infos]
@@ -671,7 +699,7 @@ class ShardStream(IterableDataset):
                                      f"{vs['__key__']!r}); rebuild it with prepare-shards")
                 return
             key = vs["__key__"]
-            k = self._draw(key)
+            k = self._draw(key, epoch)
             chosen = group[k]
             label_src = next((g for g in (chosen, *group) if "cls" in g or "seg.png" in g), chosen)
             label = {m: label_src[m] for m in ("__key__", "cls", "seg.png") if m in label_src}
@@ -721,17 +749,17 @@ class ShardStream(IterableDataset):
             raise ShardError(f"{r.where}: sample {r.key!r} does not decode "
                              f"({type(e).__name__}: {first_line(e)})") from e
 
-    def _iter_raw(self, lo: int, hi: int, wid: int) -> Iterator[_Raw]:
-        raw: Iterator[_Raw] = (s for seg in self._segments(lo, hi) for s in self._read_shard(*seg))
+    def _iter_raw(self, lo: int, hi: int, wid: int, epoch: int) -> Iterator[_Raw]:
+        raw: Iterator[_Raw] = (s for seg in self._segments(lo, hi, epoch) for s in self._read_shard(*seg, epoch))
         if self.buffer_size > 1:
             from webdataset.filters import _shuffle
 
-            rng = random.Random(hash((self.seed, self.epoch, self.rank, wid)))
+            rng = random.Random(hash((self.seed, epoch, self.rank, wid)))
             raw = _shuffle(raw, bufsize=self.buffer_size, initial=self.buffer_size, rng=rng)
         return raw
 
-    def _iter_range(self, lo: int, hi: int, wid: int) -> Iterator[tuple]:
-        return (self._decode(r) for r in self._iter_raw(lo, hi, wid))
+    def _iter_range(self, lo: int, hi: int, wid: int, epoch: int) -> Iterator[tuple]:
+        return (self._decode(r) for r in self._iter_raw(lo, hi, wid, epoch))
 
     @staticmethod
     def _worker() -> tuple[int, int]:
@@ -742,10 +770,12 @@ class ShardStream(IterableDataset):
         return self.transform(tuple(_as_chw(v) if isinstance(v, np.ndarray) else v for v in sample))
 
     def __iter__(self) -> Iterator:
+        # a generator: the epoch is read at the first next(), in the worker, after set_epoch
+        epoch = self.epoch
         wid, nw = self._worker()
         a, b = self._rank_range()
         lo, hi = split_range(a, b, nw, wid)
-        for sample in self._iter_range(lo, hi, wid):
+        for sample in self._iter_range(lo, hi, wid, epoch):
             if self.transform is not None:
                 yield self._transformed(sample)
             else:
@@ -753,13 +783,14 @@ class ShardStream(IterableDataset):
 
     def iter_batches(self, batch_size: int, drop_last: bool = False) -> Iterator:
         """This worker's batches: a contiguous run of the rank's whole batches, collated."""
+        epoch = self.epoch  # once per epoch, in the worker (see __iter__)
         wid, nw = self._worker()
         a, b = self._rank_range()
         nb = self.num_batches(batch_size, drop_last)
         blo, bhi = split_range(0, nb, nw, wid)
         lo, hi = a + blo * batch_size, min(a + bhi * batch_size, b)
         samples, wheres, keys = [], [], []
-        for r in self._iter_raw(lo, hi, wid):
+        for r in self._iter_raw(lo, hi, wid, epoch):
             sample = self._decode(r)
             samples.append(self._transformed(sample) if self.transform is not None else sample)
             wheres.append(r.where)
@@ -887,30 +918,39 @@ def available_variants(shards: str) -> list[str]:
 
 def to_device(x: torch.Tensor, device: torch.device | str, mean=IMAGENET_MEAN, std=IMAGENET_STD,
               channels_last: bool = False) -> torch.Tensor:
-    """uint8 Bx3xHxW -> normalised float32 on `device` (the copy is 4x smaller than float's)."""
+    """uint8 Bx3xHxW -> normalised float32 on `device` (the copy is 4x smaller than float's).
+
+    The copy is `non_blocking` (asynchronous from a pinned batch: `make_loader(..., pin_memory=True)`),
+    and the scale and shift come from `accel.normalizer`, built once per (mean, std, device)."""
     x = x.to(device, non_blocking=True)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
-    m = torch.tensor(mean, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
-    s = torch.tensor(std, device=x.device, dtype=torch.float32).view(1, -1, 1, 1)
+    scale, shift = accel.normalizer(mean, std, x.device)
     # (x/255 - m)/s as one scale and one shift in place: two passes, no temporaries (3x faster on a
     # CPU than the three-pass form; tools/bench/train.py)
-    return x.float().mul_(1.0 / (255.0 * s)).sub_(m / s)
+    return x.float().mul_(scale).sub_(shift)
 
 
 def make_loader(ds: ShardStream, batch_size: int, num_workers: int = 0, drop_last: bool = False,
-                pin_memory: bool = False, multiprocessing_context: str | None = None) -> torch.utils.data.DataLoader:
+                pin_memory: bool = False, multiprocessing_context: str | None = None,
+                persistent_workers: bool | None = None) -> torch.utils.data.DataLoader:
     """A DataLoader of whole batches of `ds` (collated in the workers, straight into shared memory).
 
     `len(loader)` is exactly the number of batches it yields, whatever `num_workers` is; with
     `drop_last=True` every batch holds `batch_size` samples (training: no size-1 batch reaches
-    BatchNorm). Workers are not persistent, so `ds.set_epoch` reaches them. A batch is a list
-    `[x_tilde, y, keys]` (paired: `[x, x_tilde, y, keys]`), images uint8 Bx3xHxW, keys a list of
-    str; with a `transform`, whatever `default_collate` makes of the transformed samples.
-    `multiprocessing_context` (`"spawn"`, `"forkserver"`, `"fork"`) is DataLoader's own.
+    BatchNorm). A batch is a list `[x_tilde, y, keys]` (paired: `[x, x_tilde, y, keys]`), images
+    uint8 Bx3xHxW, keys a list of str; with a `transform`, whatever `default_collate` makes of the
+    transformed samples. `multiprocessing_context` (`"spawn"`, `"forkserver"`, `"fork"`) is DataLoader's own.
+
+    `persistent_workers` (None: True when `num_workers > 0`; ignored without workers): the workers
+    start at the first `iter(loader)` and serve every later epoch of this loader, so build it once
+    per run and call `ds.set_epoch(e)` before each epoch's `iter(loader)`: the epoch is in shared
+    memory and reaches the workers. Their decoders, and the sha256 checks already done, are kept.
+    `pin_memory=True` (on CUDA) puts batches in page-locked memory, so `to_device`'s copy is asynchronous.
     """
+    persistent = (num_workers > 0 if persistent_workers is None else bool(persistent_workers)) and num_workers > 0
     return torch.utils.data.DataLoader(
         ShardBatches(ds, batch_size, drop_last), batch_size=None, num_workers=num_workers,
-        pin_memory=pin_memory, persistent_workers=False,
+        pin_memory=pin_memory, persistent_workers=persistent,
         prefetch_factor=2 if num_workers > 0 else None,
         multiprocessing_context=multiprocessing_context if num_workers > 0 else None)

@@ -5,11 +5,15 @@ universal expert), and `<split>/orig` when the recipe needs clean images, trains
 learning rate on a validation-loss plateau exactly as the authors' code did (best loss seeded from the
 pretrained model's, epoch 0 left out, lr/5 on the third epoch in a row without a new best, Adam
 rebuilt, stop once lr <= lr0 / 5**3 in their float arithmetic) or after `epochs` epochs. On CUDA it
-uses bf16 autocast and channels_last (`amp=False`: fp32 with TF32 off, as the paper trained); under
-`torchrun` (WORLD_SIZE > 1) it runs DDP (NCCL on GPU, gloo on CPU). Every epoch writes `last.pt`
-(everything needed to resume), `best.pt` (lowest validation loss, the pretrained model included) and
-a line of `log.jsonl`; `config.json` holds the resolved config. docs/classifier.md maps every setting
-to the paper and the authors' code.
+uses mixed precision (`accel.amp_dtype`: bf16 where the GPU runs it natively, else fp16 with a
+GradScaler) and channels_last (`amp=False`: fp32 with TF32 off, as the paper trained); under
+`torchrun` (WORLD_SIZE > 1) it runs DDP (NCCL on GPU, gloo on CPU; `lossyvision.train.distributed`:
+a process-group timeout, per-rank RNG states, `global_batch` split over the processes). The step
+never waits for the device: metrics are summed on it and read once per `log_every` steps and once
+per epoch. Every epoch writes `last.pt` (everything needed to resume), `best.pt` (lowest validation
+loss, the pretrained model included) and a line of `log.jsonl`; `config.json` holds the resolved
+config (plus the world size and the per-process batch). docs/classifier.md maps every setting to the
+paper and the authors' code.
 """
 
 from __future__ import annotations
@@ -18,27 +22,28 @@ import copy
 import json
 import logging
 import math
-import os
-import random
 import time
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
+from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from lossyvision import storage
+from lossyvision import accel, storage
 from lossyvision.names import check_name
 from lossyvision.pipelines.imageio import DEFAULT_MAX_PIXELS
 from lossyvision.pipelines.shards import write_json_atomic
 from lossyvision.pipelines.stream import (IMAGENET_MEAN, IMAGENET_STD, OptionError, ShardStream, check_limits,
                                           make_loader, resolve_device, to_device, variant_dir)
 from lossyvision.progress import progress, rate_eta
+from lossyvision.train import distributed
 from lossyvision.train import models as model_lib
+from lossyvision.train.distributed import DistInfo
 from lossyvision.train.recipes import PAPER_ALPHA_BATCHMEAN, Batch, Recipe, create_recipe
 
 log = logging.getLogger(__name__)
+CHECKPOINT_FORMAT = "lossyvision-classifier/2"  # 2: RNG states per rank ("rng": {"ranks": [...]}), scaler
 
 
 @dataclass
@@ -56,7 +61,10 @@ class TrainConfig:
     val_split: str = "val"
     orig_variant: str = "orig"
     epochs: int = 45
-    batch_size: int = 320            # per process; paper: 320 (MnasNet), 384 (ResNet50)
+    batch_size: int = 320            # per process (without global_batch); paper: 320 (MnasNet), 384 (ResNet50)
+    # over all processes: each of WORLD_SIZE processes takes global_batch / WORLD_SIZE (must divide) and
+    # batch_size is ignored. The paper's batches are global; lr is not rescaled for another global batch
+    global_batch: int | None = None
     lr: float = 1e-5
     betas: tuple[float, float] = (0.5, 0.99)
     # batchmean alpha 3.2 = the paper's alpha 1e-2 with KLDivLoss(reduction='sum') at B = 320, at any batch size
@@ -94,7 +102,8 @@ class TrainConfig:
     max_pixels: int = DEFAULT_MAX_PIXELS  # images in shards over this many pixels are refused before decoding
 
     def __post_init__(self) -> None:
-        check_limits(epochs=self.epochs, batch_size=self.batch_size, num_classes=self.num_classes,
+        check_limits(epochs=self.epochs, batch_size=self.batch_size, global_batch=self.global_batch,
+                     num_classes=self.num_classes,
                      workers=(self.workers, 0), max_steps_per_epoch=self.max_steps_per_epoch, log_every=self.log_every,
                      max_pixels=self.max_pixels, patience=(self.plateau_patience, 0), max_lr_cuts=self.max_lr_cuts)
         for what, name in (("--train-split", self.train_split), ("--val-split", self.val_split),
@@ -113,6 +122,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "TrainConfig":
         names = {f.name for f in fields(cls)}
+        d = {k: v for k, v in d.items() if k not in RESOLVED_KEYS}  # config.json's derived values
         unknown = set(d) - names
         if unknown:
             raise ValueError(f"unknown TrainConfig fields: {sorted(unknown)}")
@@ -123,9 +133,14 @@ class TrainConfig:
         return cls(**d)
 
 
+# what config.json adds to TrainConfig's fields (Trainer.resolved): not settings, dropped by from_dict
+RESOLVED_KEYS = ("world_size", "per_process_batch", "global_batch_effective", "amp_dtype", "backends", "dist_timeout_s")
+
+
 # Paper settings (Section IV.A and the authors' code, albmarie/expert_training); apply with
 # `preset_config(name, ...)`. Alphas are the paper's (used with KLDivLoss(reduction='sum')) times the
-# paper's batch, so with `batchmean` they keep the paper's strength at any batch size.
+# paper's batch, so with `batchmean` they keep the paper's strength at any batch size. A preset's
+# batch_size is the paper's *global* batch: launch with global_batch (--global-batch) to keep it on N GPUs.
 _MODELS = {"mnasnet": ("torchvision:mnasnet1_0:IMAGENET1K_V1", 320), "resnet50": ("torchvision:resnet50:IMAGENET1K_V1", 384)}
 # Table I's cells as the variants prepare-shards writes for them (J2K without MCT: Pillow's default,
 # which the authors' code used), and the lossless row, trained on `orig`.
@@ -185,57 +200,6 @@ def preset_config(preset: str | None, **overrides) -> TrainConfig:
     return TrainConfig.from_dict(base)
 
 
-# -- distributed helpers ---------------------------------------------------------------------------
-
-@dataclass
-class DistInfo:
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    initialized_here: bool = False
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def _init_distributed(device_type: str) -> DistInfo:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
-    import torch.distributed as dist
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device_type == "cuda" else "gloo")
-        here = True
-    else:
-        here = False
-    return DistInfo(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")), here)
-
-
-def _all_reduce_sum(values: list[float], dist_info: DistInfo, device: torch.device) -> list[float]:
-    if dist_info.world_size == 1:
-        return values
-    import torch.distributed as dist
-    t = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(t)
-    return t.tolist()
-
-
-def _barrier(dist_info: DistInfo) -> None:
-    if dist_info.world_size > 1:
-        import torch.distributed as dist
-        dist.barrier()
-
-
-def seed_everything(seed: int, deterministic: bool = False) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
-    if deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)
-        torch.backends.cudnn.benchmark = False
-
-
 # -- the run folder --------------------------------------------------------------------------------
 
 SUMMARY = "summary.json"  # written when a run ends: its presence marks a finished run
@@ -273,16 +237,32 @@ class Trainer:
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
         dev = str(resolve_device(cfg.device))
-        self.dist = _init_distributed(torch.device(dev).type)
-        if torch.device(dev).type == "cuda" and self.dist.world_size > 1:
+        # read (and checked) on every run, so a bad $LOSSYVISION_DIST_TIMEOUT_S fails on one process too
+        self.dist_timeout_s = distributed.timeout_seconds()
+        self.dist: DistInfo = distributed.init_distributed(torch.device(dev).type, self.dist_timeout_s)
+        self._loaders: dict[tuple[str, bool], tuple[ShardStream, Any]] = {}
+        try:
+            self._setup(dev)
+        except BaseException:
+            distributed.destroy(self.dist)  # every rank fails the same check: leave the group together
+            raise
+
+    def _setup(self, dev: str) -> None:
+        cfg = self.cfg
+        if torch.device(dev).type == "cuda" and self.dist.distributed:
             dev = f"cuda:{self.dist.local_rank}"
             torch.cuda.set_device(self.dist.local_rank)
         self.device = torch.device(dev)
         on_cuda = self.device.type == "cuda"
-        self.amp = on_cuda if cfg.amp is None else cfg.amp
-        if on_cuda and not self.amp:  # fp32 as the paper trained: no TF32 in convolutions or matmuls either
-            torch.backends.cuda.matmul.allow_tf32 = False
-            torch.backends.cudnn.allow_tf32 = False
+        # the per-process batch: --global-batch split over the processes, else --batch-size as given
+        self.batch_size = (distributed.per_process_batch(cfg.global_batch, self.dist.world_size)
+                           if cfg.global_batch is not None else cfg.batch_size)
+        self.amp_dtype = accel.amp_dtype(self.device, cfg.amp)
+        self.amp = self.amp_dtype is not None
+        # fp32 as the paper trained: no TF32 in convolutions or matmuls either
+        self.backends = accel.configure_backends(self.device, deterministic=cfg.deterministic, fixed_shapes=True,
+                                                 tf32=False if on_cuda and not self.amp else None)
+        self.scaler = accel.grad_scaler(self.device, self.amp_dtype)  # enabled for fp16 only
         self.channels_last = on_cuda if cfg.channels_last is None else cfg.channels_last
         self.out = Path(cfg.out)
         if cfg.stop_rule not in ("authors", "cuts"):
@@ -293,8 +273,9 @@ class Trainer:
         self.variants = [cfg.variant] if isinstance(cfg.variant, str) else list(cfg.variant)
         if not self.variants:
             raise ValueError("give at least one variant to train on")
-        # same seed on every rank while building the model, so g and f start identical everywhere
-        seed_everything(cfg.seed, cfg.deterministic)
+        # the same seed on every rank while building the model, so g and f start identical everywhere
+        # (DDP broadcasts rank 0's weights anyway); the data order is ShardStream's (cfg.seed, epoch)
+        distributed.seed_rank(cfg.seed, 0)
 
         self.dirs = {}
         for split in (cfg.train_split, cfg.val_split):
@@ -312,14 +293,17 @@ class Trainer:
         self.classes = info.classes
 
         self.model_spec = model_lib.model_spec_of(cfg.model, num_classes)
-        model = model_lib.create_model(cfg.model, weights=cfg.weights, num_classes=num_classes)
+        # pretrained weights: one download per node (local rank 0), the other ranks read its copy
+        with distributed.local_rank_zero_first(self.dist):
+            model = model_lib.create_model(cfg.model, weights=cfg.weights, num_classes=num_classes)
         self.teacher: nn.Module | None = None
         self.caches: dict = {}
         if self.recipe.uses_teacher:
             # g is a frozen copy of the *initial* model: keep it before any training step
             teacher = copy.deepcopy(model).eval().requires_grad_(False)
             self.teacher = teacher.to(self.device, memory_format=torch.channels_last if self.channels_last else torch.preserve_format)
-        seed_everything(cfg.seed + self.dist.rank, cfg.deterministic)  # per-rank dropout / noise streams
+        # from here on each rank draws its own stability noise and dropout masks (rank 0 keeps cfg.seed)
+        distributed.seed_rank(cfg.seed, self.dist.rank)
         params = self.recipe.trainable_parameters(model)
         model.to(self.device)
         if self.channels_last:
@@ -330,7 +314,7 @@ class Trainer:
         # the authors' plateau rule: best val loss so far, epochs without beating it, the current lr
         self.plateau = {"best": math.inf, "counter": 0, "lr": cfg.lr}
         self.ddp_model: nn.Module = model
-        if self.dist.world_size > 1:
+        if self.dist.distributed:
             from torch.nn.parallel import DistributedDataParallel as DDP
             self.ddp_model = DDP(model, device_ids=[self.device.index] if self.device.type == "cuda" else None)
         self.epoch = 0
@@ -387,22 +371,20 @@ class Trainer:
     def _prepare_caches(self) -> None:
         from lossyvision.train import teacher_cache as tc
         for split in (self.cfg.train_split, self.cfg.val_split):
-            path = self._cache_path(split)
-            orig = self.dirs[split]["orig"]
-            if self.dist.main:
-                # the teacher runs once per image here, so it runs in fp32 whatever the student's precision
-                tc.get_or_build(path, self.teacher, self.model_spec, orig, self.cfg.mean, self.cfg.std,
-                                device=self.device, batch_size=self.cfg.batch_size, workers=self.cfg.workers,
-                                progress=self._bars(), max_pixels=self.cfg.max_pixels)
-            _barrier(self.dist)
-            self.caches[split] = tc.open_cache(path, tc.expected_meta(self.model_spec, self.teacher, orig,
-                                                                       self.cfg.mean, self.cfg.std))
+            # every rank computes its share of a missing cache (no rank-0-only phase behind a barrier);
+            # the teacher runs once per image here, so it runs in fp32 whatever the student's precision
+            self.caches[split] = tc.get_or_build(
+                self._cache_path(split), self.teacher, self.model_spec, self.dirs[split]["orig"], self.cfg.mean,
+                self.cfg.std, dist_info=self.dist, device=self.device, batch_size=self.batch_size,
+                workers=self.cfg.workers, progress=self._bars(), max_pixels=self.cfg.max_pixels)
         self.teacher = None  # logits come from the cache now; free the copy
 
     def _stream(self, split: str, train: bool) -> ShardStream:
         d = self.dirs[split]
         kw = dict(shuffle=train, seed=self.cfg.seed, buffer_size=self.cfg.shuffle_buffer if train else 0,
-                  rank=self.dist.rank, world_size=self.dist.world_size, drop_remainder=self.dist.world_size > 1,
+                  # validation: every sample exactly once over the ranks (unequal counts are fine there:
+                  # it runs the unwrapped model, so no DDP collective waits for a rank with fewer batches)
+                  rank=self.dist.rank, world_size=self.dist.world_size, drop_remainder=train and self.dist.world_size > 1,
                   max_pixels=self.cfg.max_pixels)
         if self.recipe.inputs == "orig":
             return ShardStream(d["orig"], **kw)
@@ -410,48 +392,76 @@ class Trainer:
             return ShardStream(d["variant"], d["orig"], **kw)
         return ShardStream(d["variant"], **kw)
 
+    def _loader(self, split: str, train: bool) -> tuple[ShardStream, Any]:
+        """This split's stream and DataLoader, set to the current epoch. Built once per run: with
+        workers, they are persistent and read the epoch from the stream's shared counter."""
+        key = (split, train)
+        if key in self._loaders:
+            ds, loader = self._loaders[key]
+            ds.set_epoch(self.epoch)
+            return ds, loader
+        ds = self._stream(split, train)
+        ds.set_epoch(self.epoch)
+        # training drops the ragged tail (a short batch skews BatchNorm; a size-1 batch breaks it), as
+        # drop_last=True would; validation sees every sample
+        kw = dict(drop_last=train, pin_memory=self.device.type == "cuda")
+        loader = make_loader(ds, self.batch_size, self.cfg.workers, persistent_workers=self.cfg.workers > 0, **kw)
+        self._loaders[key] = (ds, loader)
+        return ds, loader
+
     def _batch(self, items: tuple, split: str) -> Batch:
         cfg, dev = self.cfg, self.device
         norm = dict(mean=cfg.mean, std=cfg.std, channels_last=self.channels_last)
         if len(items) == 4:
             x, xt, y, keys = items
-            b = Batch(y=y.to(dev), x=to_device(x, dev, **norm), x_tilde=to_device(xt, dev, **norm))
+            b = Batch(y=y.to(dev, non_blocking=True), x=to_device(x, dev, **norm), x_tilde=to_device(xt, dev, **norm))
         elif self.recipe.inputs == "orig":
             x, y, keys = items
-            b = Batch(y=y.to(dev), x=to_device(x, dev, **norm), x_uint8=x.to(dev, non_blocking=True))
+            b = Batch(y=y.to(dev, non_blocking=True), x=to_device(x, dev, **norm), x_uint8=x.to(dev, non_blocking=True))
         else:
             xt, y, keys = items
-            b = Batch(y=y.to(dev), x_tilde=to_device(xt, dev, **norm))
+            b = Batch(y=y.to(dev, non_blocking=True), x_tilde=to_device(xt, dev, **norm))
         if self.recipe.uses_teacher:
             if self.caches:
-                b.teacher = self.caches[split].lookup(keys).to(dev)
+                on_cuda = dev.type == "cuda"
+                b.teacher = self.caches[split].lookup(keys, pin=on_cuda).to(dev, non_blocking=on_cuda)
             else:
                 with torch.no_grad(), self._autocast():
                     b.teacher = self.teacher(b.x).float()
         return b
 
     def _autocast(self):
-        return torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.amp)
+        return accel.autocast(self.device, self.amp_dtype)
 
     def _bars(self) -> bool:
         return self.cfg.progress and not self.cfg.quiet and self.dist.main
 
     # -- epochs -----------------------------------------------------------------------------------
+    def step(self, batch: Batch, train: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """One forward (and, training, backward + optimiser step): no host sync (fp32 / bf16; fp16's
+        GradScaler checks for inf gradients on the host once per step)."""
+        with torch.set_grad_enabled(train), self._autocast():
+            loss, parts = self.recipe.loss(self.ddp_model if train else self.model, batch)
+        if train:
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+        return loss, parts
+
     def _run_epoch(self, split: str, train: bool) -> dict:
-        ds = self._stream(split, train)
-        ds.set_epoch(self.epoch)
-        # training drops the ragged tail (a short batch skews BatchNorm; a size-1 batch breaks it), as
-        # drop_last=True would; validation sees every sample
-        loader = make_loader(ds, self.cfg.batch_size, self.cfg.workers, drop_last=train,
-                             pin_memory=self.device.type == "cuda")
+        ds, loader = self._loader(split, train)
         total = len(loader)
         if train and total == 0:
             raise ValueError(f"{split}: {len(ds)} training samples on this rank give no full batch of "
-                             f"{self.cfg.batch_size}; lower --batch-size")
+                             f"{self.batch_size}; lower --batch-size / --global-batch")
         if self.cfg.max_steps_per_epoch:
             total = min(total, self.cfg.max_steps_per_epoch)
         self.ddp_model.train(train)
-        sums = {"loss": 0.0, "ce": 0.0, "kl": 0.0, "correct": 0.0, "n": 0.0}
+        # running sums stay on the device: one host sync per log interval and one at the end, each
+        # after an all_reduce, so every rank sees the same numbers and takes the same decisions
+        sums = accel.DeviceSums(self.device)
+        names = ["loss", "ce", "kl", "correct", "n"]
         t0 = time.perf_counter()
         what = "train" if train else "val"
         with progress(loader, total=total, desc=f"epoch {self.epoch} {what}", quiet=not self._bars()) as bar:
@@ -459,47 +469,62 @@ class Trainer:
                 if step >= total:
                     break  # max_steps_per_epoch; equal on every rank, so DDP stays in step
                 batch = self._batch(items, split)
-                with torch.set_grad_enabled(train), self._autocast():
-                    loss, parts = self.recipe.loss(self.ddp_model, batch)
-                if train:
-                    self.optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    self.optimizer.step()
+                loss, parts = self.step(batch, train)
                 n = batch.y.shape[0]
-                sums["loss"] += loss.item() * n
-                sums["ce"] += parts["ce"].item() * n
-                sums["kl"] += parts["kl"].item() * n if "kl" in parts else 0.0
-                sums["correct"] += (parts["logits"].argmax(1) == batch.y).sum().item()
-                sums["n"] += n
-                if train and self.dist.main:
-                    lr = self.optimizer.param_groups[0]["lr"]
-                    bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{lr:.2e}", refresh=False)
-                    if (step + 1) % self.cfg.log_every == 0 and step + 1 < total:
-                        log.info("epoch %d step %d/%d: loss %.4f, lr %.2e (%s)", self.epoch, step + 1, total,
-                                 loss.item(), lr, rate_eta(step + 1, time.perf_counter() - t0, total - step - 1))
-        keys = list(sums)
-        reduced = dict(zip(keys, _all_reduce_sum([sums[k] for k in keys], self.dist, self.device)))
+                sums.add("loss", loss, weight=n)
+                sums.add("ce", parts["ce"], weight=n)
+                if "kl" in parts:
+                    sums.add("kl", parts["kl"], weight=n)
+                sums.add("correct", (parts["logits"].argmax(1) == batch.y).sum())
+                sums.add("n", n)
+                if train and (step + 1) % self.cfg.log_every == 0 and step + 1 < total:
+                    so_far = distributed.all_reduce_sum(sums.tensor(names), self.dist).tolist()
+                    self._log_interval(dict(zip(names, so_far)), step + 1, total, t0, bar)
+        reduced = dict(zip(names, distributed.all_reduce_sum(sums.tensor(names), self.dist).tolist()))
         n = max(reduced["n"], 1.0)
-        return {"loss": reduced["loss"] / n, "ce": reduced["ce"] / n, "kl": reduced["kl"] / n,
-                "top1_pct": 100.0 * reduced["correct"] / n, "samples": int(reduced["n"]),
-                "seconds": time.perf_counter() - t0}
+        out = {"loss": reduced["loss"] / n, "ce": reduced["ce"] / n, "kl": reduced["kl"] / n,
+               "top1_pct": 100.0 * reduced["correct"] / n, "samples": int(reduced["n"]),
+               "seconds": time.perf_counter() - t0}
+        if train and not math.isfinite(out["loss"]):
+            raise FloatingPointError(f"epoch {self.epoch} {what}: the loss is {out['loss']}; lower --lr "
+                                     "(or try --amp off)")
+        return out
+
+    def _log_interval(self, v: dict[str, float], done: int, total: int, t0: float, bar) -> None:
+        """The sync point of a log interval: the loss logged is the mean over the epoch so far, all ranks
+        (checked for inf/NaN here, not per step: the same verdict on every rank), then the log line and
+        the bar's postfix."""
+        loss = v["loss"] / max(v["n"], 1.0)
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"epoch {self.epoch} step {done}: the training loss is {loss}; lower --lr "
+                                     "(or try --amp off)")
+        if self.dist.main:
+            lr = self.optimizer.param_groups[0]["lr"]
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", refresh=False)
+            log.info("epoch %d step %d/%d: loss %.4f, lr %.2e (%s)", self.epoch, done, total, loss,
+                     lr, rate_eta(done, time.perf_counter() - t0, total - done))
 
     # -- checkpoints ------------------------------------------------------------------------------
-    def state(self) -> dict:
-        return {"format": "lossyvision-classifier/1", "model": self.model.state_dict(),
+    def state(self, rng_states: list[dict] | None = None) -> dict:
+        """The checkpoint; `rng_states`: every rank's RNG states in rank order (`gather_rng_states`)."""
+        return {"format": CHECKPOINT_FORMAT, "model": self.model.state_dict(),
                 "model_spec": self.model_spec, "classes": list(self.classes) if self.classes else None,
-                "optimizer": self.optimizer.state_dict(), "plateau": dict(self.plateau),
-                "epoch": self.epoch, "lr_cuts": self.lr_cuts, "best_val": self.best_val,
-                "config": self.cfg.to_dict(), "history": self.history, "stopped": self.stopped,
-                "rng": {"torch": torch.get_rng_state(), "numpy": _np_state(), "python": _py_state(),
-                        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}}
+                "optimizer": self.optimizer.state_dict(), "scaler": self.scaler.state_dict(),
+                "plateau": dict(self.plateau), "epoch": self.epoch, "lr_cuts": self.lr_cuts, "best_val": self.best_val,
+                "config": self.cfg.to_dict(), "world_size": self.dist.world_size, "batch_size": self.batch_size,
+                "history": self.history, "stopped": self.stopped,
+                "rng": {"ranks": rng_states if rng_states is not None else [distributed.rng_state()]}}
 
-    def _save(self, name: str) -> None:
+    def _save(self, *names: str) -> None:
+        """Write checkpoints `names` on rank 0 (a collective: call it on every rank)."""
+        states = distributed.gather_rng_states(self.dist)
         if not self.dist.main:
             return
-        tmp = self.out / f".{name}.tmp"
-        torch.save(self.state(), tmp)
-        tmp.replace(self.out / name)
+        state = self.state(states)
+        for name in names:
+            tmp = self.out / f".{name}.tmp"
+            torch.save(state, tmp)
+            tmp.replace(self.out / name)
 
     def _resume(self) -> None:
         path = self.out / "last.pt"
@@ -515,15 +540,13 @@ class Trainer:
         for g in self.optimizer.param_groups:
             g["lr"] = self.plateau["lr"]
         self.optimizer.load_state_dict(ck["optimizer"])
+        if ck.get("scaler") and self.scaler.is_enabled():
+            self.scaler.load_state_dict(ck["scaler"])
         self.epoch, self.lr_cuts, self.best_val = ck["epoch"], ck["lr_cuts"], ck["best_val"]
         self.stopped = ck.get("stopped", False)
         self.history = ck.get("history", [])
-        rng = ck["rng"]
-        torch.set_rng_state(rng["torch"])
-        np.random.set_state(_np_unstate(rng["numpy"]))
-        random.setstate(_py_unstate(rng["python"]))
-        if rng.get("cuda") and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(rng["cuda"])
+        line = distributed.restore_rng_states(_rank_states(ck.get("rng")), self.dist, self.cfg.seed, self.epoch)
+        log.log(logging.INFO if self.dist.main else logging.DEBUG, "resume: %s", line)
         log.info("resumed from %s at epoch %d (%d lr cuts)", path, self.epoch, self.lr_cuts)
 
     def _done(self) -> bool:
@@ -535,6 +558,13 @@ class Trainer:
             with open(self.out / "log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
 
+    def resolved(self) -> dict:
+        """What this run derived from its config and launch: written beside the config and in the summary."""
+        return {"world_size": self.dist.world_size, "per_process_batch": self.batch_size,
+                "global_batch_effective": self.batch_size * self.dist.world_size,
+                "amp_dtype": str(self.amp_dtype).removeprefix("torch.") if self.amp_dtype else None,
+                "backends": self.backends, "dist_timeout_s": self.dist_timeout_s if self.dist.distributed else None}
+
     def run(self) -> dict:
         cfg = self.cfg
         # after the inputs and the model were checked, so their errors come first
@@ -543,8 +573,8 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             if cfg.overwrite:
                 clear_run(self.out, ("last.pt", "best.pt", "log.jsonl", SUMMARY))
-            (self.out / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2) + "\n")
-        _barrier(self.dist)
+            (self.out / "config.json").write_text(json.dumps({**cfg.to_dict(), **self.resolved()}, indent=2) + "\n")
+        distributed.barrier(self.dist)
         if cfg.resume:
             self._resume()
         if self._use_cache():
@@ -571,24 +601,23 @@ class Trainer:
                       **{f"train_{k}": v for k, v in tr.items()}, **{f"val_{k}": v for k, v in va.items()}}
             self.epoch += 1
             self._log(record)
-            self._save("last.pt")
-            if improved:
-                self._save("best.pt")
+            self._save("last.pt", *(["best.pt"] if improved else []))
             log.info("epoch %d: train loss %.4f, val loss %.4f, val top-1 %.2f %%, lr %.2e",
                      record["epoch"], tr["loss"], va["loss"], va["top1_pct"], lr_before)
         if self.stopped:
             log.info("stopping: learning rate cut %d times (lr %.3g)", self.lr_cuts, self.plateau["lr"])
         summary = {"out": str(self.out), "epochs": self.epoch, "lr_cuts": self.lr_cuts, "best_val_loss": self.best_val,
-                   "stopped": self.stopped}
+                   "stopped": self.stopped, "world_size": self.dist.world_size, "per_process_batch": self.batch_size,
+                   "global_batch": self.batch_size * self.dist.world_size}
         if self.dist.main:
             write_summary(self.out, summary)
-        _barrier(self.dist)
+        distributed.barrier(self.dist)
         return {**summary, "history": self.history}
 
     def close(self) -> None:
-        if self.dist.initialized_here:
-            import torch.distributed as dist
-            dist.destroy_process_group()
+        """Stop the persistent loader workers and leave the process group (if this run joined it)."""
+        self._loaders.clear()
+        distributed.destroy(self.dist)
 
 
 def train(cfg: TrainConfig) -> dict:
@@ -600,20 +629,11 @@ def train(cfg: TrainConfig) -> dict:
         trainer.close()
 
 
-# rng states as plain lists, so checkpoints load with torch.load(weights_only=True) elsewhere
-def _np_state() -> list:
-    s = np.random.get_state()
-    return [s[0], torch.from_numpy(s[1].astype(np.int64)), s[2], s[3], s[4]]
-
-
-def _np_unstate(s: list) -> tuple:
-    return (s[0], s[1].numpy().astype(np.uint32), s[2], s[3], s[4])
-
-
-def _py_state() -> list:
-    v, state, gauss = random.getstate()
-    return [v, list(state), gauss]
-
-
-def _py_unstate(s: list) -> tuple:
-    return (s[0], tuple(s[1]), s[2])
+def _rank_states(rng: dict | None) -> list[dict] | None:
+    """The per-rank RNG states of a checkpoint; one written before they were per rank holds rank 0's only."""
+    if not rng:
+        return None
+    if "ranks" in rng:
+        return list(rng["ranks"])
+    cuda = rng.get("cuda") or []
+    return [{"python": rng["python"], "numpy": rng["numpy"], "torch": rng["torch"], "cuda": cuda[0] if cuda else None}]

@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from lossyvision import accel
 from lossyvision.pipelines.stream import IMAGENET_MEAN, IMAGENET_STD, to_device
 from lossyvision.train.models import head_module
 
@@ -178,8 +179,9 @@ class Stability(Recipe):
             noisy = to_device(uint8_noise(batch.x_uint8, self.sigma), batch.x.device, self.mean, self.std,
                               channels_last=batch.x.is_contiguous(memory_format=torch.channels_last))
         else:
-            std = torch.tensor(self.std, device=batch.x.device, dtype=batch.x.dtype).view(1, -1, 1, 1)
-            noisy = batch.x + torch.randn_like(batch.x) * (self.sigma / std)
+            # sigma / std from the cached per-device constants (scale = 1 / (255 std)): no copy per step
+            scale, _ = accel.normalizer(self.mean, self.std, batch.x.device)
+            noisy = batch.x + torch.randn_like(batch.x) * (scale * (255.0 * self.sigma)).to(batch.x.dtype)
         with torch.no_grad():
             noisy_logits = model(noisy).float()
         logits = model(batch.x).float()

@@ -23,7 +23,7 @@ import math
 import os
 import random
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterator
 
@@ -32,10 +32,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import IterableDataset
 
-from lossyvision import storage
+from lossyvision import accel, storage
 from lossyvision.names import check_name
 from lossyvision.nets.finenet import GENERATOR_STRIDE, MultiScaleDiscriminator, VGGFeatures
 from lossyvision.nets.restoration import build_restoration_net, normalize_arch
+from lossyvision.pipelines.epoch import SharedEpoch
 from lossyvision.pipelines.imageio import DEFAULT_MAX_PIXELS
 from lossyvision.pipelines.restore import load_generator  # noqa: F401  (its old home, re-exported)
 from lossyvision.pipelines.stream import OptionError, check_limits, resolve_device
@@ -105,7 +106,8 @@ class RestorationConfig:
     num_workers: int = 4
     shuffle_buffer: int = 64
     seed: int = 0
-    amp: bool = True                 # autocast on CUDA (bf16 where supported, else fp16 + scaler)
+    amp: bool = True                 # autocast on CUDA: bf16 where native (cc >= 8), else fp16 + GradScaler
+    deterministic: bool = False      # deterministic kernels, cudnn.benchmark off (lossyvision.accel)
     device: str | None = None
     log_every: int = 100             # a log.jsonl record and an INFO line (losses, rate, ETA) every N steps
     sample_every: int = 1000
@@ -186,15 +188,21 @@ class PatchPairs(IterableDataset):
         self.patch_size = patch_size
         self.seed = seed
         self.keys = keys  # restrict to these keys (paper Fig. 8: fewer training images)
-        self.epoch = 0
+        self._epoch = SharedEpoch(0)  # persistent DataLoader workers read it when an epoch starts
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.get()
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch.set(epoch)
         self.stream.set_epoch(epoch)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         info = torch.utils.data.get_worker_info()
-        rng = random.Random(hash((self.seed, self.epoch, info.id if info else 0)))
+        epoch = self.epoch
+        self.stream.set_epoch(epoch)  # this worker's copy of the stream: the epoch the main process set
+        rng = random.Random(hash((self.seed, epoch, info.id if info else 0)))
         p = self.patch_size
         for x, xc, _, key in self.stream:
             if self.keys is not None and key not in self.keys:
@@ -328,42 +336,27 @@ def save_grid(path: Path, compressed: torch.Tensor, restored: torch.Tensor, orig
 
 # -- training --------------------------------------------------------------------------------
 
-@dataclass
-class _Amp:
-    enabled: bool
-    dtype: torch.dtype = torch.float32
-    scalers: list = field(default_factory=list)
-
-    def autocast(self, device: torch.device):
-        return torch.autocast(device.type, dtype=self.dtype, enabled=self.enabled)
-
-
-def _setup_amp(cfg: RestorationConfig, device: torch.device) -> _Amp:
-    if not (cfg.amp and device.type == "cuda"):
-        return _Amp(False)
-    if torch.cuda.is_bf16_supported():
-        return _Amp(True, torch.bfloat16)  # bf16 needs no loss scaling
-    return _Amp(True, torch.float16, [torch.amp.GradScaler("cuda"), torch.amp.GradScaler("cuda")])
-
-
-def _step(opt: torch.optim.Optimizer, loss: torch.Tensor, amp: _Amp, idx: int) -> None:
+def _step(opt: torch.optim.Optimizer, loss: torch.Tensor, scaler: torch.amp.GradScaler) -> None:
+    """Backward and update; a disabled scaler (bf16, fp32) passes the loss and the step through."""
     opt.zero_grad(set_to_none=True)
-    if amp.scalers:
-        amp.scalers[idx].scale(loss).backward()
-        amp.scalers[idx].step(opt)
-        amp.scalers[idx].update()
-    else:
-        loss.backward()
-        opt.step()
+    scaler.scale(loss).backward()
+    scaler.step(opt)
+    scaler.update()
+
 
 
 class RestorationTrainer:
-    """Holds the networks, optimizers and one training step; `train_restoration` drives it."""
+    """Holds the networks, optimizers and one training step; `train_restoration` drives it.
+
+    Precision (`lossyvision.accel`): autocast on CUDA only (``cfg.amp``), bf16 where the GPU runs
+    it natively, else fp16 with one GradScaler per optimizer (G and D overflow at different scales).
+    A step never syncs with the host: its losses come back as device tensors."""
 
     def __init__(self, cfg: RestorationConfig, device: torch.device) -> None:
         self.cfg = cfg
         self.device = device
-        self.amp = _setup_amp(cfg, device)
+        self.dtype = accel.amp_dtype(device, None if cfg.amp else False)  # None: CUDA only
+        self.scalers = [accel.grad_scaler(device, self.dtype) for _ in range(2)]  # G, D
         self.objective = RECIPE_TABLE[cfg.recipe].objective
         self.G = build_restoration_net(generator_arch(cfg)).to(device)
         self.optG = torch.optim.Adam(self.G.parameters(), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2))
@@ -383,8 +376,13 @@ class RestorationTrainer:
         """The recipe's step schedule: lr times lr_decay for every decay step already reached."""
         return self.cfg.lr * self.cfg.lr_decay ** sum(step >= m for m in self.cfg.lr_decay_steps)
 
-    def train_step(self, x: torch.Tensor, xc: torch.Tensor) -> dict[str, float]:
-        """One iteration on a batch in [-1, 1]: discriminators first (GAN), then the generator."""
+    def autocast(self):
+        return accel.autocast(self.device, self.dtype)
+
+    def train_step(self, x: torch.Tensor, xc: torch.Tensor) -> dict[str, torch.Tensor | float]:
+        """One iteration on a batch in [-1, 1]: discriminators first (GAN), then the generator.
+
+        Returns the losses as detached 0-d device tensors (no host sync) and ``lr`` as a float."""
         cfg, dev = self.cfg, self.device
         for opt in (self.optG, self.optD):
             if opt is not None:
@@ -392,19 +390,19 @@ class RestorationTrainer:
                     group["lr"] = self.lr_at(self.step)
         if self.objective in ("mse", "msssim"):
             return self._plain_step(x, xc)
-        stats: dict[str, float] = {}
-        with self.amp.autocast(dev):
+        stats: dict[str, torch.Tensor | float] = {}
+        with self.autocast():
             restored = self.G(xc)
         if self.adversarial:
             self.D.requires_grad_(True)
-            with self.amp.autocast(dev):
+            with self.autocast():
                 real_out = self.D(xc, x)
                 fake_out = self.D(xc, restored.detach())
             loss_d = sum(gan_loss(r, True) + gan_loss(f, False) for (r, _), (f, _) in zip(real_out, fake_out))
-            _step(self.optD, loss_d, self.amp, 1)
-            stats["loss_d"] = loss_d.item()
+            _step(self.optD, loss_d, self.scalers[1])
+            stats["loss_d"] = loss_d.detach()
             self.D.requires_grad_(False)  # generator step: no D gradients to compute
-            with self.amp.autocast(dev):
+            with self.autocast():
                 g_out = self.D(xc, restored)
                 with torch.no_grad():
                     real_feats = [feats for _, feats in self.D(xc, x)]
@@ -415,7 +413,7 @@ class RestorationTrainer:
         l1 = F.l1_loss(restored.float(), x)
         l_ms = ms_ssim_loss(restored, x)
         if self.vgg is not None:
-            with self.amp.autocast(dev):
+            with self.autocast():
                 fake_v = self.vgg(restored)
                 with torch.no_grad():
                     real_v = self.vgg(x)
@@ -425,16 +423,16 @@ class RestorationTrainer:
         loss_g = (cfg.gan_weight * l_gan + cfg.l1_weight * l1 + cfg.vgg_weight * l_vgg
                   + cfg.msssim_weight * l_ms + cfg.dist_weight * l_dist) if self.adversarial \
             else cfg.l1_weight * l1 + cfg.msssim_weight * l_ms
-        _step(self.optG, loss_g, self.amp, 0)
+        _step(self.optG, loss_g, self.scalers[0])
         self.step += 1
-        stats.update({k: float(v.detach()) for k, v in dict(
+        stats.update({k: v.detach() for k, v in dict(
             loss_g=loss_g, l_gan=l_gan, l1=l1, l_vgg=l_vgg, l_msssim=l_ms, l_dist=l_dist).items()})
         stats["lr"] = self.lr_at(self.step - 1)
         return stats
 
-    def _plain_step(self, x: torch.Tensor, xc: torch.Tensor) -> dict[str, float]:
+    def _plain_step(self, x: torch.Tensor, xc: torch.Tensor) -> dict[str, torch.Tensor | float]:
         """RDN's step: one objective, no discriminators (Appendix C)."""
-        with self.amp.autocast(self.device):
+        with self.autocast():
             restored = self.G(xc)
         if self.objective == "mse":
             loss = F.mse_loss(restored.float(), x)
@@ -442,22 +440,22 @@ class RestorationTrainer:
         else:
             loss = ms_ssim_loss(restored, x)
             stats = {"loss_g": loss, "l_msssim": loss}
-        _step(self.optG, loss, self.amp, 0)
+        _step(self.optG, loss, self.scalers[0])
         self.step += 1
-        out = {k: float(v.detach()) for k, v in stats.items()}
+        out: dict[str, torch.Tensor | float] = {k: v.detach() for k, v in stats.items()}
         out["lr"] = self.lr_at(self.step - 1)
         return out
 
     @torch.no_grad()
     def restore(self, xc: torch.Tensor) -> torch.Tensor:
         """Restore a [-1, 1] batch whose sides are multiples of 8 (no grad, generator's own mode)."""
-        with self.amp.autocast(self.device):
+        with self.autocast():
             return self.G(xc).float()
 
     def state_dict(self) -> dict:
         state = {"step": self.step, "config": self.cfg.to_dict(), "arch": generator_arch(self.cfg),
                  "generator": self.G.state_dict(), "opt_g": self.optG.state_dict(),
-                 "scalers": [s.state_dict() for s in self.amp.scalers]}
+                 "scalers": [s.state_dict() for s in self.scalers if s.is_enabled()]}
         if self.adversarial:
             state.update(discriminator=self.D.state_dict(), opt_d=self.optD.state_dict())
         return state
@@ -473,9 +471,24 @@ class RestorationTrainer:
                 raise ValueError("checkpoint has no discriminator (trained with a non-adversarial recipe)")
             self.D.load_state_dict(state["discriminator"])
             self.optD.load_state_dict(state["opt_d"])
-        for scaler, s in zip(self.amp.scalers, state.get("scalers", [])):
-            scaler.load_state_dict(s)
+        # fp16 runs saved [G, D]; bf16 / fp32 runs saved [] (their scalers are disabled)
+        for scaler, s in zip(self.scalers, state.get("scalers", [])):
+            if scaler.is_enabled() and s:
+                scaler.load_state_dict(s)
         self.step = int(state["step"])
+
+
+def interval_means(sums: accel.DeviceSums, steps: int, first: int, last: int) -> dict[str, float]:
+    """Each loss averaged over the ``steps`` steps since the last log line (one host sync); a
+    non-finite loss in the interval is an error naming it and the steps (checked here rather than
+    every step, which would sync every step)."""
+    means = {k: v / max(steps, 1) for k, v in sums.values().items()}
+    bad = {k: v for k, v in means.items() if not math.isfinite(v)}
+    if bad:
+        raise FloatingPointError(
+            f"non-finite loss between steps {first + 1} and {last} ({', '.join(f'{k}={v}' for k, v in bad.items())}); "
+            "lower --lr, or rerun with --no-amp if this is an fp16 GPU")
+    return means
 
 
 def _device(name: str | None) -> torch.device:
@@ -486,7 +499,8 @@ def train_restoration(cfg: RestorationConfig) -> dict:
     """Train the restoration generator; return a summary (paths, steps, last losses).
 
     Writes under ``cfg.out_dir``: config.json, train_keys.json (the keys trained on, with the
-    dataset and split), log.jsonl (losses, and PSNR / SSIM / MS-SSIM / MS-SSIM dB of the fixed
+    dataset and split), log.jsonl (each loss averaged over the log interval, summed on the device and
+    read back once per interval, and PSNR / SSIM / MS-SSIM / MS-SSIM dB of the fixed
     sample crop), samples/step-NNNNNNN.png, checkpoints/last.pt (everything needed to resume) and
     generator.pt (for restore-shards; it carries the training keys too).
     """
@@ -514,7 +528,10 @@ def train_restoration(cfg: RestorationConfig) -> dict:
 
     random.seed(cfg.seed)
     torch.manual_seed(cfg.seed)
+    backends = accel.configure_backends(device, deterministic=cfg.deterministic, fixed_shapes=True)  # fixed crops
     trainer = RestorationTrainer(cfg, device)
+    log.info("precision %s, %s", str(trainer.dtype or torch.float32).replace("torch.", ""),
+             " ".join(f"{k}={v}" for k, v in backends.items()))
     ckpt_path = out / "checkpoints" / "last.pt"
     if cfg.resume:
         if not ckpt_path.is_file():
@@ -530,13 +547,15 @@ def train_restoration(cfg: RestorationConfig) -> dict:
     sample_x_dev = to_unit(sample_xc.to(device))
     sample_source = sample_metrics(sample_xc, sample_x)
 
+    # built once: its workers persist across epochs and read the epoch through dataset's SharedEpoch
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, drop_last=True,
+        pin_memory=device.type == "cuda", persistent_workers=cfg.num_workers > 0)
+
     def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         epoch = trainer.step  # any value that differs between resumes reshuffles differently
         while True:
             dataset.set_epoch(epoch)
-            loader = torch.utils.data.DataLoader(
-                dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, drop_last=True,
-                pin_memory=device.type == "cuda", persistent_workers=False)
             n = 0
             for x, xc in loader:
                 n += 1
@@ -547,17 +566,25 @@ def train_restoration(cfg: RestorationConfig) -> dict:
             epoch += 1
 
     t0, last, start = time.time(), {}, trainer.step
+    sums, since = accel.DeviceSums(device), start  # the losses since the last log line, on the device
     logf = (out / "log.jsonl").open("a")
+    it = batches()
     try:
-        it = batches()
         with progress(total=cfg.steps, initial=start, desc="train-restoration", quiet=cfg.quiet, leave=True) as bar:
             while trainer.step < cfg.steps:
                 x, xc = next(it)
-                last = trainer.train_step(to_unit(x.to(device, non_blocking=True)),
-                                          to_unit(xc.to(device, non_blocking=True)))
+                stats = trainer.train_step(to_unit(x.to(device, non_blocking=True)),
+                                           to_unit(xc.to(device, non_blocking=True)))
+                for k, v in stats.items():
+                    if k != "lr":
+                        sums.add(k, v)
                 step = trainer.step
                 bar.update(1)
                 if step % cfg.log_every == 0 or step == cfg.steps:
+                    last = interval_means(sums, step - since, since, step)  # the one host sync of the interval
+                    last["lr"] = stats["lr"]
+                    sums.reset()
+                    since = step
                     quality = {f"sample_{k}": v for k, v in
                                sample_metrics(to_uint8(trainer.restore(sample_x_dev)).cpu(), sample_x).items()}
                     rec = {"step": step, "time_s": round(time.time() - t0, 2), **last, **quality}
@@ -575,6 +602,7 @@ def train_restoration(cfg: RestorationConfig) -> dict:
                                    {"step": step, "config": cfg.to_dict(), "recipe": cfg.recipe,
                                     "train_keys": train_keys})
     finally:
+        it.close()  # the persistent workers end with `loader` when this function returns
         logf.close()
     summary = {"steps": trainer.step, "out_dir": str(out), "generator": str(out / "generator.pt"),
                "recipe": cfg.recipe, "train_images": len(keys), "train_keys": str(out / TRAIN_KEYS),

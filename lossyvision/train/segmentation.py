@@ -4,7 +4,12 @@ The model is segmentation-models-pytorch's DeepLabV3Plus. Training follows the u
 recipe: random scale (0.5-2.0), random crop (768), horizontal flip, applied identically to
 image and label map (bilinear for the image, nearest for the labels, both on the same half-pixel
 grid; label padding 255), cross entropy ignoring 255, SGD with poly learning rate. AMP on CUDA, DDP under torchrun (SyncBN),
-checkpoints and resume. At the end the model is evaluated on the test variant.
+checkpoints and resume. At the end the model is evaluated on the test variant, the images split over the ranks.
+
+Under torchrun every rank seeds its own generators (``distributed.seed_rank``) after the model is
+built under the common seed, so ASPP dropout masks and crops differ per GPU; checkpoints hold every
+rank's RNG states. The loss stays on the device between log intervals: one host sync per
+``log_every`` steps (and one per checkpoint), none per step.
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ from pathlib import Path
 from typing import Iterator
 
 import torch
-import torch.nn.functional as F
 from torch.utils.data import IterableDataset
 
 from lossyvision import storage
@@ -29,6 +33,7 @@ from lossyvision.names import check_name
 from lossyvision.pipelines.imageio import DEFAULT_MAX_PIXELS
 from lossyvision.pipelines.stream import OptionError, check_limits, resolve_device
 from lossyvision.progress import progress, rate_eta
+from lossyvision.train.seg_augment import random_scale_crop_flip  # noqa: F401  (crop first, then resize: seg_augment.py)
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +54,8 @@ class SegmentationConfig:
     scale_min: float = 0.5
     scale_max: float = 2.0
     flip: bool = True
-    batch_size: int = 8              # per process
+    batch_size: int = 8              # per process (ignored when global_batch is set)
+    global_batch: int | None = None  # images per step over all processes: batch_size = global_batch // world size
     steps: int = 90_000
     lr: float = 0.01
     momentum: float = 0.9
@@ -61,6 +67,8 @@ class SegmentationConfig:
     amp: bool = True
     sync_bn: bool = True             # under DDP: per-GPU batches of 2-4 are too small for plain BN
     device: str | None = None
+    deterministic: bool = False      # deterministic kernels, no cudnn.benchmark (accel.configure_backends)
+    dist_timeout_s: float | None = None  # process-group timeout; None: $LOSSYVISION_DIST_TIMEOUT_S or 1800
     log_every: int = 50              # a log.jsonl record and an INFO line (loss, lr, rate, ETA) every N steps
     ckpt_every: int = 2000
     quiet: bool = False              # no progress bars (they are off anyway when stderr is not a terminal)
@@ -77,9 +85,9 @@ class SegmentationConfig:
         for what, name in (("--variant", self.train_variant), ("--val-variant", self.test_variant),
                            ("--train-split", self.train_split), ("--val-split", self.test_split)):
             check_name(what, name)
-        check_limits(crop_size=self.crop_size, batch_size=self.batch_size, steps=self.steps,
-                     num_workers=(self.num_workers, 0), log_every=self.log_every, ckpt_every=self.ckpt_every,
-                     max_eval_images=self.max_eval_images, max_pixels=self.max_pixels, num_classes=self.num_classes)
+        check_limits(crop_size=self.crop_size, batch_size=self.batch_size, global_batch=self.global_batch,
+                     steps=self.steps, num_workers=(self.num_workers, 0), log_every=self.log_every,
+                     ckpt_every=self.ckpt_every, max_eval_images=self.max_eval_images, max_pixels=self.max_pixels, num_classes=self.num_classes)
         if not self.lr > 0 or not math.isfinite(self.lr):
             raise OptionError(f"--lr must be a positive number, got {self.lr!r}")
         if self.resume and self.overwrite:
@@ -120,55 +128,45 @@ def load_segmentation_model(path: str | Path, device: str | torch.device = "cpu"
 
 # -- data ----------------------------------------------------------------------------------------
 
-def random_scale_crop_flip(image: torch.Tensor, label: torch.Tensor, crop: int, scale: tuple[float, float],
-                           flip: bool, rng: random.Random,
-                           ignore_index: int = IGNORE_INDEX) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scale, pad, crop and flip a uint8 3xHxW image and uint8 HxW train-id map identically.
-
-    The image is resized bilinearly, the labels with nearest neighbour (so no new ids appear), both
-    with half-pixel centres, so a label stays under the image pixels it marked;
-    padding is 0 for the image and 255 (ignore) for the labels. Returns uint8 3xcxc, uint8 cxc.
-    """
-    h, w = label.shape
-    s = rng.uniform(*scale)
-    nh, nw = max(1, round(h * s)), max(1, round(w * s))
-    if (nh, nw) != (h, w):
-        image = F.interpolate(image[None].float(), size=(nh, nw), mode="bilinear", align_corners=False)[0]
-        image = image.round().clamp(0, 255).to(torch.uint8)
-        # nearest-exact samples at (i + 0.5) * in/out, the pixel centres bilinear uses (align_corners=False);
-        # plain "nearest" floors i * in/out and shifts the labels up to half a pixel against the image
-        label = F.interpolate(label[None, None].float(), size=(nh, nw), mode="nearest-exact")[0, 0].to(torch.uint8)
-    ph, pw = max(crop - nh, 0), max(crop - nw, 0)
-    if ph or pw:
-        image = F.pad(image, (0, pw, 0, ph), value=0)
-        label = F.pad(label, (0, pw, 0, ph), value=ignore_index)
-    top, left = rng.randrange(label.shape[0] - crop + 1), rng.randrange(label.shape[1] - crop + 1)
-    image, label = image[:, top:top + crop, left:left + crop], label[top:top + crop, left:left + crop]
-    if flip and rng.random() < 0.5:
-        image, label = image.flip(-1), label.flip(-1)
-    return image.contiguous(), label.contiguous()
 
 
 class SegmentationCrops(IterableDataset):
-    """Augmented (uint8 3xcxc image, uint8 cxc labels) from one variant, split over ranks and workers."""
+    """Augmented (uint8 3xcxc image, uint8 cxc labels) from one variant, split over ranks and workers.
 
-    def __init__(self, variant_dir: str, cfg: SegmentationConfig, ignore_index: int = IGNORE_INDEX) -> None:
+    Each DataLoader worker draws its crops from a generator seeded by (seed, epoch, rank, worker id)
+    (:meth:`rng`). The epoch is a :class:`~lossyvision.pipelines.epoch.SharedEpoch`, so persistent
+    workers, whose copies of this dataset were made when they started, see every ``set_epoch``."""
+
+    def __init__(self, variant_dir: str, cfg: SegmentationConfig, ignore_index: int = IGNORE_INDEX,
+                 rank: int | None = None, world_size: int | None = None) -> None:
         super().__init__()
+        from lossyvision.pipelines.epoch import SharedEpoch
         from lossyvision.pipelines.stream import ShardStream
 
         self.stream = ShardStream(variant_dir, shuffle=True, seed=cfg.seed, buffer_size=cfg.shuffle_buffer,
-                                  max_pixels=cfg.max_pixels)
+                                  rank=rank, world_size=world_size, max_pixels=cfg.max_pixels)
         self.crop, self.scale, self.flip, self.seed = cfg.crop_size, (cfg.scale_min, cfg.scale_max), cfg.flip, cfg.seed
         self.ignore_index = ignore_index
-        self.epoch = 0
+        self.rank = self.stream.rank
+        self._epoch = SharedEpoch()
+
+    @property
+    def epoch(self) -> int:
+        return self._epoch.get()
 
     def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+        self._epoch.set(epoch)
         self.stream.set_epoch(epoch)
+
+    def rng(self, worker_id: int = 0) -> random.Random:
+        """The crop generator of DataLoader worker ``worker_id`` (0 without workers) this epoch."""
+        return random.Random(f"{self.seed}:{self.epoch}:{self.rank}:{worker_id}")
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         info = torch.utils.data.get_worker_info()
-        rng = random.Random(hash((self.seed, self.epoch, self.stream.rank, info.id if info else 0)))
+        # in step with the stream even where its epoch is a worker's private copy
+        self.stream.set_epoch(self.epoch)
+        rng = self.rng(info.id if info else 0)
         for x, y, key in self.stream:
             if not isinstance(y, torch.Tensor):
                 raise ValueError(f"sample {key!r} has no seg.png label map (is this a segmentation variant?)")
@@ -181,20 +179,12 @@ def poly_lr(base: float, step: int, total: int, power: float = 0.9) -> float:
     return base * (1 - min(step, total) / total) ** power
 
 
-def _dist_setup(cfg: SegmentationConfig) -> tuple[int, int, torch.device]:
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not torch.distributed.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        torch.distributed.init_process_group(backend)
-    rank = torch.distributed.get_rank() if world > 1 else 0
-    if cfg.device and cfg.device != "auto":
-        device = resolve_device(cfg.device)
-    elif torch.cuda.is_available():
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
-    return rank, world, device
+def process_batch(cfg: SegmentationConfig, world_size: int) -> int:
+    """Crops per step on each process: ``global_batch // world_size`` when a global batch is set
+    (one-line OptionError unless it divides), else ``batch_size``."""
+    from lossyvision.train.distributed import per_process_batch
+
+    return per_process_batch(cfg.global_batch, world_size) if cfg.global_batch is not None else cfg.batch_size
 
 
 def _atomic_save(obj: dict, path: Path) -> None:
@@ -209,10 +199,11 @@ def train_segmentation(cfg: SegmentationConfig) -> dict:
 
     Writes under ``cfg.out_dir``: config.json, log.jsonl, checkpoints/last.pt (resume),
     model.pt (for eval-segmentation) and, when evaluating, results/<train>__<test>.json plus
-    results.{csv,json,md} and miou_vs_bpp.png.
+    results.{csv,json,md} and miou_vs_bpp.png. Under torchrun (WORLD_SIZE > 1) every rank calls
+    this; it joins the process group (unless the caller already did) and leaves it on return.
     """
-    from lossyvision.eval.segmentation import EvalConfig, evaluate_checkpoint
-    from lossyvision.pipelines.stream import to_device, variant_dir
+    from lossyvision.pipelines.stream import variant_dir
+    from lossyvision.train import distributed
 
     if not cfg.shards:
         raise ValueError("shards is required (ROOT/cityscapes)")
@@ -227,122 +218,217 @@ def train_segmentation(cfg: SegmentationConfig) -> dict:
         cfg.num_classes = classes.num_classes
     elif cfg.num_classes != classes.num_classes:
         raise OptionError(f"num_classes {cfg.num_classes} differs from the {classes.num_classes} classes of {vdir}")
-    rank, world, device = _dist_setup(cfg)
-    out = Path(cfg.out_dir)
-    from lossyvision.train.classifier import check_run_folder, clear_run, write_summary
-    check_run_folder(out, ("model.pt", "checkpoints/last.pt"), cfg.resume, cfg.overwrite)
-    from lossyvision.nets.segmentation import check_encoder_weights
+    device = resolve_device(cfg.device)
+    info = distributed.init_distributed(device.type, cfg.dist_timeout_s)
+    try:
+        if device.type == "cuda":
+            if info.distributed:
+                device = torch.device("cuda", info.local_rank)
+            elif device.index is None:
+                device = torch.device("cuda", torch.cuda.current_device())
+            torch.cuda.set_device(device)
+        return _Run(cfg, info, device, vdir, classes).train()
+    finally:
+        distributed.destroy(info)
 
-    encoder_weights = None if cfg.resume else cfg.encoder_weights  # a resumed run has its weights
-    check_encoder_weights(cfg.encoder, encoder_weights)  # offline without them: one line now, before any output
-    if rank == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        if cfg.overwrite:
-            clear_run(out, ("model.pt", "checkpoints/last.pt", "log.jsonl", "summary.json"))
-        (out / "config.json").write_text(json.dumps({**cfg.to_dict(), "world_size": world}, indent=2) + "\n")
-    random.seed(cfg.seed + rank)
-    torch.manual_seed(cfg.seed)
 
-    model = build_model(cfg.encoder, cfg.num_classes, cfg.output_stride, encoder_weights).to(device)
-    if world > 1 and cfg.sync_bn and device.type == "cuda":  # SyncBatchNorm has no CPU kernel
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    net = torch.nn.parallel.DistributedDataParallel(
-        model, device_ids=[device.index] if device.type == "cuda" else None) if world > 1 else model
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    use_amp = cfg.amp and device.type == "cuda"
-    amp_dtype = torch.bfloat16 if use_amp and torch.cuda.is_bf16_supported() else torch.float16
-    scaler = torch.amp.GradScaler("cuda", enabled=use_amp and amp_dtype == torch.float16)
-    step = 0
-    ckpt_path = out / "checkpoints" / "last.pt"
-    if cfg.resume:
-        if not ckpt_path.is_file():
-            raise FileNotFoundError(f"--resume: no checkpoint at {ckpt_path}")
+class _Run:
+    """One run of :func:`train_segmentation` on one rank."""
+
+    def __init__(self, cfg: SegmentationConfig, info, device: torch.device, vdir: str, classes) -> None:
+        from lossyvision import accel
+        from lossyvision.nets.segmentation import check_encoder_weights
+        from lossyvision.train import distributed
+        from lossyvision.train.classifier import check_run_folder, clear_run
+
+        self.cfg, self.info, self.device, self.vdir, self.classes = cfg, info, device, vdir, classes
+        self.batch = process_batch(cfg, info.world_size)
+        self.out = out = Path(cfg.out_dir)
+        check_run_folder(out, ("model.pt", "checkpoints/last.pt"), cfg.resume, cfg.overwrite)
+        encoder_weights = None if cfg.resume else cfg.encoder_weights  # a resumed run has its weights
+        check_encoder_weights(cfg.encoder, encoder_weights)  # offline without them: one line now, before any output
+        backends = accel.configure_backends(device, deterministic=cfg.deterministic, fixed_shapes=True)  # fixed crops
+        self.dtype = accel.amp_dtype(device, cfg.amp and device.type == "cuda")
+        self.channels_last = device.type == "cuda"
+        if info.main:
+            out.mkdir(parents=True, exist_ok=True)
+            if cfg.overwrite:
+                clear_run(out, ("model.pt", "checkpoints/last.pt", "log.jsonl", "summary.json"))
+            # the batches as run: per process, and over all processes
+            (out / "config.json").write_text(json.dumps(
+                {**cfg.to_dict(), "batch_size": self.batch, "global_batch": self.batch * info.world_size,
+                 "world_size": info.world_size, "amp_dtype": str(self.dtype).removeprefix("torch.") if self.dtype
+                 else None, "channels_last": self.channels_last, "backends": backends}, indent=2) + "\n")
+        distributed.barrier(info)  # the folder is checked and cleared before any rank writes to it
+
+        # the same initial weights on every rank (DDP would broadcast rank 0's anyway); each rank's
+        # own generators (dropout, crops) are seeded after the build
+        distributed.seed_rank(cfg.seed, 0)
+        with distributed.local_rank_zero_first(info):  # one ImageNet download per node
+            model = build_model(cfg.encoder, cfg.num_classes, cfg.output_stride, encoder_weights)
+        model = model.to(device)
+        if self.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if info.distributed and cfg.sync_bn and device.type == "cuda":  # SyncBatchNorm has no CPU kernel
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.model = model
+        self.net = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[device.index] if device.type == "cuda" else None) if info.distributed else model
+        self.opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+        self.scaler = accel.grad_scaler(device, self.dtype)
+        self.criterion = torch.nn.CrossEntropyLoss(ignore_index=classes.ignore_index)
+        self.step = 0
+        self.rng_line: str | None = None
+        self.ckpt_path = out / "checkpoints" / "last.pt"
+        if cfg.resume:
+            self._resume()
+        else:
+            distributed.seed_rank(cfg.seed, info.rank)
+
+    def _resume(self) -> None:
+        from lossyvision.train import distributed
         from lossyvision.train.models import load_checkpoint
 
-        state = load_checkpoint(ckpt_path, "--resume: checkpoint", weights_only=False)
+        cfg = self.cfg
+        if not self.ckpt_path.is_file():
+            raise FileNotFoundError(f"--resume: no checkpoint at {self.ckpt_path}")
+        state = load_checkpoint(self.ckpt_path, "--resume: checkpoint", weights_only=False)
         if state["arch"] != model_arch(cfg):
             raise ValueError(f"checkpoint model {state['arch']} does not match the config {model_arch(cfg)}")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["opt"])
-        scaler.load_state_dict(state["scaler"])
-        step = int(state["step"])
-        log.info("resumed from %s at step %d", ckpt_path, step)
+        self.model.load_state_dict(state["model"])
+        self.opt.load_state_dict(state["opt"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.step = int(state["step"])
+        # checkpoints from before per-rank states hold none: every rank is re-seeded then
+        self.rng_line = distributed.restore_rng_states(state.get("rng"), self.info, cfg.seed, self.step)
+        if self.info.main:
+            log.info("resumed from %s at step %d; %s", self.ckpt_path, self.step, self.rng_line)
 
-    dataset = SegmentationCrops(vdir, cfg, classes.ignore_index)
-    criterion = torch.nn.CrossEntropyLoss(ignore_index=classes.ignore_index)
+    def _save(self, path: Path, full: bool) -> None:
+        """Write a checkpoint from rank 0; ``full`` (resume) ones hold every rank's RNG states, a
+        collective: every rank calls it."""
+        from lossyvision.train import distributed
 
-    def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        epoch = step
+        rng = distributed.gather_rng_states(self.info) if full else None
+        if not self.info.main:
+            return
+        state = {"arch": model_arch(self.cfg), "model": self.model.state_dict(), "config": self.cfg.to_dict(),
+                 "step": self.step, "segmentation": self.classes.to_manifest()}
+        if full:
+            state.update(opt=self.opt.state_dict(), scaler=self.scaler.state_dict(), rng=rng,
+                         world_size=self.info.world_size)
+        _atomic_save(state, path)
+
+    def _loader(self) -> torch.utils.data.DataLoader:
+        dataset = SegmentationCrops(self.vdir, self.cfg, self.classes.ignore_index, self.info.rank,
+                                    self.info.world_size)
+        workers = self.cfg.num_workers
+        # built once: persistent workers keep their decoders and shard readers across epochs
+        loader = torch.utils.data.DataLoader(dataset, batch_size=self.batch, num_workers=workers, drop_last=True,
+                                             pin_memory=self.device.type == "cuda", persistent_workers=workers > 0)
+        return loader
+
+    def _batches(self, loader: torch.utils.data.DataLoader) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        epoch = self.step  # a resumed run starts a fresh order
         while True:
-            dataset.set_epoch(epoch)
-            loader = torch.utils.data.DataLoader(
-                dataset, batch_size=cfg.batch_size, num_workers=cfg.num_workers, drop_last=True,
-                pin_memory=device.type == "cuda", persistent_workers=False)
+            loader.dataset.set_epoch(epoch)
             n = 0
             for batch in loader:
                 n += 1
                 yield batch
             if n == 0:
-                raise ValueError(f"no training batches from {vdir}: fewer samples per rank than "
-                                 f"batch size {cfg.batch_size}")
+                raise ValueError(f"no training batches from {self.vdir}: fewer samples per rank than "
+                                 f"batch size {self.batch}")
             epoch += 1
 
-    def save(path: Path, full: bool) -> None:
-        state = {"arch": model_arch(cfg), "model": model.state_dict(), "config": cfg.to_dict(), "step": step,
-                 "segmentation": classes.to_manifest()}
-        if full:
-            state.update(opt=opt.state_dict(), scaler=scaler.state_dict())
-        _atomic_save(state, path)
+    def _mean_loss(self, sums, steps: int) -> float:
+        """The loss averaged over the last ``steps`` steps and all ranks: one all_reduce, one sync."""
+        from lossyvision.train import distributed
 
-    t0, loss_v, start = time.time(), float("nan"), step
-    net.train()
-    it = batches()
-    logf = (out / "log.jsonl").open("a") if rank == 0 else None
-    try:
-        with progress(total=cfg.steps, initial=step, desc="train-segmentation", quiet=cfg.quiet or rank != 0,
-                      leave=True) as bar:
-            while step < cfg.steps:
-                x, y = next(it)
-                lr = poly_lr(cfg.lr, step, cfg.steps, cfg.poly_power)
-                for group in opt.param_groups:
-                    group["lr"] = lr
-                x = to_device(x, device)
-                y = y.to(device, non_blocking=True).long()
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=use_amp):
-                    logits = net(x)
-                loss = criterion(logits.float(), y)
-                opt.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                scaler.step(opt)
-                scaler.update()
-                step += 1
-                bar.update(1)
-                loss_v = loss.item()
-                if not math.isfinite(loss_v):
-                    raise FloatingPointError(f"loss is {loss_v} at step {step}; lower --lr or disable --amp")
-                if rank == 0 and (step % cfg.log_every == 0 or step == cfg.steps):
-                    logf.write(json.dumps({"step": step, "loss": loss_v, "lr": lr,
-                                           "time_s": round(time.time() - t0, 2)}) + "\n")
-                    logf.flush()
-                    log.info("step %d/%d loss %.4f lr %.3g (%s)", step, cfg.steps, loss_v, lr,
-                             rate_eta(step - start, time.time() - t0, cfg.steps - step))
-                if rank == 0 and (step % cfg.ckpt_every == 0 or step == cfg.steps):
-                    save(ckpt_path, full=True)
-    finally:
-        if logf is not None:
-            logf.close()
-    summary = {"steps": step, "loss": loss_v, "seconds": round(time.time() - t0, 2), "out_dir": str(out)}
-    if rank == 0:
-        save(out / "model.pt", full=False)
-        summary["model"] = str(out / "model.pt")
-        if cfg.evaluate:
+        total = distributed.all_reduce_sum(sums.tensor(["loss"]), self.info)
+        sums.reset()
+        return float(total.item()) / (steps * self.info.world_size)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor, lr: float) -> torch.Tensor:
+        """One optimiser step on a uint8 batch (pinned on CUDA); returns the loss, on the device.
+        No host sync (except GradScaler's inf check on the fp16 path)."""
+        from lossyvision import accel
+        from lossyvision.pipelines.stream import to_device
+
+        for group in self.opt.param_groups:
+            group["lr"] = lr
+        x = to_device(x, self.device, channels_last=self.channels_last)
+        y = y.to(self.device, non_blocking=True).long()
+        with accel.autocast(self.device, self.dtype):
+            logits = self.net(x)
+        loss = self.criterion(logits.float(), y)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        return loss.detach()
+
+    def train(self) -> dict:
+        from lossyvision import accel
+        from lossyvision.eval.segmentation import EvalConfig, evaluate_checkpoint
+        from lossyvision.train import distributed
+        from lossyvision.train.classifier import write_summary
+
+        cfg, info, device, out = self.cfg, self.info, self.device, self.out
+        sums = accel.DeviceSums(device)
+        t0, loss_v, start = time.time(), float("nan"), self.step
+        logged = self.step
+        self.net.train()
+        loader = self._loader()
+        it = self._batches(loader)
+        logf = (out / "log.jsonl").open("a") if info.main else None
+        try:
+            with progress(total=cfg.steps, initial=self.step, desc="train-segmentation",
+                          quiet=cfg.quiet or not info.main, leave=True) as bar:
+                while self.step < cfg.steps:
+                    x, y = next(it)
+                    lr = poly_lr(cfg.lr, self.step, cfg.steps, cfg.poly_power)
+                    sums.add("loss", self.train_step(x, y, lr))  # stays on the device: no sync in the step
+                    self.step += 1
+                    bar.update(1)
+                    step = self.step
+                    if step % cfg.log_every == 0 or step == cfg.steps:
+                        loss_v = self._mean_loss(sums, step - logged)  # every rank: they raise together
+                        if not math.isfinite(loss_v):
+                            raise FloatingPointError(f"loss is {loss_v} (mean of steps {logged + 1}-{step}); "
+                                                     "lower --lr or disable --amp")
+                        logged = step
+                        if info.main:
+                            logf.write(json.dumps({"step": step, "loss": loss_v, "lr": lr,
+                                                   "time_s": round(time.time() - t0, 2)}) + "\n")
+                            logf.flush()
+                            log.info("step %d/%d loss %.4f lr %.3g (%s)", step, cfg.steps, loss_v, lr,
+                                     rate_eta(step - start, time.time() - t0, cfg.steps - step))
+                    if step % cfg.ckpt_every == 0 or step == cfg.steps:
+                        self._save(self.ckpt_path, full=True)
+        finally:
+            if logf is not None:
+                logf.close()
+            it.close()
+            del it, loader  # the persistent workers end here, before the evaluation
+        summary = {"steps": self.step, "loss": loss_v, "seconds": round(time.time() - t0, 2), "out_dir": str(out),
+                   "world_size": info.world_size, "batch_size": self.batch,
+                   "global_batch": self.batch * info.world_size}
+        if self.rng_line:
+            summary["rng"] = self.rng_line
+        self._save(out / "model.pt", full=False)
+        distributed.barrier(info)  # model.pt is written before any rank reads it
+        if info.main:
+            summary["model"] = str(out / "model.pt")
+        if cfg.evaluate:  # every rank evaluates its share of the test images
             records = evaluate_checkpoint(EvalConfig(
                 checkpoint=str(out / "model.pt"), shards=cfg.shards, test_variants=[cfg.test_variant],
                 split=cfg.test_split, out_dir=str(out), device=str(device), amp=cfg.amp,
-                max_images=cfg.max_eval_images, max_pixels=cfg.max_pixels, quiet=cfg.quiet))
+                max_images=cfg.max_eval_images, max_pixels=cfg.max_pixels, quiet=cfg.quiet or not info.main),
+                dist=info)
             summary["miou_pct"] = records[0]["miou_pct"]
             summary["configuration"] = records[0]["configuration"]
-        write_summary(out, summary)
-    if world > 1:
-        torch.distributed.barrier()
-    return summary
+        if info.main:
+            write_summary(out, summary)
+        distributed.barrier(info)  # the run folder is complete when any rank returns
+        return summary

@@ -74,3 +74,87 @@ def test_eval_matrix_writes_table_and_heatmap(known, tmp_path):
     assert np.allclose(m["top1_pct"], 70.0)
     with Image.open(tmp_path / "m" / "matrix.png") as im:
         assert im.size[0] > 100 and im.size[1] > 100
+
+
+class RandomLinear(torch.nn.Module):
+    """8 seeded logits from 4x4-pooled pixels: top-5 is not capped by the class count."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(0)
+        self.fc = torch.nn.Linear(3 * 4 * 4, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.nn.functional.adaptive_avg_pool2d(x, 4).flatten(1))
+
+
+@pytest.mark.parametrize("batch_size,workers,max_samples", [(4, 0, None), (5, 2, None), (5, 0, 13), (32, 0, 7)])
+def test_accuracy_counts_on_the_device_like_a_per_sample_loop(tmp_path, batch_size, workers, max_samples):
+    """The counts kept as device tensors (one sync) give what counting sample by sample gives."""
+    from ..train.classifier_shards import toy_images
+    from lossyvision.eval.classification import accuracy
+    from lossyvision.pipelines.stream import IMAGENET_MEAN, IMAGENET_STD, ShardStream
+
+    vdir = write_variant(tmp_path / "val", "orig", toy_images(23, 16, 8, 3), shard_size=6,
+                         classes=[f"c{i}" for i in range(8)])
+    model = RandomLinear().eval()
+    m = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    s = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    top1 = top5 = n = 0
+    with torch.no_grad():
+        for x, y, _ in list(ShardStream(vdir))[:max_samples]:
+            order = model(((x.float() / 255 - m) / s)[None])[0].argsort(descending=True).tolist()
+            top1 += order[0] == y
+            top5 += y in order[:5]
+            n += 1
+    assert 0 < top5 < n  # the check below can tell top-1 from top-5
+    r = accuracy(model, vdir, batch_size=batch_size, workers=workers, max_samples=max_samples)
+    assert r["samples"] == n
+    assert r["top1_pct"] == 100.0 * top1 / n and r["top5_pct"] == 100.0 * top5 / n
+
+
+def test_accuracy_with_amp_on_cpu_uses_bf16_autocast(known):
+    """amp on a CPU: autocast in accel.amp_dtype's dtype (bf16), which the model sees."""
+    from lossyvision.eval.classification import accuracy
+
+    root, _ = known
+    seen = []
+
+    class Spy(ColourNet):
+        def forward(self, x):
+            seen.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None)
+            return super().forward(x)
+
+    r = accuracy(Spy(), root / "val" / "orig", batch_size=4, amp=True, mean=(0, 0, 0), std=(1, 1, 1))
+    assert r["top1_pct"] == pytest.approx(70.0) and seen == [torch.bfloat16] * 3
+    seen.clear()
+    accuracy(Spy(), root / "val" / "orig", batch_size=4, mean=(0, 0, 0), std=(1, 1, 1))
+    assert seen == [None] * 3
+
+
+def test_one_crop_size_is_read_from_the_manifest():
+    from lossyvision.eval.classification import _one_size
+
+    assert _one_size({"crop": {"name": "center224", "resize": 256, "crop_w": 224, "crop_h": 224}})
+    assert _one_size({"crop": {"name": "frame", "scale_w": 1024, "scale_h": 512}})
+    assert not _one_size({"crop": {"name": "full", "resize": 0, "crop_w": 0, "scale_w": 0}})
+    assert not _one_size({})
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_accuracy_on_cuda_equals_cpu_and_restores_cudnn_benchmark(known):
+    from lossyvision.eval.classification import accuracy
+
+    root, _ = known
+    conv = torch.nn.Conv2d(3, 3, 1, bias=False)
+    with torch.no_grad():
+        conv.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
+    model = torch.nn.Sequential(conv, ColourNet())
+    kw = dict(batch_size=4, workers=2, mean=(0, 0, 0), std=(1, 1, 1))
+    cpu = accuracy(model, root / "val" / "jpeg-q10", **kw)
+    before = torch.backends.cudnn.benchmark
+    gpu = accuracy(model.cuda(), root / "val" / "jpeg-q10", device="cuda", amp=None, **kw)
+    assert torch.backends.cudnn.benchmark == before
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    assert (gpu["samples"], gpu["top1_pct"], gpu["top5_pct"]) == (cpu["samples"], cpu["top1_pct"], cpu["top5_pct"])

@@ -2,6 +2,7 @@ import os
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from lossyvision.pipelines.crops import IMAGENET, CropError, parse_crop
 from lossyvision.pipelines.sources import SourceError, cityscapes_lut, create_source, make_key, source_names
@@ -119,3 +120,17 @@ def test_bad_crops():
         parse_crop("centre")
     with pytest.raises(CropError, match="larger than the image"):
         parse_crop("crop:400x400")(np.zeros((100, 100, 3), np.uint8))
+
+
+def test_folder_split_takes_only_that_subfolder_and_a_missing_one_is_refused(tmp_path):
+    from lossyvision.pipelines.sources import SourceError, create_source
+
+    for split in ("train", "val"):
+        (tmp_path / split / "c0").mkdir(parents=True)
+        Image.fromarray(np.zeros((8, 8, 3), np.uint8)).save(tmp_path / split / "c0" / f"{split}-a.png")
+    train = create_source("folder", str(tmp_path), "train").items()
+    assert [it.key for it in train] == ["c0/train-a"] and train[0].ref == "train/c0/train-a.png"
+    assert sorted(it.key for it in create_source("folder", str(tmp_path), "all").items()) == [
+        "train/c0/train-a", "val/c0/val-a"]
+    with pytest.raises(SourceError, match="no folder 'test'"):
+        create_source("folder", str(tmp_path), "test")

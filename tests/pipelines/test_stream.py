@@ -182,3 +182,67 @@ def test_to_device_normalises_like_torchvision():
     x = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
     ref = torch.stack([F.normalize(F.convert_image_dtype(i, torch.float32), (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)) for i in x])
     assert torch.allclose(to_device(x, "cpu"), ref, atol=1e-5)
+
+
+def _keys(loader) -> list[str]:
+    return [k for *_, keys in loader for k in keys]
+
+
+@pytest.mark.parametrize("context", ["fork", "spawn"])
+def test_persistent_workers_see_every_epoch(toy, context):
+    """One loader whose two workers start once: each epoch's order is the one fresh workers give it."""
+    def stream():
+        return ShardStream(toy / "train" / "jpeg-q10", shuffle=True, seed=3, buffer_size=4)
+
+    ds = stream()
+    loader = make_loader(ds, 4, 2, multiprocessing_context=context)
+    assert loader.persistent_workers and len(loader) == ds.num_batches(4) == 7
+    got, iterators, batches = [], [], []
+    for epoch in (0, 1):
+        ds.set_epoch(epoch)
+        it = iter(loader)
+        iterators.append(it)
+        epoch_batches = list(it)
+        batches.append(len(epoch_batches))
+        got.append([k for *_, keys in epoch_batches for k in keys])
+    assert iterators[0] is iterators[1]  # the same worker processes served both epochs
+    assert batches == [len(loader)] * 2 and ds.epoch == 1
+    for epoch in (0, 1):
+        ref = stream()
+        ref.set_epoch(epoch)
+        assert got[epoch] == _keys(make_loader(ref, 4, 2, persistent_workers=False)), epoch
+    assert got[0] != got[1] and sorted(got[0]) == sorted(got[1])
+
+
+def test_persistent_loader_without_workers_and_the_epoch_property(toy):
+    ds = ShardStream(toy / "train" / "jpeg-q10", shuffle=True, seed=5, buffer_size=4)
+    loader = make_loader(ds, 4, 0, persistent_workers=True)  # nothing to keep: no error
+    assert not loader.persistent_workers and not make_loader(ds, 4, 2, persistent_workers=False).persistent_workers
+    ds.epoch = 2
+    assert ds.epoch == 2 and ds.shard_order() == ds.shard_order(2) != ds.shard_order(0)
+    ds.set_epoch(0)
+    assert _keys(loader) == [k for *_, k in ds]
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_to_device_equals_the_per_call_formula(channels_last):
+    """Cached constants, same numbers: bit-equal to the formula that built mean/std tensors per call."""
+    x = torch.randint(0, 256, (4, 3, 9, 7), dtype=torch.uint8)
+    for mean, std in [((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)), ((0.5,) * 3, (0.5,) * 3),
+                      ([0.1, 0.2, 0.3], [0.9, 0.8, 0.7])]:
+        m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+        ref = x.float().mul_(1.0 / (255.0 * s)).sub_(m / s)
+        for _ in range(2):  # the second call uses the cached constants
+            got = to_device(x, "cpu", mean, std, channels_last=channels_last)
+            assert got.dtype == torch.float32 and torch.equal(got, ref)
+            assert got.is_contiguous(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_to_device_on_cuda_from_pinned_memory_equals_cpu():
+    x = torch.randint(0, 256, (4, 3, 16, 16), dtype=torch.uint8).pin_memory()
+    got = to_device(x, "cuda", channels_last=True)
+    assert got.device.type == "cuda" and got.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(got.cpu(), to_device(x, "cpu"))

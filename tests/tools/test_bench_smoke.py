@@ -145,3 +145,29 @@ def test_summary_reports_failed_and_missing_scripts(tmp_path, monkeypatch, capfd
     assert "| fine | r | 2.00 | x | >= 1.5x | ✓ |" in out and "| fine | n | 0.5 | ms | – | – |" in out
     data = json.loads((tmp_path / "all.json").read_text())
     assert set(data["failed"]) == {"boom", "missing"} and [r["bench"] for r in data["rows"]] == ["fine", "fine"]
+
+
+def test_seg_input_bench_times_both_functions_at_every_scale(tmp_path):
+    out = _run(["tools/bench/seg_input.py", "--quick", "--repeats", "1", "--json", str(tmp_path / "seg_input.json")])
+    assert "| scale | before samples/s | after samples/s | after / before | identical crops |" in out
+    rows = _rows(tmp_path / "seg_input.json", "seg_input")
+    for scale in ("0.5", "1.25", "2.0", "random 0.5-2.0"):
+        for when in ("before (resize frame, crop)", "after (crop, resize)"):
+            assert rows[f"samples/s per worker, scale {scale}, {when}"]["value"] > 0, (scale, when)
+        assert rows[f"after / before, scale {scale}"]["unit"] == "x"
+    data = json.loads((tmp_path / "seg_input.json").read_text())
+    assert data["identical"] or not data["exact"]  # the same crops wherever the rounding is reproduced
+
+
+def test_restore_bench_times_serial_and_overlapped_in_both_modes(tmp_path):
+    out = _run(["tools/bench/restore.py", "--quick", "--json", str(tmp_path / "restore.json")])
+    assert "### real generator" in out and "### 5 ms stand-in" in out
+    assert "| workers | median s | runs s | img/s | serial / this |" in out
+    rows = _rows(tmp_path / "restore.json", "restore")
+    for mode in ("real generator", "5 ms stand-in"):
+        for n in (0, 1):
+            assert rows[f"restore s, {mode}, workers={n}"]["value"] > 0, (mode, n)
+        assert rows[f"overlap speed-up, {mode}, workers=1 (serial / overlapped)"]["unit"] == "x"
+        assert rows[f"overlapped shards byte-identical to serial, {mode} (1 = yes)"]["value"] == 1.0, mode
+    assert all(r["target"] is None for r in rows.values())  # no timing targets
+    assert json.loads((tmp_path / "restore.json").read_text())["identical"] is True

@@ -68,3 +68,30 @@ def test_ddp_nccl_world_size_one(toy, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rec = json.loads((tmp_path / "ddp" / "log.jsonl").read_text().splitlines()[-1])
     assert rec["train_samples"] == 64
+
+
+@pytest.mark.parametrize("amp", [None, False])
+def test_a_training_step_never_waits_for_the_device(toy, tmp_path, amp):
+    """Batch to the device (pinned, non_blocking, cached logits included), forward, backward, Adam and
+    the running sums: no host sync (torch raises on one in sync-debug mode "error")."""
+    from lossyvision import accel
+
+    tr = Trainer(_cfg(toy, tmp_path, amp=amp, teacher_cache="auto"))
+    tr.out.mkdir(parents=True, exist_ok=True)
+    tr._prepare_caches()
+    _, loader = tr._loader(tr.cfg.train_split, True)
+    tr.ddp_model.train(True)
+    sums = accel.DeviceSums(tr.device)
+    it = iter(loader)
+    for i in range(3):  # two warm-up steps (cuDNN autotuning), then the checked one
+        items = next(it)
+        torch.cuda.set_sync_debug_mode("error" if i == 2 else 0)
+        try:
+            batch = tr._batch(items, tr.cfg.train_split)
+            loss, parts = tr.step(batch, train=True)
+            sums.add("loss", loss, weight=batch.y.shape[0])
+            sums.add("correct", (parts["logits"].argmax(1) == batch.y).sum())
+        finally:
+            torch.cuda.set_sync_debug_mode(0)
+    assert sums.values()["loss"] > 0
+    tr.close()

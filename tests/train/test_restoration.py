@@ -263,3 +263,72 @@ def test_restore_shards_on_prepare_shards_output(trained, tmp_path):
         ids = np.asarray(Image_open_gray(src / "gtFine" / "train" / city / f"{base}_gtFine_labelIds.png"))
         assert torch.equal(y, torch.from_numpy(lut[ids]))  # real label maps travel unchanged
         assert xr.shape == x.shape
+
+
+# -- issue 15: no host sync in the step, precision policy, losses checked at the log interval ------
+
+SYNCS = ("item", "tolist", "__float__", "__bool__", "__int__", "cpu", "numpy")
+
+
+def test_gan_step_makes_no_host_sync(shards, monkeypatch):
+    """The step returns device tensors; no lossyvision line in it reads a tensor back to the host
+    (torch's own CPU-side bookkeeping, such as Adam's step counter, is not a device sync)."""
+    import sys
+
+    x8, xc8 = fixed_pair(shards / "train" / "jpeg-q10", shards / "train" / "orig", 128)
+    x, xc = to_unit(x8), to_unit(xc8)
+    trainer = RestorationTrainer(RestorationConfig(shards=str(shards), variant="jpeg-q10", patch_size=128, **SMALL),
+                                 torch.device("cpu"))
+    calls = []
+    for name in SYNCS:
+        def guard(self, *a, _orig=getattr(torch.Tensor, name), _name=name, **k):
+            code = sys._getframe(1).f_code
+            if "/lossyvision/" in code.co_filename:
+                calls.append(f"{_name} in {code.co_name} ({code.co_filename.rsplit('/', 1)[-1]})")
+            return _orig(self, *a, **k)
+        monkeypatch.setattr(torch.Tensor, name, guard)
+    stats = trainer.train_step(x, xc)
+    trainer.train_step(x, xc)
+    monkeypatch.undo()
+    assert calls == []
+    assert all(isinstance(stats[k], torch.Tensor) for k in ("loss_d", "loss_g", "l1", "l_vgg", "l_dist"))
+
+
+def test_precision_policy_and_scalers_on_cpu(shards):
+    cfg = RestorationConfig(shards=str(shards), variant="jpeg-q10", patch_size=128, **SMALL)
+    trainer = RestorationTrainer(cfg, torch.device("cpu"))
+    # amp is a CUDA feature here: fp32 on CPU, and the two scalers (G, D) pass everything through
+    assert trainer.dtype is None and len(trainer.scalers) == 2
+    assert not any(s.is_enabled() for s in trainer.scalers) and trainer.state_dict()["scalers"] == []
+
+
+def test_a_non_finite_loss_is_caught_at_the_log_interval():
+    from lossyvision.accel import DeviceSums
+    from lossyvision.train.restoration import interval_means
+
+    sums = DeviceSums("cpu")
+    for v in (1.0, 3.0):
+        sums.add("loss_g", torch.tensor(v))
+    assert interval_means(sums, 2, 0, 2) == {"loss_g": 2.0}
+    sums.add("loss_d", torch.tensor(float("nan")))
+    with pytest.raises(FloatingPointError, match=r"non-finite loss between steps 1 and 2 \(loss_d=nan\)"):
+        interval_means(sums, 2, 0, 2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_gan_step_on_cuda_has_no_sync_and_native_precision(shards):
+    from lossyvision import accel
+
+    dev = torch.device("cuda")
+    x8, xc8 = fixed_pair(shards / "train" / "jpeg-q10", shards / "train" / "orig", 128)
+    x, xc = to_unit(x8).to(dev), to_unit(xc8).to(dev)
+    trainer = RestorationTrainer(RestorationConfig(shards=str(shards), variant="jpeg-q10", patch_size=128, **SMALL), dev)
+    assert trainer.dtype == (torch.bfloat16 if accel.native_bf16(dev) else torch.float16)
+    trainer.train_step(x, xc)  # warm-up (lazy inits)
+    if trainer.dtype == torch.bfloat16:  # fp16's GradScaler.step reads found_inf: one sync per optimizer
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            trainer.train_step(x, xc)
+        finally:
+            torch.cuda.set_sync_debug_mode(0)

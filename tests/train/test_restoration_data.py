@@ -219,3 +219,19 @@ def test_ms_ssim_db_values():
     assert ms_ssim_db(0.99) == pytest.approx(20.0)
     assert ms_ssim_db(1 - 10 ** -1.343) == pytest.approx(13.43)  # Table III, MSH at 0.0419 bpp
     assert ms_ssim_db(None) is None and ms_ssim_db(1.0) == math.inf
+
+
+def test_persistent_workers_see_each_epoch(many):
+    """The loader is built once with persistent workers; the epoch still reaches them (SharedEpoch), so
+    epoch 1's patches are epoch 1's (as a fresh in-process iteration cuts them), not epoch 0's again."""
+    vdir, odir = str(many / "train_extra" / "jpeg-q10"), str(many / "train_extra" / "orig")
+    ds = PatchPairs(vdir, odir, 16, shuffle=False, seed=4)
+    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=1, persistent_workers=True)
+    epochs = []
+    for e in (0, 1):
+        ds.set_epoch(e)
+        epochs.append(torch.cat([x for x, _ in loader]))
+    assert not torch.equal(epochs[0], epochs[1])
+    fresh = PatchPairs(vdir, odir, 16, shuffle=False, seed=4)
+    fresh.set_epoch(1)
+    assert torch.equal(epochs[1], torch.stack([x for x, _ in fresh]))

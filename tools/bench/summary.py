@@ -3,10 +3,11 @@
     python tools/bench/summary.py [--quick] [--only codecs,train] [--json all.json]
 
 What ``make bench`` runs (``make bench BENCH_ARGS=--quick``). Runs each script as its own process, in
-this order: codecs.py, prepare.py, hevc_cli.py, train.py, scale.py, segmentation.py, each with ``--json``
-to a temporary file (scale.py: ``--rows-json``; its ``--json`` writes its own, fuller structure) in the protocol of
-tools/bench/common.py. Each script's stdout and stderr are passed straight through, so its detailed
-Markdown tables appear as it runs; then one Markdown table of all the rows:
+this order: codecs.py, prepare.py, hevc_cli.py, train.py, scale.py, segmentation.py, seg_input.py,
+restore.py, each with ``--json`` to a temporary file (scale.py: ``--rows-json``; its ``--json`` writes
+its own, fuller structure) in the protocol of tools/bench/common.py. Each script's stdout and stderr
+are passed straight through, so its detailed Markdown tables appear as it runs; then one Markdown
+table of all the rows:
 
     | bench | measurement | value | unit | target | ok |
 
@@ -38,7 +39,7 @@ REPO = HERE.parents[1]
 sys.path.insert(0, str(HERE))
 import common  # noqa: E402  (tools/bench/common.py, next to this script)
 
-ORDER = ["codecs", "prepare", "hevc_cli", "train", "scale", "segmentation"]
+ORDER = ["codecs", "prepare", "hevc_cli", "train", "scale", "segmentation", "seg_input", "restore"]
 # the flag each script writes its common.py rows with
 JSON_FLAG = {"scale": "--rows-json"}
 # small, fast arguments per script (from each script's argparse)
@@ -52,6 +53,8 @@ QUICK = {
     "scale": ["--quick"],
     "segmentation": ["--size", "256x128", "--images", "3", "--encoder", "resnet18", "--gen-width", "16",
                      "--gen-blocks", "2"],
+    "seg_input": ["--quick"],
+    "restore": ["--quick"],
 }
 # arguments of a full run that differ from the scripts' defaults
 FULL = {"prepare": ["--large"], "segmentation": ["--size", "512x256", "--images", "4"]}

@@ -13,21 +13,24 @@
 #   PORT      rendezvous port on HEAD (default 29500)
 #   RDZV_ID   job id shared by the nodes of one run (default lv-expert)
 #   PRESET    paper settings (default marie2022-mnasnet-expert; marie2022-resnet50-expert, ...)
-#   GLOBAL_BATCH  images per optimiser step over all GPUs (default: the preset's batch, 320 / 384)
+#   GLOBAL_BATCH  images per optimiser step over all GPUs, passed as --global-batch (default: the
+#             preset's batch, the paper's: 320 MnasNet / 384 ResNet50)
 #   VENV      a venv with lossyvision installed (optional; default: whatever python is on PATH)
-# Everything after the script name goes to `train-expert` and overrides what the script sets.
+# Everything after the script name goes to `train-expert` and overrides what the script sets
+# (a -b/--batch-size or --global-batch there replaces GLOBAL_BATCH).
 #
 # Matching the paper under DDP: the paper trained with batch 320 (MnasNet) / 384 (ResNet50) on 4
-# GPUs with DataParallel and summed the KL term over the whole batch (kl_reduction=sum, alpha 1e-2).
-# Under DDP `--batch-size` is per process and each process computes its own loss, then gradients
-# are averaged. So this script sets
-#   --batch-size GLOBAL_BATCH / (NNODES * GPUS)                      (same images per step)
-# The presets already use --kl-reduction batchmean with alpha = ALPHA_SUM * paper batch (3.2 for
-# alpha 1e-2 at 320), which gives exactly the paper's gradient under DDP: per process
-# CE_mean + alpha*B*KL_sum_local/(B/W), averaged over the W processes = CE over the global batch +
-# alpha_sum * KL summed over it. A run given `--kl-reduction sum` is converted the same way below
-# (keeping `sum` with a smaller per-process batch would shrink the KL weight by W).
-# GLOBAL_BATCH must be a multiple of the number of processes (320 = 8 x 40, 16 x 20, 32 x 10).
+# GPUs with DataParallel, i.e. a GLOBAL batch. train-expert takes a preset's batch as global: each
+# of the NNODES x GPUS processes gets batch / (NNODES x GPUS), so 2 nodes x 4 GPUs train on 40 (48)
+# images per GPU and the same 320 (384) per optimiser step, with the paper's lr. The global batch
+# must be a multiple of the process count (320 = 8 x 40, 16 x 20, 32 x 10; 384 = 8 x 48, 16 x 24,
+# 32 x 12); the command refuses one that is not, in one line. Another GLOBAL_BATCH keeps the
+# preset's lr: scale --lr yourself (nothing is rescaled automatically).
+# The KL term: the presets use --kl-reduction batchmean with alpha = ALPHA_SUM x paper batch (3.2
+# for alpha 1e-2 at 320), which gives exactly the paper's gradient under DDP (per process CE_mean +
+# alpha KL_sum_local / (B/W), averaged over the W processes = CE over the global batch + ALPHA_SUM x
+# KL summed over it). Keep batchmean under DDP: with --kl-reduction sum each process sums its own
+# share, and DDP's gradient averaging divides that KL weight by W.
 #
 # Data and run folder: every node reads the shards and rank 0 writes <out>/last.pt, best.pt,
 # log.jsonl; on a restart every rank loads <out>/last.pt. So --shards and --out must be on a
@@ -51,27 +54,7 @@ PORT=${PORT:-29500}
 RDZV_ID=${RDZV_ID:-lv-expert}
 PRESET=${PRESET:-marie2022-mnasnet-expert}
 
-# The preset's batch, alpha and KL reduction, read from the installed package (one source of truth).
-read -r preset_batch preset_alpha preset_kl < <(python - "$PRESET" <<'EOF'
-import sys
-from lossyvision.train.classifier import PRESETS
-p = PRESETS.get(sys.argv[1])
-if p is None:
-    sys.exit(f"unknown preset {sys.argv[1]!r}; choose one of {', '.join(sorted(PRESETS))}")
-print(p.get("batch_size", 64), p.get("alpha", "-"), p.get("kl_reduction", "-"))
-EOF
-)
-GLOBAL_BATCH=${GLOBAL_BATCH:-$preset_batch}
-WORLD=$((NNODES * GPUS))
-if (( GLOBAL_BATCH % WORLD != 0 )); then
-    echo "GLOBAL_BATCH=$GLOBAL_BATCH is not a multiple of $WORLD processes ($NNODES nodes x $GPUS); pick a node/GPU count that divides it, or set GLOBAL_BATCH" >&2
-    exit 2
-fi
-args=(--preset "$PRESET" --batch-size $((GLOBAL_BATCH / WORLD)))
-if [[ "$preset_kl" == sum && "$WORLD" -gt 1 ]]; then
-    alpha=$(python -c "print(round(float('$preset_alpha') * $GLOBAL_BATCH, 12))")
-    args+=(--kl-reduction batchmean --alpha "$alpha")
-fi
+args=(--preset "$PRESET")
 
 source "$(dirname "${BASH_SOURCE[0]}")/torchrun-common.sh"
 launch train-expert last.pt "$@"
