@@ -94,6 +94,13 @@ def one_line(e: BaseException) -> str:
     return lines[0] if lines else type(e).__name__
 
 
+def _shutdown_ray() -> None:
+    from ..pipelines.raypool import ray_started, shutdown_ray
+
+    if ray_started():
+        shutdown_ray(as_interrupt=True)
+
+
 def _running_as_command() -> bool:
     """True in a console script or ``python -m lossyvision[.cli]``, not when a notebook calls the command."""
     prog = os.path.basename(sys.argv[0]) if sys.argv else ""
@@ -115,7 +122,15 @@ def user_errors(usage: Callable[[], tuple[type, ...]], failure: Callable[[], tup
         @functools.wraps(fn)
         def wrapper(*args: Any, **kwargs: Any) -> Any:
             try:
-                return fn(*args, **kwargs)
+                out = fn(*args, **kwargs)
+                if "ray" in sys.modules and _running_as_command():
+                    # Shut the job's Ray down here, where a Ctrl-C or SIGTERM meanwhile is held until Ray
+                    # is down and then ends the command as below ("interrupted", exit 130). Left to Ray's atexit hook, a
+                    # signal that came as the job ended cut ray.shutdown short and the interpreter's
+                    # teardown then segfaulted (exit -11; tools/faults/kill_trials.py --signals INT
+                    # --executor ray). Not when called in-process: the caller's Ray stays up.
+                    _shutdown_ray()
+                return out
             except (click.ClickException, click.exceptions.Exit, click.exceptions.Abort):
                 raise
             except KeyboardInterrupt:
@@ -123,8 +138,14 @@ def user_errors(usage: Callable[[], tuple[type, ...]], failure: Callable[[], tup
                 if "ray" in sys.modules and _running_as_command():
                     # After an interrupt, Ray's driver segfaulted at interpreter exit (exit -11) in 2 of
                     # 10 SIGINT trials even with ray.shutdown() done (tools/faults/kill_trials.py
-                    # --signals INT --executor ray); everything is written and Ray is down by now, so
-                    # skip the interpreter's teardown. Not when called in-process (a notebook, a test).
+                    # --signals INT --executor ray); everything is written by now, so shut Ray down
+                    # (it is still up when the signal came in ray.init or after the tasks were done:
+                    # without it the raylet's workers and agents outlive the job) and skip the
+                    # interpreter's teardown. Not when called in-process (a notebook, a test).
+                    try:
+                        _shutdown_ray()
+                    except BaseException:  # a second signal meanwhile: the first one ends it all the same
+                        pass
                     sys.stdout.flush()
                     sys.stderr.flush()
                     logging.shutdown()

@@ -50,18 +50,29 @@ def init_ray(workers: int | None = None, address: str | None = None) -> int:
     import signal
     import threading
 
-    # ray.init installs its own SIGTERM handler (log and exit 1); the caller's one (cancel in-flight
-    # work, say how to resume, exit 130) must stay in charge.
+    # ray.init installs its own SIGTERM handlers (sys.exit(15) from ray.init, exit 1 from the node it
+    # starts); the caller's one (cancel in-flight work, say how to resume, exit 130) must stay in
+    # charge, during ray.init too: a SIGTERM that came while it ran exited 15 (1 of 5 trials at 6.0 s,
+    # tools/faults/kill_trials.py --signals TERM --executor ray). So Ray's Python-level installs are
+    # skipped while it runs (through ray._private.utils, where both go), and the caller's handler is
+    # put back after it, over the C++ one below.
     main_thread = threading.current_thread() is threading.main_thread()
     term = signal.getsignal(signal.SIGTERM) if main_thread else None
-    # A SIGTERM that lands while ray.init runs (its first 3-5 s) meets Ray's C++ fatal-signal handler,
-    # which aborts the driver (exit -6; 4 of 6 trials at 4.5-5.8 s, tools/faults/kill_trials.py
-    # --signals TERM --executor ray); the rerun is identical all the same. Blocking the signals
-    # across ray.init avoids it but Ray's processes inherit the mask, ignore the SIGTERM of
-    # ray.shutdown and cost 4 s more per job (12.1-12.4 vs 7.9-8.3 s on the samples), so it is not done.
+    # Still open: a SIGTERM in the last part of ray.init, once the core worker exists, meets Ray's C++
+    # fatal-signal handler, which aborts the driver (exit -6; 4 of 6 trials at 4.5-5.8 s); the rerun
+    # is identical all the same. Blocking the signals across ray.init avoids it but Ray's processes
+    # inherit the mask, ignore the SIGTERM of ray.shutdown and cost 4 s more per job (12.1-12.4 vs
+    # 7.9-8.3 s on the samples), so it is not done.
+    utils = getattr(getattr(ray, "_private", None), "utils", None)
+    keep = main_thread and callable(term) and callable(getattr(utils, "set_sigterm_handler", None))
+    if keep:
+        ray_set = utils.set_sigterm_handler
+        utils.set_sigterm_handler = lambda handler: None
     try:
         _init(ray, workers, address)
     finally:
+        if keep:
+            utils.set_sigterm_handler = ray_set
         if main_thread and callable(term):
             signal.signal(signal.SIGTERM, term)
     return _cpus(workers)
@@ -170,7 +181,93 @@ def run_ray(fn: Callable[[Any], Any], tasks: Iterable[Any], workers: int | None 
             # KeyboardInterrupt, the driver's core worker segfaulted (exit -11) in 3 of 5 SIGINT trials
             # (tools/faults/kill_trials.py --signals INT --executor ray, Ray 2.x); here in 0 of 10.
             try:
-                ray.shutdown()
+                shutdown_ray()  # a second Ctrl-C waits for it (see there), then ends the job all the same
             except BaseException:
                 pass
         raise
+
+
+def ray_started() -> bool:
+    """True when this process has a Ray up, or half up (a ray.init that a signal cut short)."""
+    import sys
+
+    worker = sys.modules.get("ray._private.worker")
+    if worker is None:
+        return False
+    return bool(getattr(worker, "_global_node", None) is not None or getattr(worker.global_worker, "connected", False))
+
+
+def shutdown_ray(as_interrupt: bool = False) -> None:
+    """``ray.shutdown()`` that SIGINT and SIGTERM cannot cut short: one that lands meanwhile is held
+    and delivered (to the handler of before) once Ray is down; with ``as_interrupt``, either ends as
+    a KeyboardInterrupt then (a command's Ctrl-C path: ``interrupted``, exit 130).
+
+    A KeyboardInterrupt raised inside ray.shutdown (seen in its 0.5 s log-flush sleep, in disconnect,
+    just after the core worker's shutdown_driver, and while it stops the raylet) leaves the driver half
+    torn down for the interpreter's teardown: the core worker still running, or its Python object
+    outliving its C++ side, and the node's processes up. A signal that came as a job ended did that
+    to atexit's ray.shutdown (18 of 18 such trials here: exit 0 after "Exception ignored in atexit
+    callback"), and that is the window of the one SIGINT that segfaulted (exit -11, 8.9 s into an
+    11 s job, tools/faults/kill_trials.py --executor ray). A four-task driver with a SIGINT in that
+    sleep crashed at exit in 3 of 4 runs (abort: libc's exit handlers destroy the core worker,
+    CoreWorkerProcess::HandleAtExit -> ~CoreWorker -> TaskEventBufferImpl::FlushEvents, std::bad_alloc),
+    and in 0 of 6 with this. Only the main thread can hold signals; elsewhere this is a plain
+    ray.shutdown()."""
+    import signal
+    import sys
+    import threading
+
+    import ray
+
+    if threading.current_thread() is not threading.main_thread():
+        ray.shutdown()
+        _refresh_faulthandler()
+        return
+    held: list[int] = []
+
+    def hold(signum: int, frame: Any) -> None:
+        held.append(signum)
+
+    old = {}
+    for s in (signal.SIGINT, signal.SIGTERM):
+        h = signal.getsignal(s)
+        # None: a handler set outside Python, which could not be put back; SIG_IGN: ignored (a job
+        # started with nohup or `&`), and it stays so
+        if h is not None and h != signal.SIG_IGN:
+            old[s] = signal.signal(s, hold)
+    # The core worker's shutdown puts Ray's fatal-signal handlers back to SIG_DFL at the C level,
+    # SIGTERM's and SIGSEGV's among them (Python's record of them stays as it was): a SIGTERM in the
+    # rest of the shutdown then killed the driver at once (-15), so the holding starts again before
+    # the node's processes are stopped, and faulthandler (PYTHONFAULTHANDLER=1) is put back after.
+    node = getattr(sys.modules.get("ray._private.worker"), "_global_node", None)
+    if node is not None and old:
+        kill_all = node.kill_all_processes
+
+        def kill_all_held(*args: Any, **kwargs: Any) -> Any:
+            for s in old:
+                signal.signal(s, hold)
+            return kill_all(*args, **kwargs)
+
+        node.kill_all_processes = kill_all_held
+    try:
+        ray.shutdown()
+    finally:
+        if node is not None:
+            node.__dict__.pop("kill_all_processes", None)  # its atexit hook gets the method itself
+        for s, h in old.items():
+            signal.signal(s, h)
+        _refresh_faulthandler()
+    if held:
+        if as_interrupt:
+            raise KeyboardInterrupt
+        signal.raise_signal(held[0])  # the handler of before runs now: KeyboardInterrupt, or the caller's own
+
+
+def _refresh_faulthandler() -> None:
+    """faulthandler's SIGSEGV handler again, when it was on: ray.init replaced it with Ray's and
+    ray.shutdown left SIG_DFL, so a crash after it printed nothing."""
+    import faulthandler
+
+    if faulthandler.is_enabled():
+        faulthandler.disable()
+        faulthandler.enable(all_threads=True)

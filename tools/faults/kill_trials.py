@@ -13,7 +13,8 @@ with a reference run. It also checks that no temporary file is left. With ``--ou
     python tools/faults/kill_trials.py --trials 9 --executor ray --workers 2
 
 Prints a table (per signal: trials, killed mid-job, identical after rerun) and exits 1 if any
-trial's output differed. ``--json`` writes the per-trial records.
+trial's output differed. ``--json`` writes the per-trial records; ``--logs DIR`` keeps each
+interrupted run's whole stderr, run with PYTHONFAULTHANDLER=1 (a crash prints every thread's stack).
 """
 
 from __future__ import annotations
@@ -48,6 +49,10 @@ def _entry(e: dict | None) -> dict | None:
     return out
 
 
+def _default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def command(out: str, executor: str, workers: int | None) -> list[str]:
     cmd = [sys.executable, "-m", "lossyvision.cli", "prepare-shards", *JOB, "--out", out, "--executor", executor]
     return cmd + (["--workers", str(workers)] if workers else [])
@@ -71,9 +76,14 @@ def snapshot(out: str) -> dict:
 
 
 def run_trials(root: str, trials: int, seed: int, signals: list[str], executor: str = "local", workers: int | None = None,
-               log=print) -> list[dict]:
-    """Run the trials under ``root`` (a folder or URL); returns one record per trial."""
+               log=print, logs: str | None = None) -> list[dict]:
+    """Run the trials under ``root`` (a folder or URL); returns one record per trial. With ``logs``
+    (a local folder), each interrupted run's whole stderr goes to ``logs/trial-NNN.stderr``, and the
+    commands run with PYTHONFAULTHANDLER=1, so a crash leaves the Python stack of every thread there."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if logs:
+        os.makedirs(logs, exist_ok=True)
+        env["PYTHONFAULTHANDLER"] = "1"
     ref_out = storage.join(root, "reference")
     t0 = time.perf_counter()
     subprocess.run(command(ref_out, executor, workers), check=True, env=env, capture_output=True)
@@ -90,8 +100,10 @@ def run_trials(root: str, trials: int, seed: int, signals: list[str], executor: 
         # its signal is tried again in a fresh folder at half the delay, so trials land inside the job.
         for attempt in range(4):
             out = storage.join(root, f"trial-{i:03d}" + (f"-{attempt}" if attempt else ""))
+            # SIGINT back to its default in the child: started in the background (nohup, `&` in a
+            # script), these trials ignore SIGINT, and a child inheriting that would finish (exit 0)
             p = subprocess.Popen(command(out, executor, workers), env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                 text=True)
+                                 text=True, preexec_fn=_default_sigint)
             time.sleep(delay)
             finished_first = p.poll() is not None
             if not finished_first:
@@ -101,6 +113,9 @@ def run_trials(root: str, trials: int, seed: int, signals: list[str], executor: 
                 break
             delay = max(0.3, delay / 2)
         rc1 = p.returncode
+        if logs:
+            with open(os.path.join(logs, f"trial-{i:03d}.stderr"), "w") as f:
+                f.write(f"# SIG{name} after {delay:.3f} s: exit {rc1}\n{err or ''}")
         # 130: the job's handler ran (cancel, say how to resume); -SIG: the signal came while Python was still starting
         expected = {0} if finished_first else {-SIGNALS[name]} | ({130} if name != "KILL" else set())
         rerun = subprocess.run(command(out, executor, workers), env=env, capture_output=True, text=True, timeout=600)
@@ -136,13 +151,16 @@ def main() -> int:
     ap.add_argument("--workers", type=int, default=None)
     ap.add_argument("--out", default=None, help="folder or URL for the runs (default: a temp folder)")
     ap.add_argument("--json", default=None, help="write the per-trial records here")
+    ap.add_argument("--logs", default=None,
+                    help="local folder for each interrupted run's whole stderr (runs with PYTHONFAULTHANDLER=1: a crash "
+                         "prints every thread's Python stack)")
     a = ap.parse_args()
     signals = [s.strip().upper() for s in a.signals.split(",") if s.strip()]
     bad = [s for s in signals if s not in SIGNALS]
     if bad:
         ap.error(f"unknown signal(s) {bad}; choose from INT, TERM, KILL")
     with tempfile.TemporaryDirectory() as tmp:
-        records = run_trials(a.out or tmp, a.trials, a.seed, signals, a.executor, a.workers)
+        records = run_trials(a.out or tmp, a.trials, a.seed, signals, a.executor, a.workers, logs=a.logs)
     print()
     print(table(records))
     ok = all(r["identical"] and r["exit_ok"] for r in records)
