@@ -58,6 +58,15 @@ def _rank_main(rank: int, world: int, ports: list[int], shards: str, out: str, r
     os.environ["MASTER_PORT"] = str(ports[2])
     report["resumed"] = train_segmentation(_cfg(Path(shards), Path(out), global_batch=4, steps=3, resume=True,
                                                 evaluate=False))
+    # eval-segmentation as torchrun runs it: each rank evaluates its share, rank 0 alone writes and prints
+    from click.testing import CliRunner
+
+    from lossyvision.cli.segmentation import eval_segmentation
+
+    os.environ["MASTER_PORT"] = str(ports[3])
+    r = CliRunner().invoke(eval_segmentation, ["--out", str(Path(reports, "cli-eval")), "--checkpoint",
+                                               str(Path(out, "model.pt")), "--shards", shards, "-q"])
+    report["cli_eval"] = {"exit_code": r.exit_code, "output": r.stdout, "error": r.stderr[-2000:], "left_group": not torch.distributed.is_initialized()}
     Path(reports, f"rank{rank}.json").write_text(json.dumps(report, default=str))
 
 
@@ -73,7 +82,7 @@ def two_ranks(shards, tmp_path_factory):
     import torch.multiprocessing as mp
 
     out, reports = tmp_path_factory.mktemp("ddp"), tmp_path_factory.mktemp("reports")
-    mp.spawn(_rank_main, args=(2, [_free_port() for _ in range(3)], str(shards), str(out), str(reports)),
+    mp.spawn(_rank_main, args=(2, [_free_port() for _ in range(4)], str(shards), str(out), str(reports)),
              nprocs=2, join=True)
     return out, [json.loads((reports / f"rank{r}.json").read_text()) for r in range(2)], reports / "model-step2.pt"
 
@@ -105,6 +114,22 @@ def test_sharded_final_evaluation_equals_the_single_process_one(two_ranks, shard
         torch.set_num_threads(threads)
     assert single["confusion"] == rec["confusion"] and single["images"] == 3
     assert single["miou_pct"] == rec["miou_pct"] and single["pixels"] == rec["pixels"] > 0
+
+
+def test_eval_segmentation_under_torchrun_splits_the_images_and_rank_0_reports(two_ranks, shards, tmp_path):
+    out, reports, _ = two_ranks
+    cli = [rep["cli_eval"] for rep in reports]
+    assert all(c["exit_code"] == 0 and c["left_group"] for c in cli), cli
+    assert '"miou_pct"' in cli[0]["output"] and cli[1]["output"].strip() == ""  # one report, from rank 0
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = evaluate_checkpoint(EvalConfig(checkpoint=str(out / "model.pt"), shards=str(shards),
+                                                test_variants=["orig"], out_dir=str(tmp_path), quiet=True))[0]
+    finally:
+        torch.set_num_threads(threads)
+    got = json.loads(cli[0]["output"])[0]
+    assert got["images"] == single["images"] == 3 and got["miou_pct"] == single["miou_pct"]
 
 
 def test_every_rank_has_its_own_rng_and_resume_restores_it(two_ranks):
