@@ -614,9 +614,9 @@ class SemanticDroneSource(_LabelMapSource):
 class FolderSource(_FileSource):
     """Any folder of images (recursively), no labels: for rate studies on a photo collection.
 
-    ``--split all`` takes every image under ``--src``; any other split takes ``--src/<split>/``
-    (keys relative to it) and is refused when that folder does not exist, so a ``--split train``
-    over a tree that also holds ``val/`` never mixes the two."""
+    ``--split S`` takes ``--src/S/`` (keys relative to it) when that folder exists, so a ``--split
+    train`` over a tree that also holds ``val/`` never mixes the two; otherwise (and for ``all``) every
+    image under ``--src``, the split then only naming the output folder."""
 
     name = "folder"
 
@@ -626,13 +626,11 @@ class FolderSource(_FileSource):
         self.root = _root(root)
         self.split = split
         _need_dir(self.root, "source folder")
-        self.top = self.root if split == "all" else storage.join(self.root, split)
-        if split != "all" and not storage.isdir(self.top):
-            raise SourceError(f"--src {self.root} has no folder {split!r}; pass --split all to take every image "
-                              "under it, or the name of one of its subfolders")
+        sub = storage.join(self.root, split)
+        self.top = sub if split != "all" and storage.isdir(sub) else self.root
 
     def items(self) -> list[Item]:
-        cut = 0 if self.split == "all" else len(self.split) + 1  # keys relative to the split folder
+        cut = 0 if self.top == self.root else len(self.split) + 1  # keys relative to the split folder
         return _unique_keys([_entry(rel[cut:], rel, None, stamp) for rel, stamp in _walk_images(self.top, self.root)])
 
 

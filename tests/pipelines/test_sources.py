@@ -122,7 +122,7 @@ def test_bad_crops():
         parse_crop("crop:400x400")(np.zeros((100, 100, 3), np.uint8))
 
 
-def test_folder_split_takes_only_that_subfolder_and_a_missing_one_is_refused(tmp_path):
+def test_folder_split_takes_only_that_subfolder_when_it_exists(tmp_path):
     from lossyvision.pipelines.sources import SourceError, create_source
 
     for split in ("train", "val"):
@@ -132,5 +132,5 @@ def test_folder_split_takes_only_that_subfolder_and_a_missing_one_is_refused(tmp
     assert [it.key for it in train] == ["c0/train-a"] and train[0].ref == "train/c0/train-a.png"
     assert sorted(it.key for it in create_source("folder", str(tmp_path), "all").items()) == [
         "train/c0/train-a", "val/c0/val-a"]
-    with pytest.raises(SourceError, match="no folder 'test'"):
-        create_source("folder", str(tmp_path), "test")
+    # no such subfolder: every image, the split only names the output folder (as before)
+    assert len(create_source("folder", str(tmp_path), "test").items()) == 2
