@@ -28,8 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import math
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -41,6 +39,9 @@ from lossyvision.progress import progress
 from lossyvision.train.classifier import TrainConfig, train
 from lossyvision.train.models import load_for_eval
 
+sys.path.insert(0, str(Path(__file__).parent))
+from repro_stats import ci, say  # noqa: E402
+
 # harsh at 32x32 (means over the 5000 test images): JPEG q3 670 B, 20.1 dB; J2K ratio 16 without MCT
 # (the paper's setting; each of the three grey-replicated planes is coded on its own) 201 B, 13.0 dB;
 # BPG QP 51 119 B, 20.9 dB. They cost the teacher 15, 76 and 24 points. J2K's codestream overhead is
@@ -50,21 +51,6 @@ CODECS = {"jpeg-q3": CodecSetting("jpeg", 3), "j2k-r16-nomct": CodecSetting("j2k
           "j2k-r12-nomct": CodecSetting("j2k", 12, options={"mct": False}), "bpg-qp46": CodecSetting("bpg", 46)}
 # Fashion-MNIST statistics (grey replicated to RGB), so inputs are centred as ImageNet's are for MnasNet
 MEAN, STD = (0.286, 0.286, 0.286), (0.353, 0.353, 0.353)
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
-
-
-def say(msg: str) -> None:
-    from tqdm import tqdm
-
-    tqdm.write(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr)  # above the bars, not through them
-
-
-def ci(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of a 95 % t-interval (0 for a single value)."""
-    m = statistics.mean(values)
-    if len(values) < 2:
-        return m, 0.0
-    return m, T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
 
 
 def fmt(values: list[float]) -> str:

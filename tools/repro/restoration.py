@@ -35,9 +35,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import math
 import os
-import statistics
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -45,10 +43,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 import seg_synth  # noqa: E402
+from repro_stats import ci, say  # noqa: E402
 
 CONFIGS = ("OO", "CO", "OC", "CC", "RO", "OR")
 METRICS = ("miou_pct", "miou_small_pct", "miou_big_pct")
-T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262}
 DATASET = "segfolder"  # prepare-shards writes OUT/<source name>/<split>/<variant>
 
 
@@ -84,20 +82,7 @@ class ExperimentConfig:
     timings_s: dict[str, float] = field(default_factory=dict)
 
 
-def say(msg: str) -> None:
-    from tqdm import tqdm
-
-    tqdm.write(f"[{time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr)  # above the bar, not through it
-
-
 # -- statistics ------------------------------------------------------------------------------------
-
-def ci(values: list[float]) -> tuple[float, float]:
-    """Mean and the half-width of a 95 % t-interval over the values (0 for a single value)."""
-    m = statistics.mean(values)
-    if len(values) < 2:
-        return m, 0.0
-    return m, T95.get(len(values) - 1, 1.96) * statistics.stdev(values) / math.sqrt(len(values))
 
 
 def fmt(values: list[float], signed: bool = False) -> str:
