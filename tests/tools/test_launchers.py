@@ -21,15 +21,27 @@ BASH = shutil.which("bash")
 pytestmark = pytest.mark.skipif(BASH is None, reason="needs bash")
 
 # each shim appends one line to $SHIM_LOG: its name and its arguments, tab-separated; srun also
-# records SRUN_CPUS_PER_TASK, and runs its command (after its own options) when SRUN_RUNS is set
-RECORD = '{ printf "%s" "$(basename "$0")"; printf "\\t%s" "$@"; printf "\\n"; } >> "$SHIM_LOG"\n'
+# records SRUN_CPUS_PER_TASK, and runs its command (after its own options) when SRUN_RUNS is set.
+# A line is one write, so shims running at once (the sbatch's background steps) cannot interleave.
+RECORD = 'line=$(basename "$0"); for a in "$@"; do line+=$\'\\t\'"$a"; done; printf "%s\\n" "$line" >> "$SHIM_LOG"\n'
 SHIMS = {
     "torchrun": RECORD,
     "prepare-shards": RECORD,
     "sleep": RECORD,
     "nvidia-smi": RECORD + 'for i in $(seq 0 $((${FAKE_GPUS:-0} - 1))); do echo "GPU $i: Fake GPU (UUID: GPU-$i)"; done\n',
     "scontrol": RECORD + 'printf "%s\\n" $FAKE_NODES\n',
-    "python": RECORD + 'cat > /dev/null; echo 0123abcd\n',
+    # `python - ADDRESS NODES TIMEOUT` is the sbatch's wait for every node's Ray to join: like the real
+    # one, it returns only once each node's srun step has started (an ENV line per srun: the head's
+    # address, then one `ray start` per node), so the EXIT trap cannot kill them before they record
+    "python": RECORD + """cat > /dev/null
+if [[ "${1:-}" == "-" ]]; then
+    for _ in $(seq 400); do
+        [[ $(grep -c '^ENV' "$SHIM_LOG") -gt "$3" ]] && break
+        "$REAL_SLEEP" 0.05
+    done
+fi
+echo 0123abcd
+""",
     "srun": RECORD + """printf "ENV\\tSRUN_CPUS_PER_TASK=%s\\n" "${SRUN_CPUS_PER_TASK:-}" >> "$SHIM_LOG"
 if [[ -n "${SRUN_RUNS:-}" ]]; then
     while [[ "$1" == -* ]]; do shift; done
@@ -58,7 +70,7 @@ def _run(script: str, shims: Path, env: dict[str, str], *args: str) -> tuple[sub
     log = shims / "calls.log"
     log.write_text("")
     base = {"PATH": f"{shims / 'bin'}{os.pathsep}{os.environ.get('PATH', '/usr/bin:/bin')}", "HOME": str(shims),
-            "SHIM_LOG": str(log), "VENV": str(shims / "venv")}
+            "SHIM_LOG": str(log), "VENV": str(shims / "venv"), "REAL_SLEEP": shutil.which("sleep") or "/bin/sleep"}
     r = subprocess.run([BASH, str(CLUSTER / script), *args], env={**base, **env}, capture_output=True, text=True,
                        timeout=60, cwd=shims, stdin=subprocess.DEVNULL)
     return r, [ln.split("\t") for ln in log.read_text().splitlines()]
@@ -188,8 +200,10 @@ def test_slurm_prepare_shards_names_the_cpus_of_every_step(shims):
     assert len(sruns) == 3  # the head's address, the Ray head, one Ray worker
     assert all("--cpus-per-task=64" in s for s in sruns), sruns
     assert all(e == ["SRUN_CPUS_PER_TASK=64"] for e in _calls(calls, "ENV"))
-    ray = [s for s in sruns if "ray" in s]
-    assert [s[s.index("-w") + 1] for s in ray] == ["gpu-0", "gpu-1"]
-    assert "--address=10.0.0.1:6379" in ray[1] and "--num-cpus=64" in ray[0]
+    # both `ray start` steps run in the background, so they may record in either order
+    (head,) = [s for s in sruns if "ray" in s and "--head" in s]
+    (worker,) = [s for s in sruns if "ray" in s and "--head" not in s]
+    assert _after(head, "-w") == "gpu-0" and _after(worker, "-w") == "gpu-1"
+    assert "--address=10.0.0.1:6379" in worker and "--num-cpus=64" in head
     (job,) = _calls(calls, "prepare-shards")
     assert _after(job, "--address") == "10.0.0.1:6379" and job[-2:] == ["--shard-size", "50"]
