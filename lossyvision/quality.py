@@ -276,35 +276,47 @@ class _Level:
 
 
 class _Canvas:
-    """MS-SSIM's coarser scales of a small image side by side in one array (stacked vertically, each
-    at the left of its band, zeros beside the narrower ones), so that every scale is filtered and
-    combined in one pass of calls instead of one per scale. Each scale's valid interior only reaches
-    its own pixels, so the bands do not mix; on a 224x224 crop this halves the cost of scales 2-5."""
+    """MS-SSIM's coarser scales of a small image packed into one array, so that every scale is
+    filtered and combined in one pass of calls instead of one per scale: scale 2 at the left, scales
+    3.. stacked in a column to its right (they are at most half as tall, so together they fit beside
+    it), zeros in the gaps. Each scale's valid interior only reaches its own pixels, so the bands do
+    not mix; on a 224x224 crop this halves the cost of scales 2-5, and the 2-D packing fills 89 % of
+    the canvas against 71 % for the bands stacked in one column."""
 
     __slots__ = ("bands", "buf", "level")
 
     def __init__(self, levels: list[np.ndarray]):
-        self.bands = []
-        row = 0
-        for lv in levels:
-            self.bands.append((row, lv.shape[0], lv.shape[1]))
+        first, rest = levels[0], levels[1:]
+        self.bands = [(0, 0, first.shape[0], first.shape[1])]
+        row, col = 0, first.shape[1]
+        for lv in rest:
+            self.bands.append((row, col, lv.shape[0], lv.shape[1]))
             row += lv.shape[0]
+        width = col + max((lv.shape[1] for lv in rest), default=0)
         # one zeroed buffer for the variants' scales: the bands are overwritten, the gaps stay zero
-        self.buf = np.zeros((row, levels[0].shape[1], levels[0].shape[2]), dtype=np.float32)
+        self.buf = np.zeros((self.pixels(levels) // width, width, first.shape[2]), dtype=np.float32)
         self.level = _Level(self.fill(levels).copy())
 
+    @staticmethod
+    def pixels(levels: list[np.ndarray]) -> int:
+        """Pixels per channel of the canvas of these scales."""
+        first, rest = levels[0], levels[1:]
+        height = max(first.shape[0], sum(lv.shape[0] for lv in rest))
+        return height * (first.shape[1] + max((lv.shape[1] for lv in rest), default=0))
+
     def fill(self, levels: list[np.ndarray]) -> np.ndarray:
-        for (r0, h, w), lv in zip(self.bands, levels):
-            self.buf[r0:r0 + h, :w] = lv
+        for (r0, c0, h, w), lv in zip(self.bands, levels):
+            self.buf[r0:r0 + h, c0:c0 + w] = lv
         return self.buf
 
     def per_scale(self, levels: list[np.ndarray]) -> list[np.ndarray]:
         """Per-channel contrast-structure means of scales 2..n-1 and the SSIM mean of the last."""
         ssim_map, cs_map, _ = _maps(self.level.stats(), self.fill(levels), True, _workspace(self.level.x.shape))
         out = []
-        for k, (r0, h, w) in enumerate(self.bands):
+        for k, (r0, c0, h, w) in enumerate(self.bands):
             m = ssim_map if k == len(self.bands) - 1 else cs_map
-            out.append(_sums(m[r0:r0 + h, :w]) / ((h - 2 * _R) * (w - 2 * _R)))
+            # the maps cover the canvas's valid interior: a band's own starts at its corner there
+            out.append(_sums(m[r0:r0 + h, c0:c0 + w]) / ((h - 2 * _R) * (w - 2 * _R)))
         return out
 
 
@@ -344,9 +356,8 @@ class Reference:
             return ssim_val, None
         if self._coarser is None:
             lv = _pyramid(self._top.x)
-            rows = sum(x.shape[0] for x in lv)
             # small images: all coarser scales in one canvas; large ones: scale by scale, in strips
-            self._coarser = _Canvas(lv) if rows * lv[0].shape[1] <= STRIP_PIXELS else [_Level(x) for x in lv]
+            self._coarser = _Canvas(lv) if _Canvas.pixels(lv) <= STRIP_PIXELS else [_Level(x) for x in lv]
         mcs = [np.maximum(cs / n, 0.0)]
         ys = _pyramid(b32 if b32 is not None else b)
         if isinstance(self._coarser, _Canvas):

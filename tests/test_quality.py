@@ -40,7 +40,7 @@ def test_ssim_matches_pytorch_msssim(photos, shape, q):
         assert abs(quality.ssim(a, b) - ref) < 1e-4
 
 
-@pytest.mark.parametrize("shape", [(224, 224), (225, 231)])
+@pytest.mark.parametrize("shape", [(224, 224), (225, 231), (161, 400), (400, 161)])
 def test_ms_ssim_matches_pytorch_msssim(photos, shape):
     a = np.ascontiguousarray(photos[1][: shape[0], : shape[1]])
     b = _jpeg(a, 10)
