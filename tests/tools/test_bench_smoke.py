@@ -147,6 +147,32 @@ def test_summary_reports_failed_and_missing_scripts(tmp_path, monkeypatch, capfd
     assert set(data["failed"]) == {"boom", "missing"} and [r["bench"] for r in data["rows"]] == ["fine", "fine"]
 
 
+def test_summary_passes_large_code_to_prepare_alone(tmp_path, monkeypatch, capfd):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_summary", REPO / "tools" / "bench" / "summary.py")
+    summary = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(summary)
+    # stand-ins that report the arguments they were given as one row each
+    script = ("import sys\nsys.path.insert(0, %r)\nimport common\n"
+              "common.write_json(sys.argv[-1], 'x', [common.row(' '.join(sys.argv[1:-2]), 1.0)])\n" % str(REPO / "tools" / "bench"))
+    for name in ("codecs", "prepare"):
+        (tmp_path / f"{name}.py").write_text(script)
+    before = tmp_path / "before"
+    (before / "lossyvision").mkdir(parents=True)
+    monkeypatch.setattr(summary, "HERE", tmp_path)
+    monkeypatch.setattr(summary, "ORDER", ["codecs", "prepare"])
+    monkeypatch.setattr(sys, "argv", ["summary.py", "--large-code", str(before)])
+    assert summary.main() == 0
+    out = capfd.readouterr().out
+    assert f"| prepare | --large --large-code {before} |" in out
+    assert "| codecs | --sizes" not in out and "--large-code" not in out.split("| prepare |")[0]
+    monkeypatch.setattr(sys, "argv", ["summary.py", "--large-code", str(tmp_path / "nowhere")])
+    with pytest.raises(SystemExit) as e:
+        summary.main()
+    assert e.value.code == 2 and "not a lossyvision checkout" in capfd.readouterr().err
+
+
 def test_seg_input_bench_times_both_functions_at_every_scale(tmp_path):
     out = _run(["tools/bench/seg_input.py", "--quick", "--repeats", "1", "--json", str(tmp_path / "seg_input.json")])
     assert "| scale | before samples/s | after samples/s | after / before | identical crops |" in out

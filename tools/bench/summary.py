@@ -1,6 +1,6 @@
 """Every benchmark in tools/bench, then one table of every number they measure against its target.
 
-    python tools/bench/summary.py [--quick] [--only codecs,train] [--json all.json]
+    python tools/bench/summary.py [--quick] [--only codecs,train] [--large-code PATH] [--json all.json]
 
 What ``make bench`` runs (``make bench BENCH_ARGS=--quick``). Runs each script as its own process, in
 this order: codecs.py, prepare.py, hevc_cli.py, train.py, scale.py, segmentation.py, seg_input.py,
@@ -19,7 +19,9 @@ one row "skipped: <reason>", not a failure.
 
 --quick passes each script its small, fast arguments (fewer photos, images, repeats; see QUICK) so the
 whole run takes a few minutes on a 2-core machine: the numbers are then smoke-level, not the
-benchmarks' results. --only runs the named scripts (names without .py) in the same order. --json
+benchmarks' results. --only runs the named scripts (names without .py) in the same order.
+--large-code PATH passes prepare.py another checkout whose large-image peak RSS it measures next to this
+one's (e.g. ``git worktree add /tmp/before 05e7f11~1``, the commit before the memory fix). --json
 writes every row, each with its "bench", plus the failed scripts.
 """
 
@@ -60,15 +62,17 @@ QUICK = {
 FULL = {"prepare": ["--large"], "segmentation": ["--size", "512x256", "--images", "4"]}
 
 
-def run_script(name: str, quick: bool) -> tuple[list[dict], str | None, str | None, float]:
-    """Run tools/bench/<name>.py, its output passed through; (rows, failure, skipped reason, seconds)."""
+def run_script(name: str, quick: bool, extra: list[str] = ()) -> tuple[list[dict], str | None, str | None, float]:
+    """Run tools/bench/<name>.py with ``extra`` arguments, its output passed through; (rows, failure,
+    skipped reason, seconds)."""
     script = HERE / f"{name}.py"
     if not script.exists():
         return [], f"no such script: tools/bench/{name}.py", None, 0.0
     fd, tmp = tempfile.mkstemp(prefix=f"lv-bench-{name}-", suffix=".json")
     os.close(fd)
     os.unlink(tmp)  # the script creates it: a file left behind means the script wrote it
-    cmd = [sys.executable, str(script), *(QUICK[name] if quick else FULL.get(name, [])), JSON_FLAG.get(name, "--json"), tmp]
+    cmd = [sys.executable, str(script), *(QUICK[name] if quick else FULL.get(name, [])), *extra,
+           JSON_FLAG.get(name, "--json"), tmp]
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")]))}
     print(f"\n## tools/bench/{name}.py{' (quick)' if quick else ''}\n", flush=True)
     t = time.perf_counter()
@@ -136,8 +140,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="small, fast arguments for every script (a few minutes)")
     ap.add_argument("--only", default=None, metavar="NAME,...", help=f"run only these, of {','.join(ORDER)}")
+    ap.add_argument("--large-code", default=None, metavar="PATH",
+                    help="another checkout for prepare.py's large-image peak RSS, measured next to this one's")
     ap.add_argument("--json", default=None, metavar="PATH", help="write every row (with its bench) here")
     args = ap.parse_args()
+    if args.large_code and not os.path.isdir(os.path.join(args.large_code, "lossyvision")):
+        ap.error(f"--large-code: {args.large_code} is not a lossyvision checkout (no lossyvision/ folder in it)")
     names = ORDER
     if args.only:
         wanted = [n.strip().removesuffix(".py") for n in args.only.split(",") if n.strip()]
@@ -149,7 +157,10 @@ def main() -> int:
     t0 = time.perf_counter()
     results, took = [], []
     for name in names:
-        rows, failed, skipped, seconds = run_script(name, args.quick)
+        extra = []
+        if name == "prepare" and args.large_code:  # a full run measures large images already
+            extra = [*(["--large"] if args.quick else []), "--large-code", args.large_code]
+        rows, failed, skipped, seconds = run_script(name, args.quick, extra)
         results.append((name, rows, failed, skipped))
         took.append(f"{name} {seconds:.0f} s")
         print(f"\n({name}: {'failed' if failed else 'done'} in {seconds:.0f} s)", flush=True)
