@@ -15,17 +15,23 @@ Definitions
   average pooling with zero padding for odd sizes). It needs a short side larger than
   ``(11 - 1) * 2**4 = 160`` pixels; for smaller images :func:`ms_ssim` returns ``None``.
 
-Speed and memory: one OpenCV separable float32 filter call per statistic set (the variant's mean,
-its square and its product with the reference, the products taken straight from uint8, are stacked
-into one array), MS-SSIM's four coarser scales packed into one canvas so that they cost one set of
-calls instead of four, OpenCV's ``sumElems`` and ``norm`` for the sums and PSNR, and the
-reference-side statistics computed once per image and reused for every variant (:class:`Reference`),
-and the scratch arrays of the per-variant pass kept per thread for the next call (:func:`_workspace`:
-fresh ones cost more in page faults than the arithmetic). In a nine-setting ImageNet job on this
-machine: 2.7 ms per 224x224 variant for SSIM + MS-SSIM + PSNR, against 3.4-3.7 ms without the
-scratch reuse and 5.5-6.4 ms before that (about 12.9 % of the job; tools/bench/prepare.py).
-About 45 % of it is the Gaussian filtering itself (OpenCV at ~1.5 ns per pixel and plane); numba
-fusing the per-pixel algebra was tried and measured slower (0.5-0.7 ms against OpenCV's ~0.4 ms).
+Speed and memory: OpenCV's separable filter, one call per statistic set (the variant's square and
+its product with the reference stacked into one float32 array; the variant's mean filtered straight
+from uint8, which reads a quarter of the bytes), MS-SSIM's four coarser scales packed into one
+canvas (scale 2 beside a column of scales 3-5) so that they cost one set of calls instead of four,
+SSIM's luminance term only where it is used (full scale, the coarsest band), products in float32
+(OpenCV multiplies float32 pairs in SIMD, uint8 pairs into float32 not: 57 against 25 us per
+224x224x3), OpenCV's ``sumElems`` and ``norm`` for the sums and PSNR, the reference-side statistics
+computed once per image and reused for every variant (:class:`Reference`), and the scratch arrays of
+the per-variant pass kept per thread for the next call (:func:`_workspace`: fresh ones cost more in
+page faults than the arithmetic). Each step leaves the scores bit-identical. Per 224x224 variant
+(SSIM + MS-SSIM + PSNR) on this machine: 5.5-6.4 ms at first, 3.4-3.7 ms with one filter call per
+set, 2.7 ms with the scratch reuse, then 9-10 % less again with the packing, the uint8 filter and
+the float32 products (1.93-1.95 against 2.14-2.17 ms, A/B in one process, 6 photos x 3 JPEG
+qualities, one Reference per photo); about 12 % of a
+nine-setting ImageNet job (tools/bench/prepare.py). About half of what is left is the Gaussian
+filtering itself (OpenCV at ~1.3 ns per sample and plane); numba fusing the per-pixel algebra was
+tried and measured slower (0.5-0.7 ms against OpenCV's ~0.4 ms), numexpr too (1.1 against 0.22 ms).
 
 Images larger than ``STRIP_PIXELS`` are measured in horizontal strips of rows with a 10-row halo,
 so the float32 working set is bounded by the strip, not the image: 'valid' filtering makes every
@@ -153,11 +159,11 @@ def _sums(m: np.ndarray) -> np.ndarray:
 
 
 def _ref_stats(x: np.ndarray, work: tuple | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(x, mu_x, mu_x^2 + C1, sigma_x^2 + C2) of a strip: the terms that depend on the reference only.
-    With ``work`` (:func:`_workspace` of the strip's shape), a uint8 or float32 ``x`` is stacked in
-    its scratch stack; the returned arrays are fresh either way."""
-    keep = x.dtype in (np.uint8, np.float32)
-    st = _stack(x, 2, work[0][:2] if work is not None and keep else None)
+    """(x as float32, mu_x, mu_x^2 + C1, sigma_x^2 + C2) of a strip: the terms that depend on the
+    reference only. With ``work`` (:func:`_workspace` of the strip's shape) the square is taken in its
+    scratch stack; the returned arrays are fresh either way."""
+    xf = np.asarray(x, dtype=np.float32)
+    st = _stack(xf, 2, work[0][:2] if work is not None else None)
     np.multiply(st[0], st[0], out=st[1])
     f = _filter(st)
     mu, fxx = f[0], f[1]
@@ -165,8 +171,8 @@ def _ref_stats(x: np.ndarray, work: tuple | None = None) -> tuple[np.ndarray, np
     fxx -= mu_sq
     fxx += _C2
     mu_sq += _C1
-    # a uint8 reference is kept as it is (the products are taken from it), float32 too; others as float32
-    return (x if keep else st[0]), mu, mu_sq, fxx
+    # float32, because OpenCV multiplies float32 by float32 in SIMD and uint8 by uint8 to float32 not
+    return xf, mu, mu_sq, fxx
 
 
 # Scratch arrays of _maps, per thread, for the last few strip shapes (a 224x224 job uses two: the
@@ -200,24 +206,27 @@ def _workspace(shape: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None
     return work
 
 
-def _maps(ref: tuple, y: np.ndarray, with_ssim: bool,
+def _maps(ref: tuple, y: np.ndarray, with_ssim: bool | tuple[int, int, int, int],
           work: tuple | None = None) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
     """SSIM map (or None), contrast-structure map (both 'same'-size, n x W x C; only the interior is
     valid) of ``y`` against the reference statistics ``ref`` of the same rows, and ``y`` as float32.
+    ``with_ssim`` may be a window (r0, r1, c0, c1) of the map: the SSIM map is then that window's only
+    (MS-SSIM needs SSIM at its coarsest scale alone, a corner of the canvas of scales 2-5).
     ``work`` (from :func:`_workspace`), when given, holds every array it returns."""
     cv2 = _cv2()
     x, mu_x, den1, den2 = ref
     st_buf, f_buf, p_buf = work if work is not None else (None, None, None)
     st = _stack(y, 3, st_buf)
     yf = st[0]
-    if x.dtype == np.uint8 and y.dtype == np.uint8:
-        # products straight from the uint8 images (exact in float32): a quarter of the memory traffic
-        cv2.multiply(y, y, dst=st[1], dtype=cv2.CV_32F)
-        cv2.multiply(x, y, dst=st[2], dtype=cv2.CV_32F)
+    cv2.multiply(yf, yf, dst=st[1])  # exact: products of integers below 2^24 in float32
+    cv2.multiply(x, yf, dst=st[2])
+    if y.dtype == np.uint8:
+        # mu_y filtered straight from uint8: OpenCV's 8U -> 32F filter reads a quarter of the bytes
+        f = f_buf if f_buf is not None else np.empty_like(st)
+        _filter(st[1:], f[1:])
+        _filter(y[None], f[:1])
     else:
-        np.multiply(yf, yf, out=st[1])
-        np.multiply(x, yf, out=st[2])
-    f = _filter(st, f_buf)
+        f = _filter(st, f_buf)
     shape = f.shape[1:]
     flat = (-1, shape[1] * shape[2])
     mu_y, fyy, fxy = (f[i].reshape(flat) for i in range(3))
@@ -229,13 +238,20 @@ def _maps(ref: tuple, y: np.ndarray, with_ssim: bool,
     den = cv2.subtract(fyy, my2, dst=fyy)
     den = cv2.add(den, den2.reshape(flat), dst=den)  # sigma_x^2 + sigma_y^2 + C2
     cs = cv2.divide(cs, den, dst=cs)
-    if not with_ssim:
-        return None, cs.reshape(shape), yf
+    cs_map = cs.reshape(shape)
+    if with_ssim is False:
+        return None, cs_map, yf
+    d1 = den1.reshape(flat)
+    if with_ssim is not True:
+        r0, r1, c0, c1 = with_ssim
+        c = shape[2]
+        shape = (r1 - r0, c1 - c0, c)
+        p, my2, d1, cs = (a[r0:r1, c0 * c:c1 * c] for a in (p, my2, d1, cs))
     lum = cv2.addWeighted(p, 2.0, p, 0.0, _C1, dst=p)  # 2 mu_x mu_y + C1
-    ld = cv2.add(my2, den1.reshape(flat), dst=my2)
+    ld = cv2.add(my2, d1, dst=my2)
     lum = cv2.divide(lum, ld, dst=lum)
     lum = cv2.multiply(lum, cs, dst=lum)
-    return lum.reshape(shape), cs.reshape(shape), yf
+    return lum.reshape(shape), cs_map, yf
 
 
 class _Level:
@@ -311,13 +327,11 @@ class _Canvas:
 
     def per_scale(self, levels: list[np.ndarray]) -> list[np.ndarray]:
         """Per-channel contrast-structure means of scales 2..n-1 and the SSIM mean of the last."""
-        ssim_map, cs_map, _ = _maps(self.level.stats(), self.fill(levels), True, _workspace(self.level.x.shape))
-        out = []
-        for k, (r0, c0, h, w) in enumerate(self.bands):
-            m = ssim_map if k == len(self.bands) - 1 else cs_map
-            # the maps cover the canvas's valid interior: a band's own starts at its corner there
-            out.append(_sums(m[r0:r0 + h, c0:c0 + w]) / ((h - 2 * _R) * (w - 2 * _R)))
-        return out
+        r0, c0, h, w = self.bands[-1]
+        ssim_map, cs_map, _ = _maps(self.level.stats(), self.fill(levels), (r0, r0 + h, c0, c0 + w),
+                                    _workspace(self.level.x.shape))
+        out = [_sums(cs_map[r0:r0 + h, c0:c0 + w]) / ((h - 2 * _R) * (w - 2 * _R)) for r0, c0, h, w in self.bands[:-1]]
+        return out + [_sums(ssim_map) / ((h - 2 * _R) * (w - 2 * _R))]
 
 
 class Reference:
