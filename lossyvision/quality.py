@@ -28,10 +28,10 @@ page faults than the arithmetic). Each step leaves the scores bit-identical. Per
 (SSIM + MS-SSIM + PSNR) on this machine: 5.5-6.4 ms at first, 3.4-3.7 ms with one filter call per
 set, 2.7 ms with the scratch reuse, then 9-10 % less again with the packing, the uint8 filter and
 the float32 products (1.93-1.95 against 2.14-2.17 ms, A/B in one process, 6 photos x 3 JPEG
-qualities, one Reference per photo); about 12 % of a
-nine-setting ImageNet job (tools/bench/prepare.py). About half of what is left is the Gaussian
-filtering itself (OpenCV at ~1.3 ns per sample and plane); numba fusing the per-pixel algebra was
-tried and measured slower (0.5-0.7 ms against OpenCV's ~0.4 ms), numexpr too (1.1 against 0.22 ms).
+qualities, one Reference per photo); 11.4 % of a nine-setting ImageNet job (tools/bench/prepare.py).
+About half of what is left is the Gaussian filtering itself (OpenCV at ~1.3 ns per sample and
+plane); numba fusing the per-pixel algebra was tried and measured slower (0.5-0.7 ms against
+OpenCV's ~0.4 ms), numexpr too (1.1 against 0.22 ms).
 
 Images larger than ``STRIP_PIXELS`` are measured in horizontal strips of rows with a 10-row halo,
 so the float32 working set is bounded by the strip, not the image: 'valid' filtering makes every
@@ -302,23 +302,21 @@ class _Canvas:
     __slots__ = ("bands", "buf", "level")
 
     def __init__(self, levels: list[np.ndarray]):
-        first, rest = levels[0], levels[1:]
-        self.bands = [(0, 0, first.shape[0], first.shape[1])]
-        row, col = 0, first.shape[1]
-        for lv in rest:
-            self.bands.append((row, col, lv.shape[0], lv.shape[1]))
-            row += lv.shape[0]
-        width = col + max((lv.shape[1] for lv in rest), default=0)
+        self.bands, height, width = self.layout(levels)
         # one zeroed buffer for the variants' scales: the bands are overwritten, the gaps stay zero
-        self.buf = np.zeros((self.pixels(levels) // width, width, first.shape[2]), dtype=np.float32)
+        self.buf = np.zeros((height, width, levels[0].shape[2]), dtype=np.float32)
         self.level = _Level(self.fill(levels).copy())
 
     @staticmethod
-    def pixels(levels: list[np.ndarray]) -> int:
-        """Pixels per channel of the canvas of these scales."""
+    def layout(levels: list[np.ndarray]) -> tuple[list[tuple[int, int, int, int]], int, int]:
+        """The bands (row, column, height, width) of these scales and the canvas's height and width."""
         first, rest = levels[0], levels[1:]
-        height = max(first.shape[0], sum(lv.shape[0] for lv in rest))
-        return height * (first.shape[1] + max((lv.shape[1] for lv in rest), default=0))
+        bands = [(0, 0, first.shape[0], first.shape[1])]
+        row, col = 0, first.shape[1]
+        for lv in rest:
+            bands.append((row, col, lv.shape[0], lv.shape[1]))
+            row += lv.shape[0]
+        return bands, max(first.shape[0], row), col + max((lv.shape[1] for lv in rest), default=0)
 
     def fill(self, levels: list[np.ndarray]) -> np.ndarray:
         for (r0, c0, h, w), lv in zip(self.bands, levels):
@@ -327,11 +325,14 @@ class _Canvas:
 
     def per_scale(self, levels: list[np.ndarray]) -> list[np.ndarray]:
         """Per-channel contrast-structure means of scales 2..n-1 and the SSIM mean of the last."""
-        r0, c0, h, w = self.bands[-1]
-        ssim_map, cs_map, _ = _maps(self.level.stats(), self.fill(levels), (r0, r0 + h, c0, c0 + w),
+        def valid(h: int, w: int) -> int:
+            return (h - 2 * _R) * (w - 2 * _R)
+
+        r, c, h, w = self.bands[-1]
+        ssim_map, cs_map, _ = _maps(self.level.stats(), self.fill(levels), (r, r + h, c, c + w),
                                     _workspace(self.level.x.shape))
-        out = [_sums(cs_map[r0:r0 + h, c0:c0 + w]) / ((h - 2 * _R) * (w - 2 * _R)) for r0, c0, h, w in self.bands[:-1]]
-        return out + [_sums(ssim_map) / ((h - 2 * _R) * (w - 2 * _R))]
+        out = [_sums(cs_map[r0:r0 + h0, c0:c0 + w0]) / valid(h0, w0) for r0, c0, h0, w0 in self.bands[:-1]]
+        return out + [_sums(ssim_map) / valid(h, w)]
 
 
 class Reference:
@@ -371,7 +372,8 @@ class Reference:
         if self._coarser is None:
             lv = _pyramid(self._top.x)
             # small images: all coarser scales in one canvas; large ones: scale by scale, in strips
-            self._coarser = _Canvas(lv) if _Canvas.pixels(lv) <= STRIP_PIXELS else [_Level(x) for x in lv]
+            _, height, width = _Canvas.layout(lv)
+            self._coarser = _Canvas(lv) if height * width <= STRIP_PIXELS else [_Level(x) for x in lv]
         mcs = [np.maximum(cs / n, 0.0)]
         ys = _pyramid(b32 if b32 is not None else b)
         if isinstance(self._coarser, _Canvas):

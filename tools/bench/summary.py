@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -62,7 +63,7 @@ QUICK = {
 FULL = {"prepare": ["--large"], "segmentation": ["--size", "512x256", "--images", "4"]}
 
 
-def run_script(name: str, quick: bool, extra: list[str] = ()) -> tuple[list[dict], str | None, str | None, float]:
+def run_script(name: str, quick: bool, extra: Sequence[str] = ()) -> tuple[list[dict], str | None, str | None, float]:
     """Run tools/bench/<name>.py with ``extra`` arguments, its output passed through; (rows, failure,
     skipped reason, seconds)."""
     script = HERE / f"{name}.py"
