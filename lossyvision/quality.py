@@ -1,6 +1,6 @@
 """Image-quality metrics on uint8 RGB: PSNR, SSIM, MS-SSIM.
 
-Bottom layer of the package (imports nothing else of lossyvision): shard preparation and
+Bottom layer of the package (imports only its own kernel, lossyvision.ssim_sums): shard preparation and
 evaluation both use it.
 
 Definitions
@@ -15,23 +15,23 @@ Definitions
   average pooling with zero padding for odd sizes). It needs a short side larger than
   ``(11 - 1) * 2**4 = 160`` pixels; for smaller images :func:`ms_ssim` returns ``None``.
 
-Speed and memory: OpenCV's separable filter, one call per statistic set (the variant's square and
-its product with the reference stacked into one float32 array; the variant's mean filtered straight
-from uint8, which reads a quarter of the bytes), MS-SSIM's four coarser scales packed into one
-canvas (scale 2 beside a column of scales 3-5) so that they cost one set of calls instead of four,
-SSIM's luminance term only where it is used (full scale, the coarsest band), products in float32
+Speed and memory: the reference-side statistics are computed once per image and reused for every
+variant (:class:`Reference`), MS-SSIM's four coarser scales are packed into one canvas (scale 2
+beside a column of scales 3-5) so that they cost one pass instead of four, and the per-variant work
+(filtering y, y^2 and x y, the per-pixel algebra and the sums) runs in one compiled pass per row
+(:mod:`lossyvision.ssim_sums`, numba) that writes no map: 1.49-1.58 against 2.02-2.17 ms per 224x224
+variant (SSIM + MS-SSIM + PSNR) for the OpenCV path, A/B in one process (6 photos x 3 settings, 4
+rounds). Where numba is missing the OpenCV path runs: one ``sepFilter2D`` call per statistic set (the
+variant's square and its product with the reference stacked into one float32 array, the variant's
+mean filtered straight from uint8), SSIM's luminance term only where it is used, products in float32
 (OpenCV multiplies float32 pairs in SIMD, uint8 pairs into float32 not: 57 against 25 us per
-224x224x3), OpenCV's ``sumElems`` and ``norm`` for the sums and PSNR, the reference-side statistics
-computed once per image and reused for every variant (:class:`Reference`), and the scratch arrays of
-the per-variant pass kept per thread for the next call (:func:`_workspace`: fresh ones cost more in
-page faults than the arithmetic). Each step leaves the scores bit-identical. Per 224x224 variant
-(SSIM + MS-SSIM + PSNR) on this machine: 5.5-6.4 ms at first, 3.4-3.7 ms with one filter call per
-set, 2.7 ms with the scratch reuse, then 9-10 % less again with the packing, the uint8 filter and
-the float32 products (1.93-1.95 against 2.14-2.17 ms, A/B in one process, 6 photos x 3 JPEG
-qualities, one Reference per photo); 11.4 % of a nine-setting ImageNet job (tools/bench/prepare.py).
-About half of what is left is the Gaussian filtering itself (OpenCV at ~1.3 ns per sample and
-plane); numba fusing the per-pixel algebra was tried and measured slower (0.5-0.7 ms against
-OpenCV's ~0.4 ms), numexpr too (1.1 against 0.22 ms).
+224x224x3), OpenCV's ``sumElems`` for the sums, and scratch arrays kept per thread for the next call
+(:func:`_workspace`: fresh ones cost more in page faults than the arithmetic). Its history per
+variant: 5.5-6.4 ms at first, 3.4-3.7 ms with one filter call per set, 2.7 ms with the scratch reuse,
+1.9 ms with the packing, the uint8 filter and the float32 products; numexpr (1.1 against 0.22 ms for
+the algebra) and a first numba version of the algebra alone (indexing 2-D arrays in the inner loop,
+which LLVM left scalar) were slower. The two paths agree to float32 rounding (3e-5; tested). PSNR
+uses OpenCV's ``norm`` (exact integer sums).
 
 Images larger than ``STRIP_PIXELS`` are measured in horizontal strips of rows with a 10-row halo,
 so the float32 working set is bounded by the strip, not the image: 'valid' filtering makes every
@@ -150,12 +150,14 @@ def _filter(st: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
     return out
 
 
+def _interior(n: int, w: int) -> tuple[int, int, int, int]:
+    """The valid pixels (rows r0:r1, columns c0:c1) of the 'same'-size maps of an n x w strip."""
+    return _R, n - _R, _R, w - _R
+
+
 def _sums(m: np.ndarray) -> np.ndarray:
     """Per-channel float64 sums over the valid interior of an (n, W, C) map."""
-    v = m[_R:-_R, _R:-_R]
-    if v.shape[2] <= 4:  # OpenCV's sum: double accumulators, one pass over interleaved channels
-        return np.asarray(_cv2().sumElems(v)[: v.shape[2]], dtype=np.float64)
-    return v.sum(axis=1).sum(axis=0, dtype=np.float64)
+    return _sum_rect(m, _interior(*m.shape[:2]))
 
 
 def _ref_stats(x: np.ndarray, work: tuple | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -206,27 +208,36 @@ def _workspace(shape: tuple) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None
     return work
 
 
-def _maps(ref: tuple, y: np.ndarray, with_ssim: bool | tuple[int, int, int, int],
-          work: tuple | None = None) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
-    """SSIM map (or None), contrast-structure map (both 'same'-size, n x W x C; only the interior is
-    valid) of ``y`` against the reference statistics ``ref`` of the same rows, and ``y`` as float32.
-    ``with_ssim`` may be a window (r0, r1, c0, c1) of the map: the SSIM map is then that window's only
-    (MS-SSIM needs SSIM at its coarsest scale alone, a corner of the canvas of scales 2-5).
-    ``work`` (from :func:`_workspace`), when given, holds every array it returns."""
+def _filtered(x: np.ndarray, y: np.ndarray, work: tuple | None) -> tuple[np.ndarray, np.ndarray]:
+    """The variant's 'same'-size filtered statistics (mu_y, E[y^2], E[xy]) against the reference
+    strip ``x`` (float32), as one (3, n, W, C) float32 array, and ``y`` as float32."""
     cv2 = _cv2()
-    x, mu_x, den1, den2 = ref
-    st_buf, f_buf, p_buf = work if work is not None else (None, None, None)
-    st = _stack(y, 3, st_buf)
+    st = _stack(y, 3, work[0] if work is not None else None)
     yf = st[0]
     cv2.multiply(yf, yf, dst=st[1])  # exact: products of integers below 2^24 in float32
     cv2.multiply(x, yf, dst=st[2])
     if y.dtype == np.uint8:
         # mu_y filtered straight from uint8: OpenCV's 8U -> 32F filter reads a quarter of the bytes
-        f = f_buf if f_buf is not None else np.empty_like(st)
+        f = work[1] if work is not None else np.empty_like(st)
         _filter(st[1:], f[1:])
         _filter(y[None], f[:1])
     else:
-        f = _filter(st, f_buf)
+        f = _filter(st, work[1] if work is not None else None)
+    return f, yf
+
+
+def _maps(ref: tuple, y: np.ndarray, with_ssim: bool | tuple[int, int, int, int],
+          work: tuple | None = None) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """SSIM map (or None), contrast-structure map (both 'same'-size, n x W x C; only the interior is
+    valid) of ``y`` against the reference statistics ``ref`` of the same rows, and ``y`` as float32:
+    the OpenCV path, where numba is missing (:mod:`lossyvision.ssim_sums` does the same arithmetic
+    in one pass). ``with_ssim`` may be a window (r0, r1, c0, c1) of the map: the SSIM map is then
+    that window's only (MS-SSIM needs SSIM at its coarsest scale alone, a corner of the canvas of
+    scales 2-5). ``work`` (from :func:`_workspace`), when given, holds every array it returns."""
+    cv2 = _cv2()
+    x, mu_x, den1, den2 = ref
+    p_buf = work[2] if work is not None else None
+    f, yf = _filtered(x, y, work)
     shape = f.shape[1:]
     flat = (-1, shape[1] * shape[2])
     mu_y, fyy, fxy = (f[i].reshape(flat) for i in range(3))
@@ -254,6 +265,72 @@ def _maps(ref: tuple, y: np.ndarray, with_ssim: bool | tuple[int, int, int, int]
     return lum.reshape(shape), cs_map, yf
 
 
+# The fused kernel (lossyvision.ssim_sums): None = use it when numba imports, False = always the
+# OpenCV path (tests and A/B benchmarks set this), True = require it.
+FUSED: bool | None = None
+_NO_NUMBA = False
+
+
+def _kernel():
+    global _NO_NUMBA
+    if FUSED is False or (_NO_NUMBA and not FUSED):
+        return None
+    try:
+        from .ssim_sums import kernel
+
+        return kernel()
+    except ImportError:
+        if FUSED:
+            raise
+        _NO_NUMBA = True
+        return None
+
+
+def _scratch(shape: tuple) -> tuple | None:
+    """:func:`_workspace` for the OpenCV path; None with the fused kernel, which needs none."""
+    return _workspace(shape) if _kernel() is None else None
+
+
+Rect = tuple[int, int, int, int]  # rows r0:r1, columns c0:c1 of a map, in pixels
+
+
+def _rect_sums(ref: tuple, y: np.ndarray, cs_rects: list[Rect], ssim_rect: Rect | None,
+               work: tuple | None = None) -> tuple[np.ndarray | None, list[np.ndarray], np.ndarray]:
+    """Per-channel float64 sums of the SSIM map over ``ssim_rect`` (None: not wanted) and of the
+    contrast-structure map over each of ``cs_rects`` (rectangles of valid map pixels, i.e. at least
+    the filter radius from the strip's edges), ``y`` against the reference statistics ``ref`` of
+    the same rows; and ``y`` as float32 where the OpenCV path made it (None from the fused kernel,
+    which never converts ``y`` whole). ``work`` is the OpenCV path's scratch (:func:`_scratch`)."""
+    kern = _kernel()
+    if kern is None:
+        n, w = y.shape[:2]
+        window: bool | Rect = False
+        if ssim_rect is not None:
+            r0, r1, c0, c1 = ssim_rect
+            window = (r0 - _R, r1 + _R, c0 - _R, c1 + _R)
+            window = True if window == (0, n, 0, w) else window
+        ssim_map, cs_map, yf = _maps(ref, y, window, work)
+        ssim_sum = None if ssim_map is None else _sums(ssim_map)
+        return ssim_sum, [_sum_rect(cs_map, r) for r in cs_rects], yf
+    x, mu_x, den1, den2 = ref
+    n, w, c = y.shape
+    planes = tuple(a.reshape(n, w * c) for a in (np.ascontiguousarray(y), x, mu_x, den1, den2)) + (_GAUSS,)
+    ssim_sum = both = None
+    if ssim_rect is not None:
+        r0, r1, c0, c1 = ssim_rect
+        ssim_sum, both = kern(*planes, c, r0, r1, c0, c1, _C1, _C2, True)  # the cs sums come with it
+    cs_sums = [both if rect == ssim_rect else kern(*planes, c, *rect, _C1, _C2, False)[1] for rect in cs_rects]
+    return ssim_sum, cs_sums, None
+
+
+def _sum_rect(m: np.ndarray, rect: Rect) -> np.ndarray:
+    r0, r1, c0, c1 = rect
+    v = m[r0:r1, c0:c1]
+    if v.shape[2] <= 4:  # OpenCV's sum: double accumulators, one pass over interleaved channels
+        return np.asarray(_cv2().sumElems(v)[: v.shape[2]], dtype=np.float64)
+    return v.sum(axis=1).sum(axis=0, dtype=np.float64)
+
+
 class _Level:
     """One scale of the reference (HxWxC, any numeric dtype) and, when it is a single strip, its
     cached statistics."""
@@ -268,7 +345,7 @@ class _Level:
     def stats(self) -> tuple:
         """The reference statistics of the whole level, computed once (single-strip levels only)."""
         if self.cache is None:
-            self.cache = _ref_stats(self.x, _workspace(self.x.shape))
+            self.cache = _ref_stats(self.x, _scratch(self.x.shape))
         return self.cache
 
     def sums(self, y: np.ndarray, cs_only: bool) -> tuple[np.ndarray | None, np.ndarray, int, np.ndarray | None]:
@@ -280,14 +357,14 @@ class _Level:
         y32 = None
         for r0, r1 in strips:
             ref = self.stats() if single else _ref_stats(self.x[r0:r1])
-            ssim_map, cs_map, yf = _maps(ref, y[r0:r1], not cs_only, _workspace(self.x.shape) if single else None)
+            inner = _interior(r1 - r0, self.w)
+            part_ssim, (part,), yf = _rect_sums(ref, y[r0:r1], [inner], None if cs_only else inner,
+                                                _scratch(self.x.shape) if single else None)
             if single:
                 y32 = yf
-            part = _sums(cs_map)
             cs_sum = part if cs_sum is None else cs_sum + part
-            if ssim_map is not None:
-                part = _sums(ssim_map)
-                ssim_sum = part if ssim_sum is None else ssim_sum + part
+            if part_ssim is not None:
+                ssim_sum = part_ssim if ssim_sum is None else ssim_sum + part_ssim
         return ssim_sum, cs_sum, (self.h - 2 * _R) * (self.w - 2 * _R), y32
 
 
@@ -325,14 +402,11 @@ class _Canvas:
 
     def per_scale(self, levels: list[np.ndarray]) -> list[np.ndarray]:
         """Per-channel contrast-structure means of scales 2..n-1 and the SSIM mean of the last."""
-        def valid(h: int, w: int) -> int:
-            return (h - 2 * _R) * (w - 2 * _R)
-
-        r, c, h, w = self.bands[-1]
-        ssim_map, cs_map, _ = _maps(self.level.stats(), self.fill(levels), (r, r + h, c, c + w),
-                                    _workspace(self.level.x.shape))
-        out = [_sums(cs_map[r0:r0 + h0, c0:c0 + w0]) / valid(h0, w0) for r0, c0, h0, w0 in self.bands[:-1]]
-        return out + [_sums(ssim_map) / valid(h, w)]
+        inner = [(r + _R, r + h - _R, c + _R, c + w - _R) for r, c, h, w in self.bands]
+        ssim_sum, cs_sums, _ = _rect_sums(self.level.stats(), self.fill(levels), inner[:-1], inner[-1],
+                                          _scratch(self.level.x.shape))
+        valid = [(r1 - r0) * (c1 - c0) for r0, r1, c0, c1 in inner]
+        return [s / n for s, n in zip(cs_sums, valid)] + [ssim_sum / valid[-1]]
 
 
 class Reference:
@@ -406,10 +480,10 @@ def _avg_pool2(x: np.ndarray) -> np.ndarray:
     """2x2 average pooling of an HxWxC image to float32, with zero padding on odd sides as torch's
     avg_pool2d(padding=s%2) (the output is (h + 2p - 2)//2 + 1 rows). Works in strips of rows, so a
     uint8 image is never copied whole to float32; OpenCV's INTER_AREA at exactly 1/2 is the 2x2 mean."""
-    cv2 = _cv2()
     h, w, c = x.shape
     ph, pw = h % 2, w % 2
     oh, ow = h // 2 + ph, w // 2 + pw
+    cv2 = _cv2()
     out = np.empty((oh, ow, c), dtype=np.float32)
     step = max(1, STRIP_PIXELS // (2 * w))
     for j0 in range(0, oh, step):

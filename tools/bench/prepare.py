@@ -8,6 +8,8 @@ measures in one run, each number the median of --repeats runs (this machine vari
 - metric share: the bare per-image loop (read + decode + crop to 224, encode + decode, PSNR + SSIM
   + MS-SSIM) timed part by part, at paper 1's nine settings (jpeg q75/10/5, j2k r75/200/400, bpg
   QP 41/46/51) and at the three JPEG settings alone; target: metrics <= 10 % of the nine-setting loop;
+  and the metrics alone on the same decoded variants with the fused kernel and with the OpenCV path
+  (what a machine without numba runs), alternated;
 - colour conversion: RGB -> YCbCr 4:2:0 and back for HEVC/BPG, ms per 224x224 crop (target <= 0.5);
 - the pipeline (tars, manifests) in-process vs the bare loop, and 1 in-process worker vs 2 Ray
   workers (target >= 1.8x), runs alternated; then an account of what the second worker does not
@@ -96,6 +98,39 @@ def bare_parts(src_dir: str, specs: list[str]) -> dict[str, float]:
 def median_parts(src_dir: str, specs: list[str], repeats: int) -> dict[str, float]:
     runs = [bare_parts(src_dir, specs) for _ in range(repeats)]
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]} | {"share": statistics.median(r["metrics"] / r["total"] for r in runs)}
+
+
+def metrics_ab(src_dir: str, specs: list[str], repeats: int, limit: int = 24) -> dict[str, float]:
+    """ms per variant (Reference + SSIM + MS-SSIM + PSNR) with the fused kernel and with the OpenCV
+    path (lossyvision/quality.py), on the same decoded variants, the two alternated per round."""
+    from lossyvision import codecs, quality
+    from lossyvision.pipelines.crops import IMAGENET
+    from lossyvision.pipelines.imageio import read_rgb
+
+    cs = [codecs.from_spec(s) for s in specs]
+    pairs = []
+    for f in sorted(os.listdir(src_dir))[:limit]:
+        rgb, _ = IMAGENET(read_rgb(os.path.join(src_dir, f)))
+        pairs.append((rgb, [c.roundtrip(rgb).decoded for c in cs]))
+
+    def once() -> float:
+        t = time.perf_counter()
+        for rgb, decoded in pairs:
+            ref = quality.Reference(rgb)
+            for d in decoded:
+                quality.psnr(rgb, d), ref.scores(d)
+        return (time.perf_counter() - t) / (len(pairs) * len(cs)) * 1e3
+
+    saved = quality.FUSED
+    times: dict[str, list[float]] = {"fused": [], "opencv": []}
+    try:
+        for _ in range(repeats):
+            for path, flag in (("fused", True), ("opencv", False)):
+                quality.FUSED = flag
+                times[path].append(once())
+    finally:
+        quality.FUSED = saved
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def colour_ms(repeats: int) -> tuple[float, float]:
@@ -276,15 +311,20 @@ def loop_and_scaling(args, tmp: str) -> list[dict]:
     nine = median_parts(src, NINE, args.repeats)
     jpeg = median_parts(src, JPEG, args.repeats)
     fwd, inv = colour_ms(args.repeats)
+    ab = metrics_ab(src, NINE, args.repeats, limit=min(n, 24))
     print(f"prepare-shards benchmark: real-photo JPEGs 500x375 -> resize256/center224, medians of {args.repeats} runs\n")
     print("| loop | images | source s | codecs s | metrics s | metrics share |")
     print("| --- | --- | --- | --- | --- | --- |")
     for name, p in (("nine settings", nine), ("JPEG only (3)", jpeg)):
         print(f"| {name} | {n} | {p['source']:.2f} | {p['codecs']:.2f} | {p['metrics']:.2f} | {100 * p['share']:.1f} % |")
+    print(f"\nMetrics per variant on the same decoded variants (nine settings): fused kernel {ab['fused']:.2f} ms, "
+          f"OpenCV path {ab['opencv']:.2f} ms ({ab['opencv'] / ab['fused']:.2f}x)")
     print(f"\nRGB -> YCbCr 4:2:0: {fwd:.3f} ms, back: {inv:.3f} ms per 224x224 crop\n")
     rows += [common.target_row("metrics share, nine settings", 100 * nine["share"], "<=", 10, "%"),
              common.row("metrics share, JPEG only", 100 * jpeg["share"], "%"),
              common.row("metrics ms per setting (SSIM+MS-SSIM+PSNR, 224x224)", nine["metrics"] / (n * len(NINE)) * 1e3, "ms"),
+             common.row("metrics ms per variant, OpenCV path (no numba)", ab["opencv"], "ms"),
+             common.row("metrics, fused kernel vs OpenCV path", ab["opencv"] / ab["fused"]),
              common.target_row("RGB -> YCbCr 4:2:0 per 224x224", fwd, "<=", 0.5, "ms"),
              common.target_row("YCbCr 4:2:0 -> RGB per 224x224", inv, "<=", 0.5, "ms")]
 
