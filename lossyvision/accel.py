@@ -24,28 +24,48 @@ import torch
 CUBLAS_WORKSPACE = ":4096:8"
 
 
+def _cuda_capability(dev: torch.device) -> tuple[int, int] | None:
+    """``dev``'s compute capability, None without CUDA."""
+    return tuple(torch.cuda.get_device_capability(dev)) if torch.cuda.is_available() else None
+
+
+def bf16_native_on(capability: tuple[int, int] | None) -> bool:
+    """True for a CUDA compute capability whose tensor cores run bf16: 8.0 and above (Ampere and
+    later); None (no CUDA) is False."""
+    return capability is not None and capability[0] >= 8
+
+
 def native_bf16(device: torch.device | str) -> bool:
     """True where bf16 matmuls run natively: CUDA compute capability >= 8.0 (Ampere and later), or
     a CPU (autocast on CPU is bf16 only)."""
     dev = torch.device(device)
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            return False
-        return torch.cuda.get_device_capability(dev)[0] >= 8
+        return bf16_native_on(_cuda_capability(dev))
     return dev.type == "cpu"
+
+
+def amp_dtype_for(device_type: str, amp: bool | None = None,
+                  capability: tuple[int, int] | None = None) -> torch.dtype | None:
+    """``amp_dtype``'s decision for a device type and (on CUDA) a compute capability, without asking
+    the hardware: None when mixed precision is off (``amp=False``, or ``amp=None`` off CUDA); on CUDA
+    bf16 where ``capability`` runs it natively, else fp16 (also for ``capability=None``); bf16 on
+    other devices."""
+    if amp is None:
+        amp = device_type == "cuda"
+    if not amp:
+        return None
+    if device_type == "cuda":
+        return torch.bfloat16 if bf16_native_on(capability) else torch.float16
+    return torch.bfloat16
 
 
 def amp_dtype(device: torch.device | str, amp: bool | None = None) -> torch.dtype | None:
     """The autocast dtype for ``device``: None when mixed precision is off (``amp=False``, or
-    ``amp=None`` off CUDA), bf16 where it is native, else fp16 (pair it with ``grad_scaler``)."""
+    ``amp=None`` off CUDA), bf16 where it is native, else fp16 (pair it with ``grad_scaler``).
+    ``amp_dtype_for`` with this device's compute capability (asked for only when it decides)."""
     dev = torch.device(device)
-    if amp is None:
-        amp = dev.type == "cuda"
-    if not amp:
-        return None
-    if dev.type == "cuda":
-        return torch.bfloat16 if native_bf16(dev) else torch.float16
-    return torch.bfloat16
+    on = dev.type == "cuda" if amp is None else bool(amp)
+    return amp_dtype_for(dev.type, on, _cuda_capability(dev) if on and dev.type == "cuda" else None)
 
 
 def autocast(device: torch.device | str, dtype: torch.dtype | None):
@@ -66,9 +86,10 @@ def configure_backends(device: torch.device | str, *, deterministic: bool = Fals
     """Set cuDNN / cuBLAS for a run and return what was set (for the run's log and config).
 
     ``deterministic``: deterministic algorithms (warn-only where none exists), cudnn.benchmark off,
-    ``CUBLAS_WORKSPACE_CONFIG`` set (unless the user set it). Otherwise ``cudnn.benchmark`` is on for
-    fixed input shapes. ``tf32`` None leaves PyTorch's defaults; False turns TF32 off in convolutions
-    and matmuls (fp32 as the papers trained)."""
+    ``CUBLAS_WORKSPACE_CONFIG`` set (unless the user set it). Otherwise deterministic algorithms are
+    off (also after an earlier deterministic run in this process) and ``cudnn.benchmark`` is on for
+    fixed input shapes on CUDA. ``tf32`` None leaves PyTorch's defaults; False turns TF32 off in
+    convolutions and matmuls (fp32 as the papers trained)."""
     dev = torch.device(device)
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
@@ -76,11 +97,15 @@ def configure_backends(device: torch.device | str, *, deterministic: bool = Fals
         torch.backends.cudnn.deterministic = True
         torch.backends.cudnn.benchmark = False
     else:
+        # what a deterministic run set would otherwise stay on, and the record below would say False
+        torch.use_deterministic_algorithms(False)
+        torch.backends.cudnn.deterministic = False
         torch.backends.cudnn.benchmark = bool(fixed_shapes and dev.type == "cuda")
     if tf32 is not None:
         torch.backends.cuda.matmul.allow_tf32 = tf32
         torch.backends.cudnn.allow_tf32 = tf32
-    return {"cudnn_benchmark": torch.backends.cudnn.benchmark, "deterministic": deterministic,
+    return {"cudnn_benchmark": torch.backends.cudnn.benchmark,
+            "deterministic": torch.are_deterministic_algorithms_enabled(),
             "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
             "tf32": torch.backends.cuda.matmul.allow_tf32}
 

@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from click.testing import CliRunner
 
 from ..train.cityscapes_fixture import make_cityscapes_shards
 
+from lossyvision.cli import main
 from lossyvision.nets.restoration import build_restoration_net
 from lossyvision.pipelines.restore import (Marker, RestoreConfig, oom_tile, ordered_map, prefetch, restore_frame,
                                            restore_image, restore_shards)
@@ -173,3 +175,37 @@ def test_worker_options_are_checked():
         RestoreConfig(in_flight=0)
     assert RestoreConfig(workers=3).resolved_workers() == (3, 6)
     assert RestoreConfig(workers=0).resolved_workers() == (0, 1)
+
+
+def _cli(root: Path, generator: Path, out: str, *args: str):
+    return CliRunner().invoke(main, ["restore-shards", "--shards", str(root), "--split", "val", "--variant", "jpeg-q10",
+                                     "--generator", str(generator), "--out-variant", out, "--device", "cpu", "-q",
+                                     *args])
+
+
+@pytest.mark.parametrize("args,words", [
+    (["-j", "-1"], ["'-j' / '--workers'", "-1 is not in the range x>=0"]),
+    (["--workers", "two"], ["'-j' / '--workers'", "'two'"]),
+    (["--in-flight", "0"], ["'--in-flight'", "0 is not in the range x>=1"]),
+    (["-j", "2", "--in-flight", "-3"], ["'--in-flight'", "-3 is not in the range x>=1"]),
+], ids=["workers-negative", "workers-word", "in-flight-0", "in-flight-negative"])
+def test_a_bad_workers_or_in_flight_option_is_one_line_exit_2(root, generator, args, words):
+    r = _cli(root, generator, "refused", *args)
+    lines = [ln for ln in r.stderr.splitlines() if ln.strip()]
+    assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("Error: "), r.output
+    assert all(w in lines[0] for w in words), lines[0]
+    assert not (root / "val" / "refused").exists()
+
+
+def test_cli_workers_and_in_flight_give_the_serial_shards(root, generator):
+    serial = _cli(root, generator, "cli-serial", "-j", "0")
+    pooled = _cli(root, generator, "cli-pool", "-j", "2", "--in-flight", "3")
+    assert serial.exit_code == 0 and pooled.exit_code == 0, serial.output + pooled.output
+    out = root / "val"
+    want = {p.name: p.read_bytes() for p in sorted((out / "cli-serial").glob("shard-*.tar"))}
+    got = {p.name: p.read_bytes() for p in sorted((out / "cli-pool").glob("shard-*.tar"))}
+    assert len(want) == 3 and got == want
+    manifests = [json.loads((out / v / "_manifest.json").read_text()) for v in ("cli-serial", "cli-pool")]
+    assert [(m["config"]["workers"], m["config"]["in_flight"]) for m in manifests] == [(0, None), (2, 3)]
+    assert _rows(manifests[1]) == _rows(manifests[0])
+    assert json.loads(pooled.stdout)["num_samples"] == json.loads(serial.stdout)["num_samples"] == 7

@@ -1,13 +1,13 @@
 """The classifier under DDP on CPU (gloo, 2 processes launched by torchrun): the process group is
 left on exit and after a failed set-up, the teacher cache is built by both ranks and equals the
 single-process one, RNG states are saved and restored per rank, a checkpoint of 2 ranks resumes
-in 1 process (re-seeded, said in the log), and --global-batch is split over the processes."""
+in 1 process and one of 1 process in 2 (re-seeded, said in the log), and --global-batch is split
+over the processes."""
 
 import json
 import logging
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,22 +19,24 @@ import torch
 from click.testing import CliRunner
 
 from .classifier_shards import make_dataset
-from lossyvision.train import teacher_cache as tc
+from .dist_helpers import free_port, torchrun_env
+from lossyvision.train import distributed, teacher_cache as tc
 from lossyvision.train.classifier import Trainer, TrainConfig, train
 
 REPO = Path(__file__).parents[2]
 
 # each rank: a set-up that must fail (5 does not divide over 2), a 1-epoch run with the teacher cache
-# built by both ranks, then a resume that restores this rank's RNG state; results in rank<r>.json.
+# built by both ranks, a resume that restores this rank's RNG state, then a resume of a 1-process
+# run's checkpoint (re-seeded, with the line it logs); results in rank<r>.json.
 # Each phase joins a fresh process group on its own port: a group re-created on the store it was
 # destroyed on can read the old group's stale addresses (torchrun's agent store does).
 SCRIPT = """
-import json, os, sys, torch
+import json, logging, os, sys, torch
 torch.set_num_threads(1)
 import torch.distributed as dist
 from lossyvision.pipelines.stream import OptionError
 from lossyvision.train.classifier import Trainer, TrainConfig, train
-cfg, ports = json.loads(sys.argv[1]), sys.argv[2].split(",")
+cfg, ports, one = json.loads(sys.argv[1]), sys.argv[2].split(","), sys.argv[3]
 rank = int(os.environ["RANK"])
 res = {}
 os.environ["MASTER_PORT"] = ports[0]
@@ -53,6 +55,18 @@ tr._resume()
 ck = torch.load(os.path.join(cfg["out"], "last.pt"), weights_only=True)
 res["restored_own_state"] = torch.equal(torch.get_rng_state(), ck["rng"]["ranks"][rank]["torch"])
 tr.close()
+os.environ["MASTER_PORT"] = ports[3]
+lines = []
+class Keep(logging.Handler):
+    def emit(self, record):
+        if record.getMessage().startswith("resume:"):
+            lines.append([record.levelname, record.getMessage()])
+log = logging.getLogger("lossyvision.train.classifier")
+log.setLevel(logging.DEBUG)
+log.addHandler(Keep())
+summary = train(TrainConfig(**{**cfg, "out": one, "epochs": 2, "resume": True}))
+res["resumed_one"] = {k: summary[k] for k in ("epochs", "world_size", "per_process_batch")}
+res["resumed_one"]["lines"] = lines
 with open(os.path.join(cfg["out"], f"rank{rank}.json"), "w") as f:
     json.dump(res, f)
 """
@@ -77,25 +91,20 @@ def _cfg(toy, out, **kw) -> dict:
     return base
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ddp(toy, tmp_path_factory):
-    """The 2-rank run's folder and each rank's report (2 gloo processes, started as torchrun would)."""
+    """The 2-rank run's folder and each rank's report (2 gloo processes, started as torchrun would).
+    ``one`` beside it: a 1-epoch run of one process, resumed there by the 2 ranks for a 2nd epoch."""
     out = tmp_path_factory.mktemp("ddp") / "run"
     script = out.parent / "ddp_classifier.py"
     script.write_text(SCRIPT)
-    ports = ",".join(str(_free_port()) for _ in range(3))
+    train(TrainConfig(**_cfg(toy, out.parent / "one", workers=0)))
+    ports = ",".join(str(free_port()) for _ in range(4))
     procs = []
     for rank in range(2):  # what torchrun sets, without its agent (see SCRIPT)
-        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "RANK": str(rank),
-               "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-               "LOSSYVISION_DIST_TIMEOUT_S": "120"}  # a hang fails the test in minutes, not half an hour
-        procs.append(subprocess.Popen([sys.executable, str(script), json.dumps(_cfg(toy, out)), ports], env=env,
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", **torchrun_env(rank, 2)}
+        procs.append(subprocess.Popen([sys.executable, str(script), json.dumps(_cfg(toy, out)), ports,
+                                       str(out.parent / "one")], env=env,
                                       stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
     try:
         logs = [p.communicate(timeout=300)[0] for p in procs]
@@ -174,6 +183,27 @@ def test_resume_in_one_process_from_a_two_rank_checkpoint(ddp, toy, tmp_path, ca
     assert ck["epoch"] == 2 and len(ck["rng"]["ranks"]) == 1
 
 
+def test_resume_in_two_processes_from_a_one_process_checkpoint(ddp):
+    out, ranks = ddp
+    one = out.parent / "one"
+    for rank, r in enumerate(ranks):
+        res = r["resumed_one"]
+        assert (res["epochs"], res["world_size"], res["per_process_batch"]) == (2, 2, 4)
+        # each rank re-seeded from the seed (3), the epoch it resumes at (1) and its rank; rank 0 says so
+        seed = distributed.per_rank_seed(3 + 7919 * 1, rank)
+        assert res["lines"] == [["INFO" if rank == 0 else "DEBUG",
+                                 "resume: the checkpoint holds RNG states for 1 rank(s) and this run has 2: re-seeded "
+                                 f"each rank from seed 3, epoch 1 and its rank (rank {rank}: {seed})"]]
+    ck = torch.load(one / "last.pt", weights_only=True)
+    assert ck["epoch"] == 2 and ck["world_size"] == 2 and ck["batch_size"] == 4
+    states = ck["rng"]["ranks"]
+    assert len(states) == 2 and not torch.equal(states[0]["torch"], states[1]["torch"])
+    records = [json.loads(line) for line in (one / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [-1, 0, 1]  # the 1-process run's, then the resumed epoch
+    assert records[-1]["train_samples"] == 16 and records[-1]["val_samples"] == 7  # 2 ranks x 2 batches x 4
+    assert json.loads((one / "summary.json").read_text())["world_size"] == 2
+
+
 def test_a_bad_timeout_variable_is_one_line(toy, tmp_path, monkeypatch):
     from lossyvision.cli.classifier import train_expert
 
@@ -207,3 +237,43 @@ def test_an_older_cache_format_is_rebuilt_with_a_log_line(toy, tmp_path, caplog)
     assert torch.allclose(first.lookup(keys), again.lookup(keys), atol=1e-6)
     with pytest.raises(KeyError, match="not in the teacher cache"):
         again.lookup(["no/such/key"])
+
+
+# holds an HDF5 file open for writing, with HDF5's (default) file lock, until its stdin closes
+HOLD_FOR_WRITING = """
+import sys, h5py
+f = h5py.File(sys.argv[1], "r+")
+print("holding", flush=True)
+sys.stdin.read()
+f.close()
+"""
+
+
+def test_the_cache_opens_without_a_file_lock(toy, tmp_path, monkeypatch):
+    """Readers take no HDF5 lock (locking=False): they open a cache whose lock they could not get,
+    here because another process holds it for writing; on NFS/Lustre without lock support no lock
+    can be had at all."""
+    monkeypatch.delenv("HDF5_USE_FILE_LOCKING", raising=False)  # the library's default: lock
+    torch.manual_seed(0)
+    from lossyvision.train.models import create_model
+
+    teacher = create_model("small_cnn", num_classes=4).eval()
+    spec = {"name": "small_cnn", "weights": None, "num_classes": 4}
+    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    path = tmp_path / "t.h5"
+    built = tc.get_or_build(path, teacher, spec, toy / "val" / "orig", mean, std, batch_size=4)
+    keys = sorted(built.index)
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_FOR_WRITING, str(path)], env=dict(os.environ),
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        with pytest.raises(OSError, match="unable to lock file"):  # what a locking reader gets
+            h5py.File(path, "r")
+        # get_or_build reads the meta, then open_cache maps the logits: neither asks for the lock
+        again = tc.get_or_build(path, teacher, spec, toy / "val" / "orig", mean, std, batch_size=4)
+        assert again.mapped and sorted(again.index) == keys
+        assert torch.equal(again.lookup(keys), built.lookup(keys))
+    finally:
+        holder.stdin.close()
+        holder.wait(timeout=60)
+    assert holder.returncode == 0

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import pytest
 import torch
 
 from .cityscapes_fixture import make_cityscapes_shards
+from .dist_helpers import free_port, torchrun_env
 
 from lossyvision.eval.segmentation import (
     EvalConfig, confusion_counts, confusion_matrix, eval_share, evaluate_checkpoint)
@@ -24,12 +24,6 @@ from lossyvision.pipelines.stream import OptionError
 from lossyvision.train.segmentation import SegmentationConfig, SegmentationCrops, process_batch, train_segmentation
 
 pytest.importorskip("segmentation_models_pytorch")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _cfg(shards: Path, out: Path, **kw) -> SegmentationConfig:
@@ -40,8 +34,7 @@ def _cfg(shards: Path, out: Path, **kw) -> SegmentationConfig:
 
 def _rank_main(rank: int, world: int, ports: list[int], shards: str, out: str, reports: str) -> None:
     """One rank: the environment torchrun gives, then three trainer calls, each joining its own group."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
-                      LOSSYVISION_DIST_TIMEOUT_S="120")
+    os.environ.update(torchrun_env(rank, world))
     torch.set_num_threads(1)  # the same kernels as the single-process evaluation it is compared with
     report: dict = {}
     os.environ["MASTER_PORT"] = str(ports[0])
@@ -82,7 +75,7 @@ def two_ranks(shards, tmp_path_factory):
     import torch.multiprocessing as mp
 
     out, reports = tmp_path_factory.mktemp("ddp"), tmp_path_factory.mktemp("reports")
-    mp.spawn(_rank_main, args=(2, [_free_port() for _ in range(4)], str(shards), str(out), str(reports)),
+    mp.spawn(_rank_main, args=(2, [free_port() for _ in range(4)], str(shards), str(out), str(reports)),
              nprocs=2, join=True)
     return out, [json.loads((reports / f"rank{r}.json").read_text()) for r in range(2)], reports / "model-step2.pt"
 

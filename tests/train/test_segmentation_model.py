@@ -13,7 +13,6 @@ import io
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ from lossyvision.nets import segmentation as seg  # noqa: E402
 from lossyvision.train.segmentation import SegmentationConfig, model_arch, random_scale_crop_flip  # noqa: E402
 
 from .cityscapes_fixture import make_cityscapes_shards  # noqa: E402
+from .dist_helpers import free_port  # noqa: E402
 
 REPO = Path(__file__).parents[2]
 
@@ -68,18 +68,12 @@ def test_checkpoints_record_their_rates_and_older_ones_keep_smps(tmp_path):
 
 # -- encoder weights -----------------------------------------------------------------------------
 
-def _closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def no_hub(monkeypatch, tmp_path):
-    """The hub client pointed at a local port nobody listens on, with an empty cache."""
+    """The hub client pointed at a local port nobody listens on (a free one), with an empty cache."""
     from huggingface_hub import constants
 
-    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{_closed_port()}")
+    monkeypatch.setattr(constants, "ENDPOINT", f"http://127.0.0.1:{free_port()}")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-cache"))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
     return tmp_path / "hf-cache"
@@ -137,7 +131,7 @@ def test_imagenet_weights_come_from_a_warm_cache_offline(no_hub):
 def test_cli_default_weights_offline_exit_1_with_one_line(tmp_path):
     shards = make_cityscapes_shards(tmp_path, "train", n=2)
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1",
-           "HF_ENDPOINT": f"http://127.0.0.1:{_closed_port()}", "HF_HUB_CACHE": str(tmp_path / "empty-cache"),
+           "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}", "HF_HUB_CACHE": str(tmp_path / "empty-cache"),
            "HF_HUB_OFFLINE": "0"}
     env.pop("HF_HOME", None)
     out = tmp_path / "run"
