@@ -49,6 +49,7 @@ Results agree with pytorch-msssim to 1e-4 (tests/test_quality.py), strips or not
 from __future__ import annotations
 
 import math
+import os
 import threading
 
 import numpy as np
@@ -266,8 +267,9 @@ def _maps(ref: tuple, y: np.ndarray, with_ssim: bool | tuple[int, int, int, int]
 
 
 # The fused kernel (lossyvision.ssim_sums): None = use it when numba imports, False = always the
-# OpenCV path (tests and A/B benchmarks set this), True = require it.
-FUSED: bool | None = None
+# OpenCV path (tests and A/B benchmarks set this), True = require it. The environment variable
+# LOSSYVISION_SSIM_KERNEL=numba|opencv sets it for every process of a job (Ray workers included).
+FUSED: bool | None = {"numba": True, "opencv": False}.get(os.environ.get("LOSSYVISION_SSIM_KERNEL", "").lower())
 _NO_NUMBA = False
 
 
@@ -315,12 +317,26 @@ def _rect_sums(ref: tuple, y: np.ndarray, cs_rects: list[Rect], ssim_rect: Rect 
     x, mu_x, den1, den2 = ref
     n, w, c = y.shape
     planes = tuple(a.reshape(n, w * c) for a in (np.ascontiguousarray(y), x, mu_x, den1, den2)) + (_GAUSS,)
+    f32, f64 = _kernel_scratch(w, c)
     ssim_sum = both = None
     if ssim_rect is not None:
         r0, r1, c0, c1 = ssim_rect
-        ssim_sum, both = kern(*planes, c, r0, r1, c0, c1, _C1, _C2, True)  # the cs sums come with it
-    cs_sums = [both if rect == ssim_rect else kern(*planes, c, *rect, _C1, _C2, False)[1] for rect in cs_rects]
+        ssim_sum, both = kern(*planes, c, r0, r1, c0, c1, _C1, _C2, True, f32, f64)  # the cs sums come with it
+    cs_sums = [both if rect == ssim_rect else kern(*planes, c, *rect, _C1, _C2, False, f32, f64)[1]
+               for rect in cs_rects]
     return ssim_sum, cs_sums, None
+
+
+def _kernel_scratch(width: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """The fused kernel's row buffers for rows up to ``width`` pixels, kept per thread (a few hundred
+    kB; a wider image replaces them)."""
+    from .ssim_sums import scratch_sizes
+
+    n32, n64 = scratch_sizes(width, channels, WIN_SIZE)
+    have = getattr(_local, "kernel_scratch", None)
+    if have is None or have[0].size < n32 or have[1].size < n64:
+        have = _local.kernel_scratch = (np.empty(n32, np.float32), np.empty(n64, np.float64))
+    return have
 
 
 def _sum_rect(m: np.ndarray, rect: Rect) -> np.ndarray:
@@ -345,7 +361,7 @@ class _Level:
     def stats(self) -> tuple:
         """The reference statistics of the whole level, computed once (single-strip levels only)."""
         if self.cache is None:
-            self.cache = _ref_stats(self.x, _scratch(self.x.shape))
+            self.cache = _ref_stats(self.x, _workspace(self.x.shape))
         return self.cache
 
     def sums(self, y: np.ndarray, cs_only: bool) -> tuple[np.ndarray | None, np.ndarray, int, np.ndarray | None]:

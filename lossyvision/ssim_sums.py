@@ -41,15 +41,22 @@ _inline = numba.njit(inline="always", **_FLAGS)
 
 
 def kernel():
-    """The compiled ``sums(y, x, mu_x, den1, den2, g, channels, r0, r1, c0, c1, c1, c2, with_ssim)
-    -> (ssim_sums, cs_sums)``: the per-channel float64 sums of the SSIM map (zeros when
+    """The compiled ``sums(y, x, mu_x, den1, den2, g, channels, r0, r1, c0, c1, c1, c2, with_ssim,
+    f32, f64) -> (ssim_sums, cs_sums)``: the per-channel float64 sums of the SSIM map (zeros when
     ``with_ssim`` is false) and of the contrast-structure map over output pixels rows [r0, r1) x
     columns [c0, c1), which must lie at least ``len(g) // 2`` pixels inside the planes. ``y`` is the
     variant (uint8 or float32), ``x`` the reference (float32), ``mu_x, den1 = mu_x^2 + C1, den2 =
     sigma_x^2 + C2`` the reference statistics, all (H, W * channels) and C-contiguous;
-    ``g`` the 11 float32 taps of the Gaussian. (This module imports numba: import it only where
+    ``g`` the 11 float32 taps of the Gaussian; ``f32`` and ``f64`` scratch (1-D, at least
+    :func:`scratch_sizes` long). (This module imports numba: import it only where
     numba is wanted.)"""
     return _sums
+
+
+def scratch_sizes(width: int, channels: int, taps: int) -> tuple[int, int]:
+    """The float32 and float64 scratch lengths the kernel needs for rows of ``width`` pixels."""
+    nv = (width + taps) * channels
+    return (3 * taps + 6) * nv, 2 * nv
 
 
 @_inline
@@ -92,7 +99,7 @@ def _horizontal(v, g, c, n, out):
           g, n, out)
 
 
-def _sums(y, x, mu_x, den1, den2, g, channels, r0, r1, c0, c1, c1_const, c2_const, with_ssim):
+def _sums(y, x, mu_x, den1, den2, g, channels, r0, r1, c0, c1, c1_const, c2_const, with_ssim, f32, f64):
     c = channels
     taps = g.shape[0]
     radius = taps // 2
@@ -100,12 +107,19 @@ def _sums(y, x, mu_x, den1, den2, g, channels, r0, r1, c0, c1, c1_const, c2_cons
     k0, n = c0 * c, (c1 - c0) * c
     # the 11 input rows an output row needs, as float32, squared and times the reference: each input
     # row is converted and multiplied once, into a ring of row buffers that stays in the cache
-    ring_y = np.empty((taps, kv1 - kv0), np.float32)
-    ring_yy, ring_xy = np.empty_like(ring_y), np.empty_like(ring_y)
-    v0, v1, v2 = np.empty(kv1 - kv0, np.float32), np.empty(kv1 - kv0, np.float32), np.empty(kv1 - kv0, np.float32)
-    mu_y, e_yy, e_xy = np.empty(n, np.float32), np.empty(n, np.float32), np.empty(n, np.float32)
-    acc_cs = np.zeros(n, np.float64)
-    acc_ssim = np.zeros(n, np.float64)
+    # row buffers cut from the caller's scratch (no allocation per call: freed and re-allocated
+    # buffers cost page faults, which two processes on one machine pay more for than one)
+    nv = kv1 - kv0
+    ring_y = f32[0:taps * nv].reshape((taps, nv))
+    ring_yy = f32[taps * nv:2 * taps * nv].reshape((taps, nv))
+    ring_xy = f32[2 * taps * nv:3 * taps * nv].reshape((taps, nv))
+    o = 3 * taps * nv
+    v0, v1, v2 = f32[o:o + nv], f32[o + nv:o + 2 * nv], f32[o + 2 * nv:o + 3 * nv]
+    o += 3 * nv
+    mu_y, e_yy, e_xy = f32[o:o + n], f32[o + n:o + 2 * n], f32[o + 2 * n:o + 3 * n]
+    acc_cs, acc_ssim = f64[0:n], f64[n:2 * n]
+    acc_cs[:] = 0.0
+    acc_ssim[:] = 0.0
     two = np.float32(2.0)
     C1 = np.float32(c1_const)
     C2 = np.float32(c2_const)

@@ -174,3 +174,17 @@ def test_without_numba_the_opencv_path_runs(photo, monkeypatch, kernel_path):
     monkeypatch.setattr(quality, "FUSED", True)  # asked for explicitly: the ImportError is not hidden
     with pytest.raises(ImportError):
         quality._kernel()
+
+
+@pytest.mark.parametrize("value, expected", [("opencv", "False"), ("numba", "True"), ("", "None")])
+def test_the_kernel_is_chosen_by_environment_for_every_process(value, expected, kernel_path):
+    """LOSSYVISION_SSIM_KERNEL reaches processes started by a job (Ray workers inherit it)."""
+    if kernel_path == "opencv":
+        pytest.skip("one subprocess per value is enough")
+    import os
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", "from lossyvision import quality; print(quality.FUSED)"],
+                         env={**os.environ, "LOSSYVISION_SSIM_KERNEL": value}, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected
