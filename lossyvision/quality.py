@@ -19,7 +19,7 @@ Speed and memory: the reference-side statistics are computed once per image and 
 variant (:class:`Reference`), MS-SSIM's four coarser scales are packed into one canvas (scale 2
 beside a column of scales 3-5) so that they cost one pass instead of four, and the per-variant work
 (filtering y, y^2 and x y, the per-pixel algebra and the sums) runs in one compiled pass per row
-(:mod:`lossyvision.ssim_sums`, numba) that writes no map: 1.49-1.58 against 2.02-2.17 ms per 224x224
+(:mod:`lossyvision.ssim_sums`, numba) that writes no map: 1.38-1.41 against 1.82-1.90 ms per 224x224
 variant (SSIM + MS-SSIM + PSNR) for the OpenCV path, A/B in one process (6 photos x 3 settings, 4
 rounds). Where numba is missing the OpenCV path runs: one ``sepFilter2D`` call per statistic set (the
 variant's square and its product with the reference stacked into one float32 array, the variant's
