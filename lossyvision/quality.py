@@ -162,11 +162,12 @@ def _sums(m: np.ndarray) -> np.ndarray:
 
 
 def _ref_stats(x: np.ndarray, work: tuple | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """(x as float32, mu_x, mu_x^2 + C1, sigma_x^2 + C2) of a strip: the terms that depend on the
-    reference only. With ``work`` (:func:`_workspace` of the strip's shape) the square is taken in its
-    scratch stack; the returned arrays are fresh either way."""
-    xf = np.asarray(x, dtype=np.float32)
-    st = _stack(xf, 2, work[0][:2] if work is not None else None)
+    """(x, mu_x, mu_x^2 + C1, sigma_x^2 + C2) of a strip: the terms that depend on the reference
+    only; x as float32 for the OpenCV path, as it is for the fused kernel (which reads uint8 as is).
+    With ``work`` (:func:`_workspace` of the strip's shape) the square is taken in its scratch
+    stack; the returned arrays are fresh either way."""
+    st = _stack(x, 2, work[0][:2] if work is not None else None)
+    xf = x if _kernel() is not None else st[0].copy()
     np.multiply(st[0], st[0], out=st[1])
     f = _filter(st)
     mu, fxx = f[0], f[1]
@@ -237,6 +238,7 @@ def _maps(ref: tuple, y: np.ndarray, with_ssim: bool | tuple[int, int, int, int]
     scales 2-5). ``work`` (from :func:`_workspace`), when given, holds every array it returns."""
     cv2 = _cv2()
     x, mu_x, den1, den2 = ref
+    x = np.asarray(x, dtype=np.float32)  # statistics made for the fused kernel hold x as it was
     p_buf = work[2] if work is not None else None
     f, yf = _filtered(x, y, work)
     shape = f.shape[1:]
@@ -316,7 +318,7 @@ def _rect_sums(ref: tuple, y: np.ndarray, cs_rects: list[Rect], ssim_rect: Rect 
         return ssim_sum, [_sum_rect(cs_map, r) for r in cs_rects], yf
     x, mu_x, den1, den2 = ref
     n, w, c = y.shape
-    planes = tuple(a.reshape(n, w * c) for a in (np.ascontiguousarray(y), x, mu_x, den1, den2)) + (_GAUSS,)
+    planes = tuple(a.reshape(n, w * c) for a in (np.ascontiguousarray(y), np.ascontiguousarray(x), mu_x, den2)) + (_GAUSS,)
     f32, f64 = _kernel_scratch(w, c)
     ssim_sum = both = None
     if ssim_rect is not None:

@@ -41,12 +41,12 @@ _inline = numba.njit(inline="always", **_FLAGS)
 
 
 def kernel():
-    """The compiled ``sums(y, x, mu_x, den1, den2, g, channels, r0, r1, c0, c1, c1, c2, with_ssim,
+    """The compiled ``sums(y, x, mu_x, den2, g, channels, r0, r1, c0, c1, c1, c2, with_ssim,
     f32, f64) -> (ssim_sums, cs_sums)``: the per-channel float64 sums of the SSIM map (zeros when
     ``with_ssim`` is false) and of the contrast-structure map over output pixels rows [r0, r1) x
     columns [c0, c1), which must lie at least ``len(g) // 2`` pixels inside the planes. ``y`` is the
-    variant (uint8 or float32), ``x`` the reference (float32), ``mu_x, den1 = mu_x^2 + C1, den2 =
-    sigma_x^2 + C2`` the reference statistics, all (H, W * channels) and C-contiguous;
+    variant (uint8 or float32), ``x`` the reference (its own dtype: uint8 reads a quarter of the bytes), ``mu_x, den2 =
+    sigma_x^2 + C2`` the reference statistics (``mu_x^2 + C1`` is recomputed: cheaper than reading it), all (H, W * channels) and C-contiguous;
     ``g`` the 11 float32 taps of the Gaussian; ``f32`` and ``f64`` scratch (1-D, at least
     :func:`scratch_sizes` long). (This module imports numba: import it only where
     numba is wanted.)"""
@@ -99,7 +99,7 @@ def _horizontal(v, g, c, n, out):
           g, n, out)
 
 
-def _sums(y, x, mu_x, den1, den2, g, channels, r0, r1, c0, c1, c1_const, c2_const, with_ssim, f32, f64):
+def _sums(y, x, mu_x, den2, g, channels, r0, r1, c0, c1, c1_const, c2_const, with_ssim, f32, f64):
     c = channels
     taps = g.shape[0]
     radius = taps // 2
@@ -136,14 +136,13 @@ def _sums(y, x, mu_x, den1, den2, g, channels, r0, r1, c0, c1, c1_const, c2_cons
         mx, d2 = mu_x[i, k0:k0 + n], den2[i, k0:k0 + n]
         # one loop per case: a test inside the loop would stop its vectorisation
         if with_ssim:
-            d1 = den1[i, k0:k0 + n]
             for j in range(n):
                 m = mu_y[j]
                 p = mx[j] * m
                 m2 = m * m
                 cs = (two * (e_xy[j] - p) + C2) / ((e_yy[j] - m2) + d2[j])
                 acc_cs[j] += cs
-                acc_ssim[j] += (two * p + C1) / (m2 + d1[j]) * cs
+                acc_ssim[j] += (two * p + C1) / (m2 + (mx[j] * mx[j] + C1)) * cs
         else:
             for j in range(n):
                 m = mu_y[j]

@@ -313,3 +313,36 @@ def test_a_shard_changed_on_disk_is_rewritten(imagenet_out):
     open(p, "wb").write(bytes(data))
     prepare_shards(cfg)
     assert digest(out) == before
+
+
+def test_small_images_are_coded_by_every_codec_before_the_metrics_and_large_ones_one_at_a_time():
+    """roundtrips(): a 224x224 crop goes through every codec first (the metrics then run back to
+    back with the reference's statistics in the cache); an image above quality.STRIP_PIXELS is
+    decoded one codec at a time, so a task never holds more than one decoded large image."""
+    from lossyvision import codecs as lv_codecs
+    from lossyvision import quality
+    from lossyvision.pipelines.prepare import roundtrips
+
+    events: list[str] = []
+
+    class Logged:
+        def __init__(self, spec):
+            self.codec = lv_codecs.from_spec(spec)
+
+        def roundtrip(self, rgb):
+            events.append(f"code {self.codec.spec}")
+            return self.codec.roundtrip(rgb)
+
+    specs = ["jpeg-q75", "jpeg-q10", "png"]
+    rgb = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    for shape, interleaved in (((224, 224), False), ((600, 600), True)):
+        events.clear()
+        img = np.ascontiguousarray(np.resize(rgb, (*shape, 3)))
+        for c, r in roundtrips(img, [Logged(s) for s in specs]):
+            assert r.decoded.shape == img.shape
+            events.append(f"measure {c.codec.spec}")
+        coded = [f"code {s}" for s in specs]
+        measured = [f"measure {s}" for s in specs]
+        want = [e for pair in zip(coded, measured) for e in pair] if interleaved else coded + measured
+        assert events == want, (shape, events)
+    assert 600 * 600 > quality.STRIP_PIXELS >= 224 * 224
