@@ -26,9 +26,14 @@ def cluster():
 
     import socket
 
-    with socket.socket() as sock:  # a free port for the Ray Client server
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    # A free port for the Ray Client server, but none of the fixed ports Ray's own components take
+    # (the dashboard agent's 52365 once came up here, and Ray refused to start: "used by other components").
+    ray_defaults = {6379, 8265, 10001, 52365, 52366, 8076, 8077, 44217, 44227}
+    port = None
+    while port is None or port in ray_defaults:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
     c = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False, "ray_client_server_port": port})
     c.client_port = port
     nodes = [c.add_node(num_cpus=1), c.add_node(num_cpus=1)]
