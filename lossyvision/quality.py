@@ -48,6 +48,7 @@ Results agree with pytorch-msssim to 1e-4 (tests/test_quality.py), strips or not
 
 from __future__ import annotations
 
+import importlib
 import math
 import os
 import threading
@@ -273,21 +274,23 @@ def _maps(ref: tuple, y: np.ndarray, with_ssim: bool | tuple[int, int, int, int]
 # LOSSYVISION_SSIM_KERNEL=numba|opencv sets it for every process of a job (Ray workers included).
 FUSED: bool | None = {"numba": True, "opencv": False}.get(os.environ.get("LOSSYVISION_SSIM_KERNEL", "").lower())
 _NO_NUMBA = False
+_FUSED_MODULE = None  # lossyvision.ssim_sums once imported: the hot path looks it up, not the import system
 
 
 def _kernel():
-    global _NO_NUMBA
+    global _NO_NUMBA, _FUSED_MODULE
     if FUSED is False or (_NO_NUMBA and not FUSED):
         return None
-    try:
-        from .ssim_sums import kernel
-
-        return kernel()
-    except ImportError:
-        if FUSED:
-            raise
-        _NO_NUMBA = True
-        return None
+    if _FUSED_MODULE is None:
+        try:
+            ssim_sums = importlib.import_module(".ssim_sums", __package__)
+        except ImportError:
+            if FUSED:
+                raise
+            _NO_NUMBA = True
+            return None
+        _FUSED_MODULE = ssim_sums
+    return _FUSED_MODULE.kernel()
 
 
 def _scratch(shape: tuple) -> tuple | None:
@@ -332,9 +335,7 @@ def _rect_sums(ref: tuple, y: np.ndarray, cs_rects: list[Rect], ssim_rect: Rect 
 def _kernel_scratch(width: int, channels: int) -> tuple[np.ndarray, np.ndarray]:
     """The fused kernel's row buffers for rows up to ``width`` pixels, kept per thread (a few hundred
     kB; a wider image replaces them)."""
-    from .ssim_sums import scratch_sizes
-
-    n32, n64 = scratch_sizes(width, channels, WIN_SIZE)
+    n32, n64 = _FUSED_MODULE.scratch_sizes(width, channels, WIN_SIZE)
     have = getattr(_local, "kernel_scratch", None)
     if have is None or have[0].size < n32 or have[1].size < n64:
         have = _local.kernel_scratch = (np.empty(n32, np.float32), np.empty(n64, np.float64))

@@ -166,6 +166,7 @@ def test_without_numba_the_opencv_path_runs(photo, monkeypatch, kernel_path):
     monkeypatch.setitem(sys.modules, "numba", None)  # import numba raises ImportError
     monkeypatch.delitem(sys.modules, "lossyvision.ssim_sums", raising=False)
     monkeypatch.setattr(quality, "_NO_NUMBA", False)
+    monkeypatch.setattr(quality, "_FUSED_MODULE", None)
     monkeypatch.setattr(quality, "FUSED", None)
     b = _jpeg(photo, 10)
     s, ms = quality.Reference(photo).scores(b)

@@ -217,13 +217,17 @@ def test_a_bad_timeout_variable_is_one_line(toy, tmp_path, monkeypatch):
     assert not (tmp_path / "r").exists()
 
 
-def test_an_older_cache_format_is_rebuilt_with_a_log_line(toy, tmp_path, caplog):
+def _small_teacher():
+    """A seeded small_cnn teacher for 4 classes, its model spec, and the cache's mean and std."""
     torch.manual_seed(0)
     from lossyvision.train.models import create_model
 
     teacher = create_model("small_cnn", num_classes=4).eval()
-    spec = {"name": "small_cnn", "weights": None, "num_classes": 4}
-    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    return teacher, {"name": "small_cnn", "weights": None, "num_classes": 4}, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+
+
+def test_an_older_cache_format_is_rebuilt_with_a_log_line(toy, tmp_path, caplog):
+    teacher, spec, mean, std = _small_teacher()
     path = tmp_path / "t.h5"
     first = tc.get_or_build(path, teacher, spec, toy / "val" / "orig", mean, std, batch_size=3)
     with h5py.File(path, "r+") as f:  # as format 2 wrote it: the same fields, another format
@@ -254,12 +258,7 @@ def test_the_cache_opens_without_a_file_lock(toy, tmp_path, monkeypatch):
     here because another process holds it for writing; on NFS/Lustre without lock support no lock
     can be had at all."""
     monkeypatch.delenv("HDF5_USE_FILE_LOCKING", raising=False)  # the library's default: lock
-    torch.manual_seed(0)
-    from lossyvision.train.models import create_model
-
-    teacher = create_model("small_cnn", num_classes=4).eval()
-    spec = {"name": "small_cnn", "weights": None, "num_classes": 4}
-    mean, std = (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)
+    teacher, spec, mean, std = _small_teacher()
     path = tmp_path / "t.h5"
     built = tc.get_or_build(path, teacher, spec, toy / "val" / "orig", mean, std, batch_size=4)
     keys = sorted(built.index)
