@@ -227,6 +227,19 @@ def roundtrips(rgb: np.ndarray, codecs: list[Codec]) -> Iterator[tuple[Codec, An
             yield codec, codec.roundtrip(rgb)
 
 
+def raise_interrupt(e: BaseException) -> None:
+    """Re-raise the interrupt (KeyboardInterrupt, SystemExit) that ``e`` wraps, if any. A signal that
+    arrives while compiled code runs (the numba SSIM kernel, which releases the GIL) surfaces as
+    ``SystemError: ... returned a result with an exception set``, caused by the KeyboardInterrupt:
+    caught as one bad image, it listed a good image as failed and the job ended with exit 0."""
+    seen = set()
+    while e is not None and id(e) not in seen:
+        seen.add(id(e))
+        if not isinstance(e, Exception):
+            raise e
+        e = e.__cause__ or e.__context__
+
+
 def _encode_item(t: ShardTask, item: Item, codecs: list[Codec], quality: Any) -> dict[str, tuple[dict, dict]]:
     """Every variant's sample of one image and its stats, or an exception: nothing is written
     until the whole image (read, crop, orig, every encode, decode and metric) has succeeded."""
@@ -293,6 +306,7 @@ def encode_shard(t: ShardTask) -> dict:
             try:
                 made = _encode_item(t, item, codecs, quality)
             except Exception as e:  # noqa: BLE001 - one image never stops the job: it is listed with the reason
+                raise_interrupt(e)
                 failures.append({"source": item.ref, "key": item.key, "reason": _reason(e)})
                 continue
             for v, (s, st) in made.items():
