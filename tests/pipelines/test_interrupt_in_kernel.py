@@ -1,9 +1,12 @@
 """A signal that lands inside compiled code must stop the job, not fail one image (kill_trials found
 a SIGINT during the numba SSIM kernel listed as a bad image, and the job exited 0)."""
 
+import json
+
 import pytest
 
 from lossyvision.pipelines.prepare import raise_interrupt
+from lossyvision.pipelines.shards import MANIFEST
 
 
 def _wrapped(inner: BaseException) -> SystemError:
@@ -55,5 +58,6 @@ def test_a_wrapped_interrupt_during_metrics_ends_the_job_interrupted(tmp_path, m
     assert "bad image" not in r.output and "failed" not in r.output.lower(), r.output
     monkeypatch.setattr(quality, "psnr", real)
     assert CliRunner().invoke(main, args).exit_code == 0  # the rerun resumes and finishes
-    failed = [f for p in out.rglob("manifest*.json") for f in (__import__("json").load(open(p)).get("failures") or [])]
-    assert failed == []
+    manifests = [json.loads(p.read_text()) for p in out.rglob(MANIFEST)]
+    assert len(manifests) == 2 and all(m["complete"] for m in manifests)  # orig and jpeg-q10
+    assert [f for m in manifests for f in m["failures"]] == []
